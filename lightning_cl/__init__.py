@@ -1,0 +1,32 @@
+"""lightning_cl: continual learning, Lightning-native.
+
+Experiences are ``LightningDataModule`` objects, the model is a ``LightningModule``
+(:class:`ContinualModule`), and each continual-learning method is a Lightning ``Callback``.
+"""
+
+from lightning_cl.data import Benchmark, Experience, SplitDigits, SplitMNIST, Stream
+from lightning_cl.evaluation import ContinualResults
+from lightning_cl.methods import EWC, ContinualCallback, Replay
+from lightning_cl.models import CNN, MLP, ContinualModule, IncrementalClassifier, MultiHeadClassifier
+from lightning_cl.training import fit_stream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CNN",
+    "EWC",
+    "MLP",
+    "Benchmark",
+    "ContinualCallback",
+    "ContinualModule",
+    "ContinualResults",
+    "Experience",
+    "IncrementalClassifier",
+    "MultiHeadClassifier",
+    "Replay",
+    "SplitDigits",
+    "SplitMNIST",
+    "Stream",
+    "__version__",
+    "fit_stream",
+]

@@ -1,0 +1,72 @@
+"""A continual-learning benchmark: train and test streams (and optionally a validation stream)."""
+
+from __future__ import annotations
+
+from lightning_cl.data.stream import Stream
+
+__all__ = ["SCENARIOS", "Benchmark"]
+
+SCENARIOS = ("class_incremental", "task_incremental")
+
+
+class Benchmark:
+    """Train, test and (optionally) validation streams of one scenario.
+
+    Args:
+        train_stream: the experiences to train on, in order.
+        test_stream: the experiences to evaluate on; experience ``j`` holds the same classes
+            (and task label) as ``train_stream[j]``.
+        n_classes: number of classes over the whole benchmark.
+        class_order: the classes in the order the stream presents them.
+        scenario: the scenario kind, one of :data:`SCENARIOS`.
+        valid_stream: optional validation experiences, aligned with ``train_stream``.
+        name: a name for tables and logs.
+
+    Raises:
+        ValueError: if the streams are not aligned or ``scenario`` is unknown.
+    """
+
+    def __init__(
+        self,
+        train_stream: Stream,
+        test_stream: Stream,
+        *,
+        n_classes: int,
+        class_order: list[int],
+        scenario: str,
+        valid_stream: Stream | None = None,
+        name: str = "benchmark",
+    ):
+        if scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
+        if len(train_stream) != len(test_stream):
+            raise ValueError(
+                f"train and test streams differ in length: {len(train_stream)} != {len(test_stream)}"
+            )
+        if valid_stream is not None and len(valid_stream) != len(train_stream):
+            raise ValueError(
+                f"valid stream has {len(valid_stream)} experiences, train stream {len(train_stream)}"
+            )
+        self.train_stream = train_stream
+        self.test_stream = test_stream
+        self.valid_stream = valid_stream
+        self.n_classes = int(n_classes)
+        self.class_order = list(class_order)
+        self.scenario = scenario
+        self.name = name
+
+    @property
+    def n_experiences(self) -> int:
+        return len(self.train_stream)
+
+    def __repr__(self) -> str:
+        rows = [
+            f"{self.name}: {self.scenario}, {self.n_experiences} experiences, {self.n_classes} classes",
+            f"  class order: {self.class_order}",
+        ]
+        for tr, te in zip(self.train_stream, self.test_stream):
+            rows.append(
+                f"  exp {tr.index}: classes {tr.classes_in_this_experience}, task {tr.task_labels}, "
+                f"train {len(tr)}, test {len(te)}"
+            )
+        return "\n".join(rows)

@@ -1,0 +1,106 @@
+"""SplitDigits: the built-in offline benchmark on the UCI handwritten digits (8x8, 10 classes)."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.scenarios import class_incremental
+from lightning_cl.data.tensor_dataset import TensorClassificationDataset
+
+__all__ = ["SplitDigits", "load_digits"]
+
+_SPLIT_SEED = 0
+_TEST_FRACTION = 0.2
+
+
+def load_digits() -> tuple[Tensor, Tensor]:
+    """All 1,797 digits shipped with the package: images ``(N, 1, 8, 8)`` in [0, 1] and labels ``(N,)``.
+
+    The data is the UCI "Optical Recognition of Handwritten Digits" set (Alpaydin and Kaynak,
+    CC BY 4.0), in the file distributed by scikit-learn; see ``lightning_cl/data/_assets/README.md``.
+    """
+    path = resources.files("lightning_cl.data").joinpath("_assets/digits.csv.gz")
+    with path.open("rb") as raw, gzip.open(raw, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    images = torch.from_numpy(table[:, :64]).reshape(-1, 1, 8, 8) / 16.0
+    labels = torch.from_numpy(table[:, 64].astype(np.int64))
+    return images, labels
+
+
+def _stratified_split(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """A fixed split: per class, a seeded 20% goes to test. The same on every machine."""
+    g = torch.Generator().manual_seed(_SPLIT_SEED)
+    train, test = [], []
+    for c in torch.unique(labels).tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_test = round(len(idx) * _TEST_FRACTION)
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+class SplitDigits(Benchmark):
+    """Class- or task-incremental stream over the UCI digits, shipped with the package (no download).
+
+    1,797 grey-scale 8x8 images, 10 classes, split once and for all into 1,438 train and 359 test
+    images (20% of each class, seeded). Inputs are ``float32`` in [0, 1] with shape ``(1, 8, 8)``.
+    Small enough to train a whole stream on a CPU in seconds: the default of the command line
+    and of the quick tests.
+
+    Args:
+        n_experiences: number of experiences; must divide 10.
+        seed: class-order shuffle seed (``None``: classes 0..9 in order).
+        class_order: a fixed class order instead of a shuffle.
+        task_labels: task-incremental (experience ``i`` has task label ``i``) instead of class-incremental.
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size (default: ``batch_size``).
+        num_workers: data loader workers.
+
+    Example:
+        >>> bench = SplitDigits(n_experiences=5, seed=1)
+        >>> bench.n_experiences, bench.n_classes, len(bench.train_stream[0]) > 250
+        (5, 10, True)
+    """
+
+    def __init__(
+        self,
+        n_experiences: int = 5,
+        seed: int | None = None,
+        class_order: Sequence[int] | None = None,
+        task_labels: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+    ):
+        images, labels = load_digits()
+        train_idx, test_idx = _stratified_split(labels)
+        train = TensorClassificationDataset(images[train_idx], labels[train_idx])
+        test = TensorClassificationDataset(images[test_idx], labels[test_idx])
+        bench = class_incremental(
+            train,
+            test,
+            n_experiences,
+            class_order=class_order,
+            seed=seed,
+            task_labels=task_labels,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            name="SplitDigits",
+        )
+        super().__init__(
+            bench.train_stream,
+            bench.test_stream,
+            n_classes=bench.n_classes,
+            class_order=bench.class_order,
+            scenario=bench.scenario,
+            name=bench.name,
+        )

@@ -1,0 +1,180 @@
+"""Dynamic classification heads that grow with the stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MASK_VALUE", "DynamicModule", "IncrementalClassifier", "MultiHeadClassifier"]
+
+MASK_VALUE = -1000.0
+"""Logit given to output units of classes not seen yet (Avalanche's ``mask_value``)."""
+
+
+class DynamicModule(nn.Module):
+    """A module whose parameters may grow when a new experience arrives.
+
+    :class:`~lightning_cl.models.ContinualModule` calls :meth:`adaptation` on every dynamic
+    submodule in its ``setup("fit")`` hook, before the optimizer is built (and before DDP wraps
+    the model). Loading a state dict of a grown module into a smaller one grows it first, so a
+    checkpoint restores into a freshly built model.
+    """
+
+    def adaptation(self, classes: Iterable[int], task_labels: Tensor, targets: Tensor) -> None:
+        """Grow for an experience with ``classes``; ``task_labels``/``targets`` are per sample."""
+        raise NotImplementedError
+
+
+def _grown_linear(old: nn.Linear, out_features: int) -> nn.Linear:
+    new = nn.Linear(old.in_features, out_features, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        new.weight[: old.out_features] = old.weight
+        new.bias[: old.out_features] = old.bias
+    return new
+
+
+class IncrementalClassifier(DynamicModule):
+    """A linear classifier that adds output units when classes beyond its width arrive.
+
+    Old units keep their weights; new units are freshly initialised. With ``masking`` (the
+    default, as in Avalanche), units of classes not seen in any experience yet output
+    :data:`MASK_VALUE`, so they neither win the argmax nor take probability mass.
+
+    Args:
+        in_features: size of the input features.
+        initial_out_features: initial number of output units.
+        masking: mask units of classes not seen yet.
+        mask_value: the logit of masked units.
+
+    Example:
+        >>> head = IncrementalClassifier(4, initial_out_features=2)
+        >>> head.adaptation([2, 3], torch.zeros(2, dtype=torch.long), torch.tensor([2, 3]))
+        >>> head(torch.randn(5, 4)).shape
+        torch.Size([5, 4])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        initial_out_features: int = 2,
+        masking: bool = True,
+        mask_value: float = MASK_VALUE,
+    ):
+        super().__init__()
+        if in_features < 1 or initial_out_features < 1:
+            raise ValueError(
+                f"in_features and initial_out_features must be positive, got {in_features}, "
+                f"{initial_out_features}"
+            )
+        self.classifier = nn.Linear(in_features, initial_out_features)
+        self.masking = masking
+        self.mask_value = mask_value
+        self.register_buffer("active_units", torch.zeros(initial_out_features, dtype=torch.bool))
+
+    @property
+    def out_features(self) -> int:
+        return self.classifier.out_features
+
+    def _resize(self, out_features: int) -> None:
+        if out_features <= self.out_features:
+            return
+        self.classifier = _grown_linear(self.classifier, out_features)
+        active = torch.zeros(out_features, dtype=torch.bool, device=self.active_units.device)
+        active[: len(self.active_units)] = self.active_units
+        self.active_units = active
+
+    def adaptation(self, classes: Iterable[int], task_labels: Tensor | None = None, targets: Any = None) -> None:
+        classes = [int(c) for c in classes]
+        if not classes:
+            return
+        self._resize(max(classes) + 1)
+        self.active_units[torch.tensor(classes, device=self.active_units.device)] = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.classifier(x)
+        if self.masking:
+            out = out.masked_fill(~self.active_units, self.mask_value)
+        return out
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        weight = state_dict.get(prefix + "classifier.weight")
+        if weight is not None:
+            self._resize(weight.shape[0])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class MultiHeadClassifier(DynamicModule):
+    """One :class:`IncrementalClassifier` per task label, chosen by each sample's task label.
+
+    A head is created the first time its task label appears in a training experience and
+    grows to cover the classes of that task. The output has the width of the widest head used
+    in the batch; units a task's head lacks, and every unit for a task label without a head,
+    are :data:`MASK_VALUE`.
+
+    Args:
+        in_features: size of the input features.
+        initial_out_features: initial width of each new head.
+        masking: mask units of classes the task has not seen.
+        mask_value: the logit of masked units.
+
+    Example:
+        >>> head = MultiHeadClassifier(4)
+        >>> head.adaptation([0, 1], torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]))
+        >>> head(torch.randn(3, 4), torch.zeros(3, dtype=torch.long)).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        initial_out_features: int = 2,
+        masking: bool = True,
+        mask_value: float = MASK_VALUE,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.initial_out_features = initial_out_features
+        self.masking = masking
+        self.mask_value = mask_value
+        self.heads = nn.ModuleDict()
+
+    def _new_head(self) -> IncrementalClassifier:
+        head = IncrementalClassifier(self.in_features, self.initial_out_features, self.masking, self.mask_value)
+        try:
+            ref = next(self.parameters())
+            head.to(device=ref.device, dtype=ref.dtype)
+        except StopIteration:
+            pass
+        return head
+
+    def adaptation(self, classes: Iterable[int], task_labels: Tensor, targets: Tensor) -> None:
+        for task in torch.unique(task_labels).tolist():
+            key = str(task)
+            if key not in self.heads:
+                self.heads[key] = self._new_head()
+            head = self.heads[key]
+            assert isinstance(head, IncrementalClassifier)
+            head.adaptation(torch.unique(targets[task_labels == task]).tolist())
+
+    def forward(self, x: Tensor, task_labels: Tensor) -> Tensor:
+        tasks = torch.unique(task_labels).tolist()
+        if len(tasks) == 1 and str(tasks[0]) in self.heads:
+            return self.heads[str(tasks[0])](x)
+        outs = {t: self.heads[str(t)](x[task_labels == t]) for t in tasks if str(t) in self.heads}
+        width = max((o.shape[1] for o in outs.values()), default=self.initial_out_features)
+        out = x.new_full((x.shape[0], width), self.mask_value)
+        for t, o in outs.items():
+            out[task_labels == t, : o.shape[1]] = o
+        return out
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        head_prefix = prefix + "heads."
+        for key in state_dict:
+            if key.startswith(head_prefix):
+                task = key[len(head_prefix) :].split(".", 1)[0]
+                if task not in self.heads:
+                    self.heads[task] = self._new_head()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,358 @@
+"""``ContinualModule``: the ``LightningModule`` that trains one model across a stream."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_cl.data.experience import Experience
+from lightning_cl.data.stream import Stream
+from lightning_cl.evaluation.accuracy_matrix import AccuracyMatrix, ContinualResults
+from lightning_cl.methods.base import Batch, ContinualCallback
+from lightning_cl.models.heads import MASK_VALUE, DynamicModule
+
+__all__ = ["OPTIMIZER_POLICIES", "ContinualModule", "merge_batch"]
+
+OPTIMIZER_POLICIES = ("reset", "keep")
+_SPAWNING = ("spawn", "fork", "forkserver")
+
+
+def merge_batch(batch: Batch | Mapping[str, Batch]) -> Batch:
+    """One ``(x, y, t)`` batch from a batch or a dict of batches (current data plus replay)."""
+    if isinstance(batch, Mapping):
+        parts = [b for b in batch.values() if b is not None]
+        return (
+            torch.cat([p[0] for p in parts]),
+            torch.cat([p[1] for p in parts]),
+            torch.cat([p[2] for p in parts]),
+        )
+    x, y, t = batch
+    return x, y, t
+
+
+def _sgd(params: Iterable[Any]) -> Optimizer:
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+
+class ContinualModule(L.LightningModule):
+    """Trains one ``torch.nn.Module`` over the experiences of a stream.
+
+    The training loss is the task loss plus the :meth:`~ContinualCallback.penalty` of every CL
+    callback on the trainer. Dynamic heads grow in ``setup("fit")``, before the optimizer is
+    built. The module records test accuracies in an accuracy matrix, available as
+    :attr:`results`.
+
+    Logged keys (through whatever Lightning logger the trainer has):
+
+    - ``train/loss``, ``train/acc``: per step and per epoch; ``train/penalty/<method>`` per step.
+    - ``val/loss``, ``val/acc``: on the experience's validation data, if it has any.
+    - ``test/acc/exp<j>``, ``test/loss/exp<j>``: per test experience ``j``; ``test/acc/stream``,
+      ``test/loss/stream``: over all samples of the tested stream; ``experience``: the last
+      trained experience.
+
+    Each of these also logs ``step`` = optimizer steps over all experiences so far, so the
+    steps of successive trainers never collide in a shared logger.
+
+    Args:
+        model: the network; called as ``model(x, task_labels)`` when its ``forward`` has a
+            ``task_labels`` parameter, else as ``model(x)``.
+        criterion: the task loss (default: cross-entropy).
+        optimizer: factory ``params -> Optimizer`` (a ``functools.partial``, or
+            ``class_path``/``init_args`` in YAML). Default: SGD, lr 0.01, momentum 0.9.
+        lr_scheduler: optional factory ``optimizer -> LRScheduler``, stepped per epoch.
+        optimizer_policy: at each new experience, ``"reset"`` builds a fresh optimizer (no
+            state); ``"keep"`` carries the state (momentum, Adam moments) of every parameter that
+            already existed with the same shape.
+
+    Raises:
+        ValueError: for an unknown ``optimizer_policy``.
+
+    Example:
+        >>> from lightning_cl.models import MLP
+        >>> module = ContinualModule(MLP(num_classes=10, input_size=64))
+        >>> module.current_experience is None
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: nn.Module | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        optimizer_policy: Literal["reset", "keep"] = "reset",
+    ):
+        super().__init__()
+        if optimizer_policy not in OPTIMIZER_POLICIES:
+            raise ValueError(f"optimizer_policy must be one of {OPTIMIZER_POLICIES}, got {optimizer_policy!r}")
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+        self.optimizer_factory: OptimizerCallable = optimizer if optimizer is not None else _sgd
+        self.scheduler_factory = lr_scheduler
+        self.optimizer_policy = optimizer_policy
+        self._takes_task_labels = "task_labels" in inspect.signature(model.forward).parameters
+        self.current_experience: int | None = None
+        self.seen_classes: set[int] = set()
+        self.accuracy_matrix = AccuracyMatrix()
+        self.steps_before_experience = 0
+        self._fit_finished = True
+        self._kept_optimizer_state: dict[str, dict[str, Any]] = {}
+        self._eval_columns: list[int] = []
+        self.train_metrics: MetricCollection | None = None
+        self.eval_metrics = nn.ModuleList()
+        self.eval_stream_metrics: MetricCollection | None = None
+
+    # ------------------------------------------------------------------ forward and loss
+    def forward(self, x: Tensor, task_labels: Tensor | None = None) -> Tensor:
+        if self._takes_task_labels:
+            return self.model(x, task_labels)
+        return self.model(x)
+
+    @property
+    def results(self) -> ContinualResults:
+        """The accuracy matrix so far and the metrics derived from it."""
+        return self.accuracy_matrix.results()
+
+    def cl_callbacks(self) -> list[ContinualCallback]:
+        """The CL callbacks of the attached trainer, in list order."""
+        trainer = self._trainer
+        if trainer is None:
+            return []
+        return [c for c in trainer.callbacks if isinstance(c, ContinualCallback)]  # type: ignore[attr-defined]
+
+    @property
+    def global_step_all(self) -> int:
+        """Optimizer steps over every experience so far (including the running fit)."""
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit" and not self._fit_finished:
+            return self.steps_before_experience + self.global_step
+        return self.steps_before_experience
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y, t = merge_batch(batch)
+        logits = self(x, t)
+        loss = self.criterion(logits, y)
+        n = len(y)
+        for callback in self.cl_callbacks():
+            term = callback.penalty(self, (x, y, t), logits)
+            if term is not None:
+                loss = loss + term
+                self.log(f"train/penalty/{callback.name}", term.detach().float(), on_step=True, batch_size=n)
+        assert self.train_metrics is not None
+        self.train_metrics["acc"](logits.argmax(dim=-1), y)
+        self.log("train/acc", self.train_metrics["acc"], on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("step", float(self.global_step_all), on_step=True, on_epoch=False, batch_size=n)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        # Epoch-level values are flushed after this hook: give them the stream-wide step too.
+        self.log("step", float(self.global_step_all), on_step=False, on_epoch=True, reduce_fx="max")
+
+    # ------------------------------------------------------------------ experience set-up
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit":
+            self._setup_fit(datamodule)
+        elif stage in ("test", "validate"):
+            self._setup_eval(datamodule)
+
+    def _setup_fit(self, experience: Any) -> None:
+        if not isinstance(experience, Experience):
+            raise MisconfigurationException(
+                "ContinualModule trains one experience per fit: call trainer.fit(module, datamodule=experience) "
+                f"with a lightning_cl Experience, got datamodule={type(experience).__name__}"
+            )
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and getattr(strategy, "_start_method", "popen") in _SPAWNING:
+            raise MisconfigurationException(
+                f"strategy with start method {strategy._start_method!r} ({type(strategy).__name__}) hands back only "
+                "the weights after each fit, so CL state (buffers, importances, grown heads) would be lost "
+                "between experiences; use strategy='ddp' (launched as a script) or a single device"
+            )
+        data = experience.dataset
+        for module in self.model.modules():
+            if isinstance(module, DynamicModule):
+                module.adaptation(experience.classes_in_this_experience, data.task_labels, data.targets)
+        classes = self.seen_classes | set(experience.classes_in_this_experience)
+        self._check_output_width(experience, max(classes) + 1)
+        self.seen_classes = classes
+        self.current_experience = experience.index
+        self._fit_finished = False
+        if self.train_metrics is None:
+            self.train_metrics = MetricCollection(
+                {"acc": MulticlassAccuracy(num_classes=experience.n_classes, average="micro")}
+            )
+        if experience.val_dataset is not None:
+            self._make_eval_metrics([experience.index], experience.n_classes)
+
+    def _check_output_width(self, experience: Experience, needed: int) -> None:
+        x, _, t = experience.dataset.__getitems__([0])
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                width = self(x.to(self.device), t.to(self.device)).shape[-1]
+        finally:
+            self.model.train(was_training)
+        if width < needed:
+            raise ValueError(
+                f"the model outputs {width} logits but the classes seen up to experience {experience.index} "
+                f"go up to {needed - 1}; it needs at least {needed} outputs (or a dynamic head: "
+                "IncrementalClassifier / MultiHeadClassifier)"
+            )
+
+    def _setup_eval(self, datamodule: Any) -> None:
+        if isinstance(datamodule, Stream):
+            columns, n_classes = datamodule.indices, datamodule.n_classes
+        elif isinstance(datamodule, Experience):
+            columns, n_classes = [datamodule.index], datamodule.n_classes
+        else:
+            raise MisconfigurationException(
+                "ContinualModule evaluates a lightning_cl Stream or Experience: call "
+                f"trainer.test(module, datamodule=benchmark.test_stream), got {type(datamodule).__name__}"
+            )
+        self._make_eval_metrics(columns, n_classes)
+
+    def _make_eval_metrics(self, columns: list[int], n_classes: int) -> None:
+        def collection() -> MetricCollection:
+            return MetricCollection(
+                {"acc": MulticlassAccuracy(num_classes=n_classes, average="micro"), "loss": MeanMetric()}
+            )
+
+        self._eval_columns = list(columns)
+        self.eval_metrics = nn.ModuleList([collection() for _ in columns]).to(self.device)
+        self.eval_stream_metrics = collection().to(self.device)
+
+    # ------------------------------------------------------------------ optimizers
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.optimizer_policy == "keep" and self._kept_optimizer_state:
+            self._restore_optimizer_state(optimizer)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def _restore_optimizer_state(self, optimizer: Optimizer) -> None:
+        for name, param in self.named_parameters():
+            saved = self._kept_optimizer_state.get(name)
+            if saved is None or saved["shape"] != tuple(param.shape):
+                continue
+            optimizer.state[param] = {
+                k: v.to(param.device) if isinstance(v, Tensor) and v.ndim > 0 else v
+                for k, v in saved["state"].items()
+            }
+
+    def _capture_optimizer_state(self) -> None:
+        if not self.trainer.optimizers:
+            return
+        optimizer = self.trainer.optimizers[0]
+        names = {p: n for n, p in self.named_parameters()}
+        self._kept_optimizer_state = {
+            names[p]: {
+                "shape": tuple(p.shape),
+                "state": {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in state.items()},
+            }
+            for p, state in optimizer.state.items()
+            if p in names
+        }
+
+    def on_fit_end(self) -> None:
+        if self.optimizer_policy == "keep":
+            self._capture_optimizer_state()
+        self.steps_before_experience += self.global_step
+        self._fit_finished = True
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
+        x, y, t = merge_batch(batch)
+        logits = self(x, t)
+        if logits.shape[-1] <= int(y.max()):
+            # Classes the model cannot output yet (a dynamic head before their experience).
+            logits = F.pad(logits, (0, int(y.max()) + 1 - logits.shape[-1]), value=MASK_VALUE)
+        loss = F.cross_entropy(logits.float(), y, reduction="none")
+        preds = logits.argmax(dim=-1)
+        assert self.eval_stream_metrics is not None
+        for metrics in (self.eval_metrics[dataloader_idx], self.eval_stream_metrics):
+            metrics["acc"].update(preds, y)
+            metrics["loss"].update(loss)
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, dataloader_idx)
+
+    def _eval_epoch_end(self, stage: str) -> dict[str, float]:
+        values: dict[str, float] = {}
+        if self.eval_stream_metrics is None or not self._eval_columns:
+            return values
+        for column, metrics in zip(self._eval_columns, self.eval_metrics):
+            if metrics["acc"].update_count == 0 and not self.trainer.world_size > 1:
+                continue
+            acc, loss = float(metrics["acc"].compute()), float(metrics["loss"].compute())
+            values[f"{stage}/acc/exp{column}"] = acc
+            values[f"{stage}/loss/exp{column}"] = loss
+            if stage == "test":
+                self.accuracy_matrix.record(self.current_experience, column, acc)
+            metrics.reset()
+        stream = self.eval_stream_metrics
+        if len(self._eval_columns) > 1:
+            values[f"{stage}/acc/stream"] = float(stream["acc"].compute())
+            values[f"{stage}/loss/stream"] = float(stream["loss"].compute())
+            if stage == "test":
+                self.accuracy_matrix.record_stream(self.current_experience, values["test/acc/stream"])
+        elif stage == "test" and values:
+            self.accuracy_matrix.record_stream(self.current_experience, next(iter(values.values())))
+        stream.reset()
+        for key, value in values.items():
+            self.log(key, value, sync_dist=False, add_dataloader_idx=False)
+        if self.current_experience is not None:
+            self.log("experience", float(self.current_experience), add_dataloader_idx=False)
+        self.log("step", float(self.global_step_all), add_dataloader_idx=False)
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._eval_epoch_end("val")
+        else:
+            for metrics in [*self.eval_metrics, self.eval_stream_metrics]:
+                if metrics is not None:
+                    metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lightning_cl"] = {
+            "current_experience": self.current_experience,
+            "seen_classes": sorted(self.seen_classes),
+            "accuracy_matrix": self.accuracy_matrix.state_dict(),
+            "steps_before_experience": self.steps_before_experience,
+            "kept_optimizer_state": self._kept_optimizer_state,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("lightning_cl")
+        if state is None:
+            return
+        self.current_experience = state["current_experience"]
+        self.seen_classes = set(state["seen_classes"])
+        self.accuracy_matrix.load_state_dict(state["accuracy_matrix"])
+        self.steps_before_experience = state["steps_before_experience"]
+        self._kept_optimizer_state = state["kept_optimizer_state"]
