@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,10 @@ from torch.utils.data import DataLoader
 from lightning_cl.data.dataset_view import DatasetView, passthrough_collate
 
 __all__ = ["Experience", "make_loader"]
+
+# An experience without validation data returns no validation loaders; Lightning then skips
+# validation but warns about the empty list on every fit.
+warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
 
 
 def make_loader(

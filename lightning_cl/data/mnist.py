@@ -19,13 +19,11 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
 
 def mnist_batch_transform() -> v2.Transform:
-    """``uint8`` batches ``(B, 1, 28, 28)`` to normalised ``float32``, as Avalanche's default MNIST transform."""
+    """``uint8`` batches ``(B, 1, 28, 28)`` to normalised ``float32`` (Avalanche's MNIST normalisation)."""
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MNIST_MEAN, MNIST_STD)])
 
 
-def mnist_tensors(
-    root: str | Path, train: bool, download: bool = False
-) -> TensorClassificationDataset:
+def mnist_tensors(root: str | Path, train: bool, download: bool = False) -> TensorClassificationDataset:
     """One MNIST split loaded by torchvision and kept as a ``uint8`` tensor ``(N, 1, 28, 28)``.
 
     Normalisation runs on whole batches when they are read.

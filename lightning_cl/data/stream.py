@@ -57,7 +57,7 @@ class Stream(L.LightningDataModule):
 
     def __getitem__(self, item: int | slice) -> Experience | Stream:
         if isinstance(item, slice):
-            return Stream(self.name, self.experiences[item])
+            return Stream(str(self.name), self.experiences[item])
         try:
             return self.experiences[item]
         except IndexError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -34,11 +35,14 @@ class TensorClassificationDataset(Dataset):
         ((2, 2), [0, 1])
     """
 
-    def __init__(self, inputs: Tensor, targets: Tensor | Sequence[int], transform: BatchTransform | None = None):
+    def __init__(
+        self, inputs: Tensor, targets: Tensor | Sequence[int], transform: BatchTransform | None = None
+    ):
         targets = torch.as_tensor(targets)
         if targets.ndim != 1 or targets.is_floating_point():
             raise ValueError(
-                f"targets must be a 1-d integer tensor, got dtype={targets.dtype} shape={tuple(targets.shape)}"
+                f"targets must be a 1-d integer tensor, got dtype={targets.dtype} "
+                f"shape={tuple(targets.shape)}"
             )
         if len(inputs) != len(targets):
             raise ValueError(f"inputs and targets differ in length: {len(inputs)} != {len(targets)}")

@@ -146,7 +146,10 @@ class ContinualResults:
     def table(self) -> str:
         """The accuracy matrix and derived metrics as a fixed-width text table."""
         head = "after \\ test " + "".join(f"{'exp ' + str(j):>8}" for j in self.tested) + f"{'stream':>9}"
-        lines = ["Accuracy matrix R[i, j]: row = after training experience i, column = test experience j", head]
+        lines = [
+            "Accuracy matrix R[i, j]: row = after training experience i, column = test experience j",
+            head,
+        ]
         for k, (i, row) in enumerate(zip(self.trained, self.accuracy_matrix)):
             cells = "".join("     -  " if math.isnan(v) else f"{v:8.3f}" for v in row)
             stream = self.stream_accuracy[k] if k < len(self.stream_accuracy) else math.nan

@@ -58,7 +58,9 @@ class ContinualCallback(L.Callback):
         """
         return {}
 
-    def on_experience_start(self, trainer: L.Trainer, module: ContinualModule, experience: Experience) -> None:
+    def on_experience_start(
+        self, trainer: L.Trainer, module: ContinualModule, experience: Experience
+    ) -> None:
         """Called before training on ``experience`` (from ``setup("fit")``)."""
 
     def on_experience_end(self, trainer: L.Trainer, module: ContinualModule, experience: Experience) -> None:

@@ -117,7 +117,12 @@ class ReplayBuffer:
         groups = {}
         for key, (idx, tl, pr) in self.groups.items():
             targets = self._base_targets[idx] if self._base_targets is not None else None
-            groups[key] = {"indices": idx.clone(), "task_labels": tl.clone(), "priority": pr.clone(), "targets": targets}
+            groups[key] = {
+                "indices": idx.clone(),
+                "task_labels": tl.clone(),
+                "priority": pr.clone(),
+                "targets": targets,
+            }
         return {"mem_size": self.mem_size, "policy": self.policy, "groups": groups}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

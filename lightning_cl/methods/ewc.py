@@ -61,7 +61,9 @@ def fisher_information(
                 with torch.enable_grad():
                     loss = F.cross_entropy(module(x, t).float(), y)
                     grads = torch.autograd.grad(loss, live, allow_unused=True)
-                for (name, _), g in zip(((n, p) for n, p in module.named_parameters() if p.requires_grad), grads):
+                for (name, _), g in zip(
+                    ((n, p) for n, p in module.named_parameters() if p.requires_grad), grads
+                ):
                     if g is not None:
                         sums[name] += g.float().pow(2)
                 count += 1
@@ -175,7 +177,9 @@ class EWC(ContinualCallback):
             module, data, _shard(len(data), trainer), batch_size=batch_size, estimator=self.fisher
         )
         names = list(sums)
-        flat = torch.cat([sums[n].flatten() for n in names] + [torch.tensor([float(count)], device=sums[names[0]].device)])
+        flat = torch.cat(
+            [sums[n].flatten() for n in names] + [torch.tensor([float(count)], device=sums[names[0]].device)]
+        )
         flat = trainer.strategy.reduce(flat, reduce_op="sum")
         total = float(flat[-1])
         fisher, offset = {}, 0

@@ -80,7 +80,11 @@ class MLP(_Backbone):
         head: HeadKind = "linear",
     ):
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("input_size", input_size), ("hidden_size", hidden_size)):
+        for name, value in (
+            ("num_classes", num_classes),
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value}")
         if hidden_layers < 0:

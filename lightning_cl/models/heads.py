@@ -72,6 +72,7 @@ class IncrementalClassifier(DynamicModule):
         self.classifier = nn.Linear(in_features, initial_out_features)
         self.masking = masking
         self.mask_value = mask_value
+        self.active_units: Tensor
         self.register_buffer("active_units", torch.zeros(initial_out_features, dtype=torch.bool))
 
     @property
@@ -86,7 +87,9 @@ class IncrementalClassifier(DynamicModule):
         active[: len(self.active_units)] = self.active_units
         self.active_units = active
 
-    def adaptation(self, classes: Iterable[int], task_labels: Tensor | None = None, targets: Any = None) -> None:
+    def adaptation(
+        self, classes: Iterable[int], task_labels: Tensor | None = None, targets: Any = None
+    ) -> None:
         classes = [int(c) for c in classes]
         if not classes:
             return
@@ -99,7 +102,9 @@ class IncrementalClassifier(DynamicModule):
             out = out.masked_fill(~self.active_units, self.mask_value)
         return out
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         weight = state_dict.get(prefix + "classifier.weight")
         if weight is not None:
             self._resize(weight.shape[0])
@@ -142,7 +147,9 @@ class MultiHeadClassifier(DynamicModule):
         self.heads = nn.ModuleDict()
 
     def _new_head(self) -> IncrementalClassifier:
-        head = IncrementalClassifier(self.in_features, self.initial_out_features, self.masking, self.mask_value)
+        head = IncrementalClassifier(
+            self.in_features, self.initial_out_features, self.masking, self.mask_value
+        )
         try:
             ref = next(self.parameters())
             head.to(device=ref.device, dtype=ref.dtype)
@@ -170,7 +177,9 @@ class MultiHeadClassifier(DynamicModule):
             out[task_labels == t, : o.shape[1]] = o
         return out
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         head_prefix = prefix + "heads."
         for key in state_dict:
             if key.startswith(head_prefix):

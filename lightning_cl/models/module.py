@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -96,7 +96,9 @@ class ContinualModule(L.LightningModule):
     ):
         super().__init__()
         if optimizer_policy not in OPTIMIZER_POLICIES:
-            raise ValueError(f"optimizer_policy must be one of {OPTIMIZER_POLICIES}, got {optimizer_policy!r}")
+            raise ValueError(
+                f"optimizer_policy must be one of {OPTIMIZER_POLICIES}, got {optimizer_policy!r}"
+            )
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -174,15 +176,17 @@ class ContinualModule(L.LightningModule):
     def _setup_fit(self, experience: Any) -> None:
         if not isinstance(experience, Experience):
             raise MisconfigurationException(
-                "ContinualModule trains one experience per fit: call trainer.fit(module, datamodule=experience) "
-                f"with a lightning_cl Experience, got datamodule={type(experience).__name__}"
+                "ContinualModule trains one experience per fit: call "
+                "trainer.fit(module, datamodule=experience) with a lightning_cl Experience, "
+                f"got datamodule={type(experience).__name__}"
             )
         strategy = self.trainer.strategy
         if isinstance(strategy, DDPStrategy) and getattr(strategy, "_start_method", "popen") in _SPAWNING:
             raise MisconfigurationException(
-                f"strategy with start method {strategy._start_method!r} ({type(strategy).__name__}) hands back only "
-                "the weights after each fit, so CL state (buffers, importances, grown heads) would be lost "
-                "between experiences; use strategy='ddp' (launched as a script) or a single device"
+                f"strategy with start method {strategy._start_method!r} ({type(strategy).__name__}) "
+                "hands back only the weights after each fit, so CL state (buffers, importances, "
+                "grown heads) would be lost between experiences; use strategy='ddp' (launched as a "
+                "script) or a single device"
             )
         data = experience.dataset
         for module in self.model.modules():
@@ -261,7 +265,7 @@ class ContinualModule(L.LightningModule):
         if not self.trainer.optimizers:
             return
         optimizer = self.trainer.optimizers[0]
-        names = {p: n for n, p in self.named_parameters()}
+        names: dict[Any, str] = {p: n for n, p in self.named_parameters()}
         self._kept_optimizer_state = {
             names[p]: {
                 "shape": tuple(p.shape),
@@ -287,7 +291,7 @@ class ContinualModule(L.LightningModule):
         loss = F.cross_entropy(logits.float(), y, reduction="none")
         preds = logits.argmax(dim=-1)
         assert self.eval_stream_metrics is not None
-        for metrics in (self.eval_metrics[dataloader_idx], self.eval_stream_metrics):
+        for metrics in (cast(MetricCollection, self.eval_metrics[dataloader_idx]), self.eval_stream_metrics):
             metrics["acc"].update(preds, y)
             metrics["loss"].update(loss)
 
@@ -301,7 +305,8 @@ class ContinualModule(L.LightningModule):
         values: dict[str, float] = {}
         if self.eval_stream_metrics is None or not self._eval_columns:
             return values
-        for column, metrics in zip(self._eval_columns, self.eval_metrics):
+        for column, module in zip(self._eval_columns, self.eval_metrics):
+            metrics = cast(MetricCollection, module)
             if metrics["acc"].update_count == 0 and not self.trainer.world_size > 1:
                 continue
             acc, loss = float(metrics["acc"].compute()), float(metrics["loss"].compute())

@@ -16,7 +16,7 @@ from lightning_cl.data.stream import Stream
 from lightning_cl.evaluation.accuracy_matrix import ContinualResults
 from lightning_cl.models.module import ContinualModule
 
-__all__ = ["RESULTS_FILE", "fit_stream", "log_dir_of"]
+__all__ = ["RESULTS_FILE", "fit_stream", "log_dir_of", "resolve_logger"]
 
 RESULTS_FILE = "results.json"
 _REFUSED_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_spawn_find_unused_parameters_true")
@@ -33,7 +33,7 @@ def _check_strategy(strategy: Any) -> None:
         )
 
 
-def _resolve_logger(logger: bool | Logger | Iterable[Logger] | None, root: str | Path) -> Any:
+def resolve_logger(logger: bool | Logger | Iterable[Logger] | None, root: str | Path) -> Any:
     """One logger shared by the trainers of all experiences (``True``: a CSV logger)."""
     if logger is True or logger is None:
         return CSVLogger(save_dir=str(root), name="lightning_cl")
@@ -106,12 +106,15 @@ def fit_stream(
     for key, value in _DEFAULTS.items():
         kwargs.setdefault(key, value)
     callbacks = list(callbacks)
-    shared_logger = _resolve_logger(logger, kwargs.get("default_root_dir") or Path.cwd())
+    shared_logger = resolve_logger(logger, kwargs.get("default_root_dir") or Path.cwd())
     stream = test_stream if test_stream is not None else benchmark.test_stream
     trainer: L.Trainer | None = None
     for experience in benchmark.train_stream:
-        rank_zero_info(f"lightning_cl: training experience {experience.index} of {len(benchmark.train_stream)}")
-        trainer = L.Trainer(callbacks=callbacks, logger=shared_logger, **kwargs)
+        rank_zero_info(
+            f"lightning_cl: training experience {experience.index} of {len(benchmark.train_stream)}"
+        )
+        # Lightning appends its own defaults to the list it gets: each trainer gets a fresh list.
+        trainer = L.Trainer(callbacks=list(callbacks), logger=shared_logger, **kwargs)
         trainer.fit(module, datamodule=experience)
         if evaluate:
             trainer.test(module, datamodule=stream, verbose=False)
