@@ -1,0 +1,50 @@
+"""Shared fixtures: quiet CPU trainers, the digits benchmark, and the optional real MNIST files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DATA_ENV = "LIGHTNING_CL_DATA"
+
+
+def quiet_trainer_kwargs(**overrides: Any) -> dict[str, Any]:
+    """Trainer arguments for fast, silent CPU runs in tests."""
+    kwargs: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def stream_trainer_kwargs(**overrides: Any) -> dict[str, Any]:
+    """``quiet_trainer_kwargs`` for ``fit_stream``, which takes the logger as its own argument."""
+    kwargs = quiet_trainer_kwargs(**overrides)
+    kwargs.pop("logger")
+    return kwargs
+
+
+@pytest.fixture
+def trainer_kwargs() -> dict[str, Any]:
+    return quiet_trainer_kwargs()
+
+
+@pytest.fixture
+def data_root() -> Path:
+    """The folder holding ``MNIST/raw``, named by ``LIGHTNING_CL_DATA``; the test is skipped without it."""
+    root = os.environ.get(DATA_ENV)
+    if not root:
+        pytest.skip(f"real MNIST needed: set {DATA_ENV} to the folder that holds MNIST/raw")
+    path = Path(root)
+    if not (path / "MNIST" / "raw").is_dir():
+        pytest.skip(f"{DATA_ENV}={root} has no MNIST/raw folder")
+    return path

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_cl.data import DatasetView, SplitDigits, TensorClassificationDataset
+from lightning_cl.methods import EWC, fisher_information
+from lightning_cl.models import MLP, ContinualModule
+from tests.conftest import quiet_trainer_kwargs
+
+
+def _tiny_module(head: str = "linear") -> ContinualModule:
+    torch.manual_seed(0)
+    return ContinualModule(MLP(num_classes=3, input_size=4, hidden_size=5, drop_rate=0.0, head=head))  # type: ignore[arg-type]
+
+
+def _tiny_data(n: int = 10) -> DatasetView:
+    g = torch.Generator().manual_seed(1)
+    base = TensorClassificationDataset(torch.randn(n, 4, generator=g), torch.arange(n) % 3)
+    return DatasetView(base, torch.arange(n), 0)
+
+
+def _manual_grads(
+    module: ContinualModule, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor
+) -> list[torch.Tensor]:
+    params = [p for p in module.parameters() if p.requires_grad]
+    loss = F.cross_entropy(module(x, t), y)
+    return [g.detach() for g in torch.autograd.grad(loss, params)]
+
+
+def test_per_sample_fisher_matches_a_loop_over_samples() -> None:
+    module, data = _tiny_module(), _tiny_data()
+    sums, count = fisher_information(module, data, torch.arange(len(data)), batch_size=4)
+    assert count == len(data)
+    expected = [torch.zeros_like(p) for p in module.parameters()]
+    for i in range(len(data)):
+        x, y, t = data.__getitems__([i])
+        for e, g in zip(expected, _manual_grads(module, x, y, t)):
+            e += g.pow(2)
+    for (name, _), e in zip(module.named_parameters(), expected):
+        assert torch.allclose(sums[name], e, atol=1e-6), name
+
+
+def test_minibatch_fisher_squares_batch_gradients() -> None:
+    module, data = _tiny_module(), _tiny_data(8)
+    sums, count = fisher_information(module, data, torch.arange(8), batch_size=4, estimator="minibatch")
+    assert count == 2
+    expected = [torch.zeros_like(p) for p in module.parameters()]
+    for chunk in torch.arange(8).split(4):
+        for e, g in zip(expected, _manual_grads(module, *data.__getitems__(chunk))):
+            e += g.pow(2)
+    for (name, _), e in zip(module.named_parameters(), expected):
+        assert torch.allclose(sums[name], e, atol=1e-6), name
+
+
+def test_fisher_works_with_a_multihead_model() -> None:
+    module = _tiny_module(head="multihead")
+    data = _tiny_data()
+    module.model.head.adaptation([0, 1, 2], data.task_labels, data.targets)
+    sums, count = fisher_information(module, data, torch.arange(len(data)), batch_size=3)
+    assert count == len(data) and all(torch.isfinite(v).all() for v in sums.values())
+    assert sum(float(v.sum()) for v in sums.values()) > 0
+
+
+def test_penalty_is_half_lambda_times_fisher_weighted_distance() -> None:
+    module = _tiny_module()
+    ewc = EWC(ewc_lambda=4.0)
+    params = {n: p.detach().clone() for n, p in module.named_parameters()}
+    fisher = {n: torch.rand_like(p) for n, p in module.named_parameters()}
+    ewc.anchors = {0: {"params": params, "fisher": fisher}}
+    batch = (torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    assert float(ewc.penalty(module, batch, torch.zeros(1, 3)).detach()) == 0.0
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.5)
+    expected = 0.5 * 4.0 * sum(float((f * 0.25).sum()) for f in fisher.values())
+    assert float(ewc.penalty(module, batch, torch.zeros(1, 3)).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_penalty_covers_the_old_slice_of_a_grown_head() -> None:
+    module = _tiny_module(head="incremental")
+    head = module.model.head
+    head.adaptation([0, 1], torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]))
+    ewc = EWC(ewc_lambda=2.0)
+    params = {n: p.detach().clone() for n, p in module.named_parameters()}
+    ewc.anchors = {0: {"params": params, "fisher": {n: torch.ones_like(p) for n, p in params.items()}}}
+    head.adaptation([2, 3], torch.zeros(2, dtype=torch.long), torch.tensor([2, 3]))
+    with torch.no_grad():
+        head.classifier.weight[2:] += 10.0  # new units: free
+    batch = (torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    assert float(ewc.penalty(module, batch, torch.zeros(1, 4)).detach()) == 0.0
+    with torch.no_grad():
+        head.classifier.weight[:2] += 1.0  # old units: anchored
+    assert float(ewc.penalty(module, batch, torch.zeros(1, 4)).detach()) == pytest.approx(2.0 / 2 * 2 * 5)
+
+
+def test_online_mode_keeps_one_decayed_term() -> None:
+    bench = SplitDigits(n_experiences=5)
+    module = ContinualModule(MLP(input_size=64, hidden_size=16, drop_rate=0.0))
+    ewc = EWC(ewc_lambda=1.0, mode="online", decay_factor=0.5)
+    fishers = []
+    for experience in bench.train_stream[:2]:
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[ewc]).fit(module, datamodule=experience)
+        fishers.append({n: f.clone() for n, f in next(iter(ewc.anchors.values()))["fisher"].items()})
+    assert list(ewc.anchors) == [1]
+    # F_1 = 0.5 F_0 + F_new, so F_1 - 0.5 F_0 is a Fisher of its own: non-negative.
+    for name, f1 in fishers[1].items():
+        assert torch.all(f1 - 0.5 * fishers[0][name] >= -1e-7)
+
+
+def test_ewc_keeps_important_weights_near_the_anchor() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    drift = {}
+    for lam in (0.0, 100.0):
+        L.seed_everything(0)
+        module = ContinualModule(
+            MLP(input_size=64, hidden_size=64, drop_rate=0.0), optimizer=partial(torch.optim.SGD, lr=0.01)
+        )
+        ewc = EWC(ewc_lambda=lam)
+        L.Trainer(**quiet_trainer_kwargs(max_epochs=3), callbacks=[ewc]).fit(
+            module, datamodule=bench.train_stream[0]
+        )
+        anchor, fisher = ewc.anchors[0]["params"], ewc.anchors[0]["fisher"]
+        L.Trainer(**quiet_trainer_kwargs(max_epochs=3), callbacks=[ewc]).fit(
+            module, datamodule=bench.train_stream[1]
+        )
+        drift[lam] = sum(
+            float((fisher[n] * (p.detach() - anchor[n]).pow(2)).sum()) for n, p in module.named_parameters()
+        )
+    # What EWC minimises, the Fisher-weighted distance to the anchor, shrinks several times.
+    assert drift[100.0] < 0.3 * drift[0.0]
+
+
+def test_fisher_snapshot_is_a_copy() -> None:
+    bench = SplitDigits(n_experiences=5)
+    module = ContinualModule(MLP(input_size=64, hidden_size=16))
+    ewc = EWC(ewc_lambda=1.0)
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[ewc]).fit(module, datamodule=bench.train_stream[0])
+    saved = {n: p.clone() for n, p in ewc.anchors[0]["params"].items()}
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[ewc]).fit(module, datamodule=bench.train_stream[1])
+    assert all(torch.equal(saved[n], p) for n, p in ewc.anchors[0]["params"].items())
+    assert any(not torch.equal(saved[n], p.detach()) for n, p in module.named_parameters())
+
+
+def test_state_dict_round_trip() -> None:
+    bench = SplitDigits(n_experiences=5)
+    module = ContinualModule(MLP(input_size=64, hidden_size=16))
+    ewc = EWC(ewc_lambda=1.0)
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[ewc]).fit(module, datamodule=bench.train_stream[0])
+    restored = EWC(ewc_lambda=1.0)
+    restored.load_state_dict(ewc.state_dict())
+    batch = (torch.zeros(1, 64), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1)
+    assert float(restored.penalty(module, batch, torch.zeros(1, 10))) == float(
+        ewc.penalty(module, batch, torch.zeros(1, 10))
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(ewc_lambda=-1.0), "ewc_lambda must be a number >= 0, got -1.0"),
+        (dict(mode="both"), "mode must be one of"),
+        (dict(fisher="exact"), "fisher must be one of"),
+        (dict(decay_factor=1.5), "decay_factor"),
+        (dict(fisher_batch_size=0), "fisher_batch_size"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        EWC(**kwargs)

@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import csv
+from functools import partial
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from lightning_cl.data import SplitDigits
+from lightning_cl.methods import ContinualCallback
+from lightning_cl.models import MLP, ContinualModule, merge_batch
+from tests.conftest import quiet_trainer_kwargs
+
+
+def _module(**kwargs: Any) -> ContinualModule:
+    model = kwargs.pop("model", None) or MLP(num_classes=10, input_size=64, hidden_size=32, drop_rate=0.0)
+    kwargs.setdefault("optimizer", partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    return ContinualModule(model, **kwargs)
+
+
+def test_forward_passes_task_labels_only_to_models_that_take_them() -> None:
+    plain = ContinualModule(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)))
+    assert plain(torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)).shape == (2, 10)
+    multi = ContinualModule(MLP(input_size=64, hidden_size=8, head="multihead"))
+    assert multi._takes_task_labels and not plain._takes_task_labels
+
+
+def test_merge_batch_concatenates_named_batches() -> None:
+    a = (torch.zeros(2, 3), torch.tensor([0, 1]), torch.tensor([0, 0]))
+    b = (torch.ones(1, 3), torch.tensor([5]), torch.tensor([1]))
+    x, y, t = merge_batch({"current": a, "replay": b})
+    assert x.shape == (3, 3) and y.tolist() == [0, 1, 5] and t.tolist() == [0, 0, 1]
+    assert merge_batch(a)[1] is a[1]
+
+
+def test_unknown_optimizer_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="optimizer_policy must be one of"):
+        _module(optimizer_policy="sometimes")
+
+
+def test_model_must_be_a_module() -> None:
+    with pytest.raises(ValueError, match="torch.nn.Module"):
+        ContinualModule("mlp")  # type: ignore[arg-type]
+
+
+def test_fit_needs_an_experience() -> None:
+    bench = SplitDigits(n_experiences=5)
+    module = _module()
+    trainer = L.Trainer(**quiet_trainer_kwargs())
+    with pytest.raises(MisconfigurationException, match="Experience"):
+        trainer.fit(module, train_dataloaders=bench.train_stream[0].train_dataloader())
+
+
+def test_too_narrow_model_is_refused_before_any_step() -> None:
+    bench = SplitDigits(n_experiences=5)  # classes in order: [0, 1], [2, 3], ...
+    module = _module(model=MLP(num_classes=3, input_size=64, hidden_size=8))
+    L.Trainer(**quiet_trainer_kwargs()).fit(module, datamodule=bench.train_stream[0])
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+
+    with pytest.raises(ValueError, match="outputs 3 logits .* at least 4 outputs"):
+        L.Trainer(**quiet_trainer_kwargs()).fit(module, datamodule=bench.train_stream[1])
+
+    assert module.current_experience == 0 and module.seen_classes == {0, 1}
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_incremental_head_grows_before_the_optimizer_is_built() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module = _module(model=MLP(input_size=64, hidden_size=32, drop_rate=0.0, head="incremental"))
+    for experience in bench.train_stream[:2]:
+        L.Trainer(**quiet_trainer_kwargs(max_epochs=5)).fit(module, datamodule=experience)
+    seen = set(
+        bench.train_stream[0].classes_in_this_experience + bench.train_stream[1].classes_in_this_experience
+    )
+    assert module.seen_classes == seen
+    assert module.model.head.out_features == max(seen) + 1
+    L.Trainer(**quiet_trainer_kwargs()).test(module, datamodule=bench.test_stream[:2], verbose=False)
+    # The new units were trained: the latest experience is learned.
+    assert module.results.accuracy_matrix[-1][1] > 0.8
+
+
+class _OptimizerProbe(L.Callback):
+    def __init__(self) -> None:
+        self.states: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        names = {p: n for n, p in pl_module.named_parameters()}
+        optimizer = trainer.optimizers[0]
+        self.states.append(
+            {
+                names[p]: s["momentum_buffer"].clone()
+                for p, s in optimizer.state.items()
+                if "momentum_buffer" in s
+            }
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.on_train_start(trainer, pl_module)
+
+
+@pytest.mark.parametrize("policy", ["reset", "keep"])
+def test_optimizer_policy(policy: str) -> None:
+    bench = SplitDigits(n_experiences=5)
+    module = _module(optimizer_policy=policy)
+    probe = _OptimizerProbe()
+    for experience in bench.train_stream[:2]:
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[probe]).fit(module, datamodule=experience)
+    start0, end0, start1, _ = probe.states
+    assert start0 == {}
+    if policy == "reset":
+        assert start1 == {}
+    else:
+        assert set(start1) == set(end0) == {n for n, _ in module.named_parameters()}
+        assert all(torch.equal(start1[n], end0[n]) for n in end0)
+
+
+class _ConstantPenalty(ContinualCallback):
+    def __init__(self) -> None:
+        self.checked = 0
+        self._expected: torch.Tensor | None = None
+
+    def penalty(self, module: Any, batch: Any, logits: torch.Tensor) -> torch.Tensor:
+        self._expected = module.criterion(logits, batch[1]).detach() + 7.0
+        return torch.tensor(7.0)
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        assert self._expected is not None
+        assert torch.allclose(outputs["loss"], self._expected)
+        self.checked += 1
+
+
+def test_training_loss_is_task_loss_plus_penalties() -> None:
+    bench = SplitDigits(n_experiences=5)
+    probe = _ConstantPenalty()
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[probe]).fit(_module(), datamodule=bench.train_stream[0])
+    assert probe.checked == len(bench.train_stream[0].train_dataloader())
+
+
+def test_cl_callback_needs_a_continual_module() -> None:
+    class Plain(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(64, 10)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.layer(batch[0].flatten(1)).sum()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    bench = SplitDigits(n_experiences=5)
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[_ConstantPenalty()])
+    with pytest.raises(MisconfigurationException, match="needs a ContinualModule"):
+        trainer.fit(Plain(), datamodule=bench.train_stream[0])
+
+
+def test_logged_steps_never_collide_across_experiences(tmp_path: Any) -> None:
+    bench = SplitDigits(n_experiences=5, batch_size=64)
+    module = _module()
+    logger = CSVLogger(tmp_path, name="run")
+    steps_per_exp = []
+    for experience in bench.train_stream[:3]:
+        trainer = L.Trainer(**quiet_trainer_kwargs(logger=logger, log_every_n_steps=1))
+        trainer.fit(module, datamodule=experience)
+        trainer.test(module, datamodule=bench.test_stream, verbose=False)
+        steps_per_exp.append(trainer.global_step)
+    rows = list(csv.DictReader(open(logger.log_dir + "/metrics.csv")))
+    train_steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert train_steps == sorted(train_steps) and len(set(train_steps)) == len(train_steps) == sum(
+        steps_per_exp
+    )
+    test_rows = [r for r in rows if r.get("test/acc/stream")]
+    assert [int(r["step"]) for r in test_rows] == [sum(steps_per_exp[: i + 1]) for i in range(3)]
+    assert [float(r["experience"]) for r in test_rows] == [0.0, 1.0, 2.0]
+    epoch_rows = [r for r in rows if r.get("train/acc_epoch")]
+    assert len({r["step"] for r in epoch_rows}) == len(epoch_rows) == 3
+
+
+def test_results_fill_one_row_per_trained_experience() -> None:
+    bench = SplitDigits(n_experiences=5)
+    module = _module()
+    for experience in bench.train_stream[:2]:
+        trainer = L.Trainer(**quiet_trainer_kwargs())
+        trainer.fit(module, datamodule=experience)
+        trainer.test(module, datamodule=bench.test_stream, verbose=False)
+    results = module.results
+    assert results.trained == [0, 1] and results.tested == [0, 1, 2, 3, 4]
+    assert len(results.accuracy_matrix) == 2 and all(len(row) == 5 for row in results.accuracy_matrix)
+    assert all(0.0 <= v <= 1.0 for row in results.accuracy_matrix for v in row)
+    # The stream accuracy is the sample-weighted mean of the experience accuracies.
+    sizes = torch.tensor([len(e) for e in bench.test_stream], dtype=torch.float64)
+    row = torch.tensor(results.accuracy_matrix[1], dtype=torch.float64)
+    assert results.stream_accuracy[1] == pytest.approx(float((row * sizes).sum() / sizes.sum()), abs=1e-6)
