@@ -43,7 +43,7 @@ def test_unknown_optimizer_policy_is_refused() -> None:
 
 
 def test_model_must_be_a_module() -> None:
-    with pytest.raises(ValueError, match="torch.nn.Module"):
+    with pytest.raises(ValueError, match=r"torch\.nn\.Module"):
         ContinualModule("mlp")  # type: ignore[arg-type]
 
 
@@ -61,7 +61,7 @@ def test_too_narrow_model_is_refused_before_any_step() -> None:
     L.Trainer(**quiet_trainer_kwargs()).fit(module, datamodule=bench.train_stream[0])
     before = {k: v.clone() for k, v in module.state_dict().items()}
 
-    with pytest.raises(ValueError, match="outputs 3 logits .* at least 4 outputs"):
+    with pytest.raises(ValueError, match=r"outputs 3 logits .* at least 4 outputs"):
         L.Trainer(**quiet_trainer_kwargs()).fit(module, datamodule=bench.train_stream[1])
 
     assert module.current_experience == 0 and module.seen_classes == {0, 1}
