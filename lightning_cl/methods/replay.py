@@ -32,8 +32,9 @@ class Replay(ContinualCallback):
         policy: selection policy, one of ``"experience_balanced"`` (default), ``"class_balanced"``,
             ``"reservoir"``; see :class:`~lightning_cl.methods.buffers.ReplayBuffer`.
         mem_batch_size: memory samples per training step (default: the experience's batch size).
-        seed: seed of the memory's selection; ``None`` draws it from torch's global generator
-            (so ``seed_everything`` fixes it), the same value on every DDP rank.
+        seed: seed of the memory's selection; ``None`` takes torch's initial seed (the one
+            ``seed_everything`` sets) on rank 0, so the memory is the same on every DDP rank and
+            for any number of devices.
 
     Raises:
         ValueError: for ``mem_size < 0``, an unknown policy, or ``mem_batch_size < 1``.
@@ -60,6 +61,7 @@ class Replay(ContinualCallback):
         self.buffer = ReplayBuffer(mem_size, policy)
         self.mem_batch_size = mem_batch_size
         self.seed = seed
+        self._seed: int | None = None
 
     @property
     def state_key(self) -> str:
@@ -70,6 +72,8 @@ class Replay(ContinualCallback):
             self.buffer.bind(experience.dataset)
 
     def train_dataloaders(self, experience: Experience, current: DataLoader) -> dict[str, DataLoader]:
+        # A state loaded by Lightning inside an experience arrives after `setup`: bind it here.
+        self.on_experience_start(experience.trainer, None, experience)  # type: ignore[arg-type]
         memory = self.buffer.dataset()
         if memory is None:
             return {}
@@ -78,15 +82,17 @@ class Replay(ContinualCallback):
         return {"replay": experience.loader(memory, train=True, batch_size=batch_size, sampler=sampler)}
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
-        seed = self.seed
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-            seed = int(trainer.strategy.broadcast(seed, src=0))
-        generator = torch.Generator().manual_seed(seed + 1_000_003 * experience.index)
+        if self._seed is None:
+            # One base seed for the whole stream: the user's, else the global seed (set by
+            # `seed_everything`), as on rank 0. It goes into the state, so a resumed run reuses it.
+            seed = self.seed if self.seed is not None else torch.initial_seed() % (2**31)
+            self._seed = int(trainer.strategy.broadcast(seed, src=0))
+        generator = torch.Generator().manual_seed(self._seed + 1_000_003 * experience.index)
         self.buffer.update(experience.dataset, experience.index, generator)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.state_dict()}
+        return {"buffer": self.buffer.state_dict(), "seed": self._seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state_dict["buffer"])
+        self._seed = state_dict.get("seed")

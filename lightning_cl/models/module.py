@@ -346,6 +346,7 @@ class ContinualModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lightning_cl"] = {
             "current_experience": self.current_experience,
+            "experience_complete": self._fit_finished,
             "seen_classes": sorted(self.seen_classes),
             "accuracy_matrix": self.accuracy_matrix.state_dict(),
             "steps_before_experience": self.steps_before_experience,

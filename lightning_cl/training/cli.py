@@ -66,7 +66,7 @@ class ContinualCLI(LightningCLI):
         self.extra_callbacks = [c for c in built if isinstance(c, SaveConfigCallback)]
         return trainer
 
-    def fit(self, model: ContinualModule, **_: Any) -> None:
+    def fit(self, model: ContinualModule, ckpt_path: str | None = None, **_: Any) -> None:
         config = self.config_init[self.subcommand]
         benchmark = config["benchmark"]
         trainer_config = dict(config["trainer"])
@@ -75,7 +75,12 @@ class ContinualCLI(LightningCLI):
         trainer_kwargs = {k: v for k, v in trainer_config.items() if v is not None}
         logger = resolve_logger(logger, trainer_kwargs.get("default_root_dir") or Path.cwd())
         results = fit_stream(
-            model, benchmark, callbacks=callbacks, trainer_kwargs=trainer_kwargs, logger=logger
+            model,
+            benchmark,
+            callbacks=callbacks,
+            trainer_kwargs=trainer_kwargs,
+            logger=logger,
+            ckpt_path=ckpt_path,
         )
         self._report(results.table(), log_dir_of(logger))
 

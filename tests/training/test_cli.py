@@ -120,3 +120,30 @@ def test_readme_command_lines_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert args[0] == "lightning-cl"
         main(args[1:])
         assert _results_path(capsys.readouterr().out).name == "results.json"
+
+
+def test_resume_from_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = str(ROOT / "configs" / "split_digits_replay.yaml")
+    main(["fit", "--config", config, "--trainer.max_epochs", "1", "--trainer.default_root_dir", "first"])
+    first = _results_path(capsys.readouterr().out)
+    ckpt = first.parent / "checkpoints" / "experience_002.ckpt"
+    main(
+        [
+            "fit",
+            "--config",
+            config,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.default_root_dir",
+            "second",
+            "--ckpt_path",
+            str(ckpt),
+        ]
+    )
+    second = _results_path(capsys.readouterr().out)
+    assert (
+        json.loads(second.read_text())["accuracy_matrix"] == json.loads(first.read_text())["accuracy_matrix"]
+    )
+    assert not (second.parent / "checkpoints" / "experience_002.ckpt").exists()
+    assert (second.parent / "checkpoints" / "experience_004.ckpt").exists()

@@ -1,0 +1,156 @@
+"""Stream checkpoints: what a Lightning checkpoint needs to carry to resume a stream exactly."""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from typing_extensions import override
+
+from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.models.module import ContinualModule
+
+__all__ = [
+    "STREAM_KEY",
+    "StreamCheckpointInfo",
+    "apply_stream_checkpoint",
+    "benchmark_fingerprint",
+    "checkpoint_name",
+    "load_stream_checkpoint",
+    "rng_state",
+    "set_rng_state",
+]
+
+STREAM_KEY = "lightning_cl_stream"
+"""Checkpoint key of the stream's identity and the RNG states."""
+
+
+def checkpoint_name(experience: int) -> str:
+    """File name of the checkpoint saved after ``experience`` was trained and tested."""
+    return f"experience_{experience:03d}.ckpt"
+
+
+def benchmark_fingerprint(benchmark: Benchmark) -> dict[str, Any]:
+    """What identifies a benchmark's streams: name, scenario, classes, order and sizes."""
+    return {
+        "name": benchmark.name,
+        "scenario": benchmark.scenario,
+        "n_classes": benchmark.n_classes,
+        "class_order": list(benchmark.class_order),
+        "classes": [list(e.classes_in_this_experience) for e in benchmark.train_stream],
+        "train_sizes": [len(e) for e in benchmark.train_stream],
+        "test_sizes": [len(e) for e in benchmark.test_stream],
+    }
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random states (torch, CUDA, NumPy, Python) in a form ``torch.load`` reads safely."""
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StreamCheckpointInfo(L.Callback):
+    """Adds the benchmark's fingerprint and the RNG states to every checkpoint of a stream run.
+
+    :func:`~lightning_cl.training.fit_stream` adds it to each experience's trainer, so its own
+    checkpoints and any ``ModelCheckpoint`` saved mid-experience carry them.
+    """
+
+    def __init__(self, fingerprint: dict[str, Any]):
+        self.fingerprint = fingerprint
+
+    @override
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[STREAM_KEY] = {"fingerprint": self.fingerprint, "rng": rng_state()}
+
+
+def load_stream_checkpoint(path: str | Path, benchmark: Benchmark, module: ContinualModule) -> dict[str, Any]:
+    """Read a stream checkpoint and check that it belongs to ``benchmark`` and fits ``module``.
+
+    Nothing is changed: the module and callbacks are touched only by
+    :func:`apply_stream_checkpoint`, after these checks pass.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the checkpoint was not written by a lightning_cl stream run, comes from
+            another benchmark (different classes, order or sizes), or its weights do not fit the model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if STREAM_KEY not in checkpoint or "lightning_cl" not in checkpoint:
+        raise ValueError(
+            f"{path} is not a lightning_cl stream checkpoint (written by fit_stream or lightning-cl fit)"
+        )
+    saved = checkpoint[STREAM_KEY]["fingerprint"]
+    current = benchmark_fingerprint(benchmark)
+    differences = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if differences:
+        detail = "; ".join(
+            f"{k}: checkpoint {saved.get(k)!r}, benchmark {current.get(k)!r}" for k in differences
+        )
+        raise ValueError(f"{path} belongs to another benchmark ({detail})")
+    _check_weights_fit(path, checkpoint["state_dict"], module)
+    return checkpoint
+
+
+def _check_weights_fit(path: Path, state_dict: dict[str, Any], module: ContinualModule) -> None:
+    weights = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+    others = sorted(k for k in state_dict if not k.startswith("model."))
+    expected_others = sorted(k for k in module.state_dict() if not k.startswith("model."))
+    if others != expected_others:
+        raise ValueError(f"{path} does not fit this module: unexpected entries {others}")
+    probe = copy.deepcopy(module.model)  # dynamic heads grow on the copy, never on the model itself
+    try:
+        probe.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit this model: {err}") from None
+
+
+def apply_stream_checkpoint(
+    checkpoint: dict[str, Any], module: ContinualModule, callbacks: Iterable[L.Callback]
+) -> None:
+    """Restore an experience-boundary checkpoint: weights, module state, callback states, RNG."""
+    module.load_state_dict(checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)
+    states = checkpoint.get("callbacks", {})
+    for callback in callbacks:
+        state = states.get(callback.state_key)
+        if state is not None:
+            callback.load_state_dict(copy.deepcopy(state))
+    set_rng_state(checkpoint[STREAM_KEY]["rng"])

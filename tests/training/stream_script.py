@@ -1,0 +1,114 @@
+"""Runs SplitDigits streams for the resume and distributed tests, in a process of its own.
+
+    python stream_script.py --out OUT.json [--methods naive,replay,ewc,both] [--ckpt-dir DIR]
+        [--max-experiences K] [--resume] [--devices N --strategy ddp] [--batch-size B]
+
+For each method it trains with ``fit_stream`` and writes the accuracy matrix and checksums of
+the CL state (buffer indices, Fisher, weights) per rank to OUT (OUT.rank<r>.json under DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lightning_cl.data import SplitDigits
+from lightning_cl.methods import EWC, Replay
+from lightning_cl.models import MLP, ContinualModule
+from lightning_cl.training import fit_stream
+from lightning_cl.training.checkpoint import checkpoint_name
+
+METHODS = {
+    "naive": lambda: [],
+    "replay": lambda: [Replay(mem_size=200)],
+    "ewc": lambda: [EWC(ewc_lambda=2.0)],
+    "both": lambda: [Replay(mem_size=200), EWC(ewc_lambda=2.0)],
+}
+
+
+def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]:
+    out = {"weights": float(sum(p.detach().double().sum() for p in module.parameters()))}
+    for cb in callbacks:
+        if isinstance(cb, Replay):
+            memory = cb.buffer.dataset()
+            out["buffer"] = (
+                float(memory.indices.double().mul(torch.arange(len(memory)) + 1).sum()) if memory else 0.0
+            )
+        if isinstance(cb, EWC):
+            out["fisher"] = float(
+                sum(f.double().sum() for a in cb.anchors.values() for f in a["fisher"].values())
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--methods", default="naive,replay,ewc,both")
+    parser.add_argument("--ckpt-dir", default=None)
+    parser.add_argument("--max-experiences", type=int, default=None)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--strategy", default="auto")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--precision", default="32-true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    report: dict[str, Any] = {}
+    trainer_kwargs = dict(
+        accelerator="cpu",
+        devices=args.devices,
+        strategy=args.strategy,
+        max_epochs=args.epochs,
+        enable_progress_bar=False,
+        precision=args.precision,
+    )
+    rank = 0
+    for method in args.methods.split(","):
+        L.seed_everything(1)
+        bench = SplitDigits(n_experiences=5, seed=1, batch_size=args.batch_size)
+        module = ContinualModule(
+            MLP(num_classes=10, input_size=64, hidden_size=256, drop_rate=0.0),
+            optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+        )
+        callbacks = METHODS[method]()
+        ckpt_dir = Path(args.ckpt_dir) / method if args.ckpt_dir else None
+        ckpt_path = None
+        if args.resume:
+            ckpt_path = max(ckpt_dir.glob("experience_*.ckpt"))  # the last one saved
+        results = fit_stream(
+            module,
+            bench,
+            callbacks=callbacks,
+            logger=False,
+            trainer_kwargs={**trainer_kwargs, "enable_checkpointing": ckpt_dir is not None},
+            checkpoint_dir=ckpt_dir,
+            ckpt_path=ckpt_path,
+            max_experiences=args.max_experiences,
+        )
+        rank = int(torch.distributed.get_rank()) if torch.distributed.is_initialized() else 0
+        report[method] = {
+            "accuracy_matrix": results.accuracy_matrix,
+            "average_accuracy": results.average_accuracy,
+            "checksums": checksums(module, callbacks),
+            "resumed_from": str(ckpt_path) if ckpt_path else None,
+            "checkpoint": checkpoint_name(results.trained[-1]) if results.trained else None,
+        }
+    out = Path(args.out)
+    if args.devices > 1:
+        out = out.with_suffix(f".rank{rank}.json")
+    out.write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""DDP on CPU: 2 processes with gloo, launched as scripts (never inside the pytest process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).with_name("stream_script.py")
+ROOT = Path(__file__).resolve().parents[2]
+METHODS = ("naive", "replay", "ewc", "both")
+
+pytestmark = pytest.mark.distributed
+
+
+def _run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    ddp = _run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--out",
+            str(tmp / "ddp.json"),
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--batch-size",
+            "16",
+        ]
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = _run([sys.executable, str(SCRIPT), "--out", str(tmp / "single.json"), "--batch-size", "32"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    return {
+        "rank0": json.loads((tmp / "ddp.rank0.json").read_text()),
+        "rank1": json.loads((tmp / "ddp.rank1.json").read_text()),
+        "single": json.loads((tmp / "single.json").read_text()),
+    }
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cl_state_is_identical_on_every_rank(runs: dict[str, Any], method: str) -> None:
+    rank0, rank1 = runs["rank0"][method], runs["rank1"][method]
+    assert rank0["checksums"] == rank1["checksums"]  # weights, buffer indices, Fisher
+    assert rank0["accuracy_matrix"] == rank1["accuracy_matrix"]
+    if method in ("replay", "both"):
+        # The memory does not depend on the number of processes either.
+        assert rank0["checksums"]["buffer"] == runs["single"][method]["checksums"]["buffer"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ddp_matches_a_single_process_with_the_same_global_batch(runs: dict[str, Any], method: str) -> None:
+    ddp = torch.tensor(runs["rank0"][method]["accuracy_matrix"])
+    single = torch.tensor(runs["single"][method]["accuracy_matrix"])
+    assert ddp.shape == single.shape == (5, 5)
+    assert abs(runs["rank0"][method]["average_accuracy"] - runs["single"][method]["average_accuracy"]) <= 0.03
+    # Shards see the data in another order: single cells move by a few test samples at most.
+    assert float((ddp - single).abs().mean()) <= 0.03
+    assert float((ddp - single).abs().max()) <= 0.06
+
+
+def test_cli_with_the_ddp_config(tmp_path: Path) -> None:
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "lightning_cl.training.cli",
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "split_digits_replay_ddp.yaml"),
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Accuracy matrix") == 1  # printed by rank 0 only
+    (results,) = tmp_path.glob("lightning_cl/version_*/results.json")
+    assert len(json.loads(results.read_text())["accuracy_matrix"]) == 5
+    assert len(list(results.parent.glob("checkpoints/experience_*.ckpt"))) == 5
+
+
+SPAWN_SCRIPT = """
+import sys, lightning as L
+from lightning_cl import MLP, ContinualModule, Replay, SplitDigits
+if __name__ == "__main__":
+    trainer = L.Trainer(strategy=sys.argv[1], devices=2, accelerator="cpu", max_epochs=1, logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, callbacks=[Replay(10)])
+    try:
+        module = ContinualModule(MLP(input_size=64, hidden_size=8))
+        trainer.fit(module, datamodule=SplitDigits().train_stream[0])
+    except Exception as err:
+        print("REFUSED:", str(err))
+"""
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork", "ddp_notebook"])
+def test_plain_loop_refuses_strategies_that_lose_callback_state(tmp_path: Path, strategy: str) -> None:
+    script = tmp_path / "spawn.py"
+    script.write_text(SPAWN_SCRIPT)
+    proc = _run([sys.executable, str(script), strategy], cwd=tmp_path)
+    assert "REFUSED:" in proc.stdout, proc.stderr[-3000:]
+    assert "hands back only the weights" in proc.stdout and "use strategy='ddp'" in proc.stdout

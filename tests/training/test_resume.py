@@ -1,0 +1,158 @@
+"""Checkpoint after every experience, resume in a fresh process, get the same numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_cl.data import SplitDigits
+from lightning_cl.methods import EWC, Replay
+from lightning_cl.models import MLP, ContinualModule
+from lightning_cl.training import fit_stream
+from lightning_cl.training.checkpoint import checkpoint_name
+from tests.conftest import stream_trainer_kwargs
+from tests.methods.test_replay import digits_module
+
+SCRIPT = Path(__file__).with_name("stream_script.py")
+METHODS = ("naive", "replay", "ewc", "both")
+
+
+def _run_script(*args: str) -> dict[str, Any]:
+    out = Path(args[args.index("--out") + 1])
+    subprocess.run([sys.executable, str(SCRIPT), *args], check=True, capture_output=True, timeout=600)
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    return _run_script("--out", str(tmp / "full.json"), "--ckpt-dir", str(tmp / "ckpt"))
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_resume_in_a_fresh_process_gives_the_same_matrix(
+    uninterrupted: dict[str, Any], tmp_path: Path, k: int
+) -> None:
+    ckpt_dir = tmp_path / "ckpt"
+    stopped = _run_script(
+        "--out", str(tmp_path / "stopped.json"), "--ckpt-dir", str(ckpt_dir), "--max-experiences", str(k + 1)
+    )
+    resumed = _run_script("--out", str(tmp_path / "resumed.json"), "--ckpt-dir", str(ckpt_dir), "--resume")
+    for method in METHODS:
+        assert len(stopped[method]["accuracy_matrix"]) == k + 1
+        assert resumed[method]["resumed_from"].endswith(checkpoint_name(k))
+        assert resumed[method]["accuracy_matrix"] == uninterrupted[method]["accuracy_matrix"], method
+        assert resumed[method]["checksums"] == uninterrupted[method]["checksums"], method
+
+
+def test_checkpoints_hold_the_cl_state(
+    uninterrupted: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    ckpt = next(Path(tmp_path_factory.getbasetemp()).glob(f"uninterrupted*/ckpt/both/{checkpoint_name(2)}"))
+    checkpoint = torch.load(ckpt, weights_only=True)
+    state = checkpoint["lightning_cl"]
+    assert state["current_experience"] == 2 and state["experience_complete"]
+    assert len(state["accuracy_matrix"]["rows"]) == 3
+    (replay_state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("Replay")]
+    indices = torch.cat([g["indices"] for g in replay_state["buffer"]["groups"].values()])
+    assert indices.dtype == torch.long and len(indices) == 200  # indices, not images
+    (ewc_state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("EWC")]
+    assert sorted(ewc_state["anchors"]) == [0, 1, 2]
+    assert checkpoint["lightning_cl_stream"]["fingerprint"]["name"] == "SplitDigits"
+
+
+def _digits_run(tmp_path: Path, **kwargs: Any) -> tuple[ContinualModule, list[Any], Any]:
+    L.seed_everything(1)
+    module = digits_module()
+    callbacks = [Replay(mem_size=50), EWC(ewc_lambda=1.0)]
+    results = fit_stream(
+        module,
+        SplitDigits(n_experiences=5, seed=1),
+        callbacks=[*callbacks, *kwargs.pop("extra", [])],
+        logger=False,
+        trainer_kwargs=stream_trainer_kwargs(enable_checkpointing=True, max_epochs=2),
+        checkpoint_dir=tmp_path / "ckpt",
+        **kwargs,
+    )
+    return module, callbacks, results
+
+
+def test_resume_inside_an_experience(tmp_path: Path) -> None:
+    mid = ModelCheckpoint(dirpath=tmp_path / "mid", filename="{step}", every_n_train_steps=5, save_top_k=-1)
+    _, _, first = _digits_run(tmp_path, max_experiences=3, extra=[mid])
+    inside = max((tmp_path / "mid").glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)  # inside experience 2
+    assert torch.load(inside, weights_only=True)["lightning_cl"]["current_experience"] == 2
+    _, callbacks, resumed = _digits_run(tmp_path, ckpt_path=inside)
+    assert resumed.trained == [0, 1, 2, 3, 4]
+    assert resumed.accuracy_matrix[:2] == first.accuracy_matrix[:2]
+    assert sorted(callbacks[1].anchors) == [0, 1, 2, 3, 4] and len(callbacks[0].buffer) == 50
+    assert resumed.average_accuracy > 0.5
+
+
+def _fingerprint_of_state(module: ContinualModule, callbacks: list[Any]) -> str:
+    h = hashlib.sha256()
+    for v in module.state_dict().values():
+        h.update(v.numpy().tobytes())
+    h.update(repr(module.results).encode())
+    h.update(repr(callbacks[0].buffer.groups).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "model", "match"),
+    [
+        (SplitDigits(n_experiences=5, seed=2), None, "belongs to another benchmark .*class_order"),
+        (SplitDigits(n_experiences=2, seed=1), None, "belongs to another benchmark"),
+        (None, MLP(num_classes=10, input_size=64, hidden_size=32), "does not fit this model"),
+    ],
+)
+def test_foreign_checkpoints_are_refused_and_nothing_changes(
+    tmp_path: Path, benchmark: Any, model: Any, match: str
+) -> None:
+    _digits_run(tmp_path, max_experiences=2)
+    ckpt = tmp_path / "ckpt" / checkpoint_name(1)
+    before_file = ckpt.read_bytes()
+    module = digits_module() if model is None else ContinualModule(model)
+    callbacks = [Replay(mem_size=50), EWC(ewc_lambda=1.0)]
+    before = _fingerprint_of_state(module, callbacks)
+    with pytest.raises(ValueError, match=match):
+        fit_stream(
+            module,
+            benchmark or SplitDigits(n_experiences=5, seed=1),
+            callbacks=callbacks,
+            logger=False,
+            trainer_kwargs=stream_trainer_kwargs(),
+            ckpt_path=ckpt,
+        )
+    assert _fingerprint_of_state(module, callbacks) == before
+    assert ckpt.read_bytes() == before_file
+    assert module.current_experience is None
+
+
+def test_a_plain_file_is_not_a_stream_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "weights.ckpt"
+    torch.save({"state_dict": digits_module().state_dict()}, path)
+    with pytest.raises(ValueError, match="not a lightning_cl stream checkpoint"):
+        fit_stream(
+            digits_module(),
+            SplitDigits(),
+            logger=False,
+            trainer_kwargs=stream_trainer_kwargs(),
+            ckpt_path=path,
+        )
+    with pytest.raises(FileNotFoundError):
+        fit_stream(digits_module(), SplitDigits(), ckpt_path=tmp_path / "missing.ckpt")
+
+
+def test_max_experiences_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_experiences must be a positive int"):
+        fit_stream(digits_module(), SplitDigits(), max_experiences=0)
