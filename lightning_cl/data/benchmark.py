@@ -6,7 +6,13 @@ from lightning_cl.data.stream import Stream
 
 __all__ = ["SCENARIOS", "Benchmark"]
 
-SCENARIOS = ("class_incremental", "task_incremental")
+SCENARIOS = (
+    "class_incremental",
+    "task_incremental",
+    "new_instances",
+    "domain_incremental",
+    "new_instances_and_classes",
+)
 
 
 class Benchmark:
@@ -15,7 +21,8 @@ class Benchmark:
     Args:
         train_stream: the experiences to train on, in order.
         test_stream: the experiences to evaluate on; experience ``j`` holds the same classes
-            (and task label) as ``train_stream[j]``.
+            (and task label) as ``train_stream[j]``, or one experience holding the whole test
+            set (new-instances scenarios such as CORe50's, as in Avalanche).
         n_classes: number of classes over the whole benchmark.
         class_order: the classes in the order the stream presents them.
         scenario: the scenario kind, one of :data:`SCENARIOS`.
@@ -24,6 +31,13 @@ class Benchmark:
 
     Raises:
         ValueError: if the streams are not aligned or ``scenario`` is unknown.
+
+    Example:
+        >>> from lightning_cl.data import SplitDigits
+        >>> bench = SplitDigits(n_experiences=2)
+        >>> Benchmark(bench.train_stream, bench.test_stream, n_classes=10, class_order=bench.class_order,
+        ...           scenario="class_incremental").n_experiences
+        2
     """
 
     def __init__(
@@ -39,9 +53,10 @@ class Benchmark:
     ):
         if scenario not in SCENARIOS:
             raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
-        if len(train_stream) != len(test_stream):
+        if len(train_stream) != len(test_stream) and len(test_stream) != 1:
             raise ValueError(
-                f"train and test streams differ in length: {len(train_stream)} != {len(test_stream)}"
+                f"train and test streams differ in length: {len(train_stream)} != {len(test_stream)}; "
+                "the test stream must have one experience per train experience, or one in all"
             )
         if valid_stream is not None and len(valid_stream) != len(train_stream):
             raise ValueError(
@@ -57,16 +72,34 @@ class Benchmark:
 
     @property
     def n_experiences(self) -> int:
+        """Number of training experiences."""
         return len(self.train_stream)
+
+    def _adopt(self, other: Benchmark) -> None:
+        """Take the streams and attributes of ``other`` (for subclasses built by a generator)."""
+        Benchmark.__init__(
+            self,
+            other.train_stream,
+            other.test_stream,
+            n_classes=other.n_classes,
+            class_order=other.class_order,
+            scenario=other.scenario,
+            valid_stream=other.valid_stream,
+            name=other.name,
+        )
 
     def __repr__(self) -> str:
         rows = [
             f"{self.name}: {self.scenario}, {self.n_experiences} experiences, {self.n_classes} classes",
             f"  class order: {self.class_order}",
         ]
-        for tr, te in zip(self.train_stream, self.test_stream):
+        aligned = len(self.test_stream) == len(self.train_stream)
+        for i, tr in enumerate(self.train_stream):
+            test = f", test {len(self.test_stream[i])}" if aligned else ""
             rows.append(
                 f"  exp {tr.index}: classes {tr.classes_in_this_experience}, task {tr.task_labels}, "
-                f"train {len(tr)}, test {len(te)}"
+                f"train {len(tr)}{test}"
             )
+        if not aligned:
+            rows.append(f"  test: one experience of {len(self.test_stream[0])} samples")
         return "\n".join(rows)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["DatasetView", "targets_of"]
+__all__ = ["DatasetView", "gather", "targets_of"]
 
 
 def targets_of(dataset: Any) -> Tensor:
@@ -31,6 +31,33 @@ def targets_of(dataset: Any) -> Tensor:
             f"shape={tuple(targets.shape)}"
         )
     return targets.long()
+
+
+def gather(base: Any, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Read samples ``indices`` of ``base`` as one batch ``(x, y)``.
+
+    One call of ``base.__getitems__`` where the base has it; otherwise one ``base[i]`` per sample
+    and :func:`torch.utils.data.default_collate` (the fallback for any map-style dataset).
+
+    Args:
+        base: a map-style dataset whose items start with ``(x, y)``.
+        indices: positions in ``base``.
+
+    Returns:
+        The inputs and the ``long`` targets of the samples.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> x, y = gather(TensorDataset(torch.zeros(3, 2), torch.tensor([0, 1, 2])), torch.tensor([2, 0]))
+        >>> tuple(x.shape), y.tolist()
+        ((2, 2), [2, 0])
+    """
+    getitems = getattr(base, "__getitems__", None)
+    if getitems is not None:
+        x, y = getitems(indices)[:2]
+    else:
+        x, y = default_collate([tuple(base[i])[:2] for i in indices.tolist()])
+    return x, torch.as_tensor(y, dtype=torch.long)
 
 
 class DatasetView(Dataset):
@@ -92,13 +119,8 @@ class DatasetView(Dataset):
 
     def __getitems__(self, positions: Sequence[int] | Tensor) -> tuple[Tensor, Tensor, Tensor]:
         pos = torch.as_tensor(positions, dtype=torch.long)
-        idx = self.indices[pos]
-        getitems = getattr(self.base, "__getitems__", None)
-        if getitems is not None:
-            x, y = getitems(idx)[:2]
-        else:
-            x, y = default_collate([tuple(self.base[i])[:2] for i in idx.tolist()])
-        return x, torch.as_tensor(y, dtype=torch.long), self.task_labels[pos]
+        x, y = gather(self.base, self.indices[pos])
+        return x, y, self.task_labels[pos]
 
     def subset(self, positions: Tensor | Sequence[int]) -> DatasetView:
         """A view of some of this view's samples (positions within this view)."""

@@ -3,20 +3,81 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from lightning_cl.data.dataset_view import DatasetView, passthrough_collate
+from lightning_cl.data.transforms import BatchTransform
 
-__all__ = ["Experience", "make_loader"]
+__all__ = ["BatchAugmentation", "Experience", "TensorBatchSampler", "make_loader"]
 
 # An experience without validation data returns no validation loaders; Lightning then skips
 # validation but warns about the empty list on every fit.
 warnings.filterwarnings("ignore", message="Total length of `list` across ranks is zero")
+
+
+class BatchAugmentation:
+    """Collate function that applies a batched transform to the inputs of an assembled batch.
+
+    Used by the training loaders of experiences with a ``train_transform``: the view has already
+    gathered (and normalised) the batch, so the augmentation is one call on ``(B, C, H, W)``.
+    It runs where the loader runs: in the worker processes when there are any.
+
+    Args:
+        transform: the batched augmentation.
+
+    Example:
+        >>> aug = BatchAugmentation(lambda x: x + 1)
+        >>> aug((torch.zeros(2), torch.tensor([0, 1]), torch.tensor([0, 0])))[0].tolist()
+        [1.0, 1.0]
+    """
+
+    def __init__(self, transform: BatchTransform):
+        self.transform = transform
+
+    def __call__(self, batch: tuple[Any, ...]) -> tuple[Any, ...]:
+        x, *rest = batch
+        return (self.transform(x), *rest)
+
+
+class TensorBatchSampler(BatchSampler):
+    """A ``BatchSampler`` that yields each batch of positions as one ``long`` tensor.
+
+    Datasets read through ``__getitems__`` (a :class:`DatasetView`) then index with the tensor
+    directly, with no list of Python ints built and converted per batch. For the default
+    samplers (sequential, or random without replacement) the whole epoch's order is one
+    ``arange`` / ``randperm``; any other sampler (a ``DistributedSampler`` that Lightning puts
+    in, a replay memory's ``RandomSampler(num_samples=...)``) is drawn once per epoch and cut
+    into batches. Its signature is ``BatchSampler``'s, so Lightning can rebuild it around
+    another sampler.
+
+    Args:
+        sampler: yields positions in the dataset.
+        batch_size: positions per batch.
+        drop_last: drop the last incomplete batch.
+
+    Example:
+        >>> from torch.utils.data import SequentialSampler
+        >>> [b.tolist() for b in TensorBatchSampler(SequentialSampler(range(5)), 2, False)]
+        [[0, 1], [2, 3], [4]]
+    """
+
+    def __iter__(self) -> Iterator[list[int]]:
+        sampler = self.sampler
+        if type(sampler) is SequentialSampler:
+            order = torch.arange(len(sampler))
+        elif type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
+            order = torch.randperm(len(sampler.data_source), generator=sampler.generator)
+        else:
+            order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+        batches = order.split(self.batch_size)
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches = batches[:-1]
+        return iter(batches)  # type: ignore[arg-type]
 
 
 def make_loader(
@@ -28,23 +89,45 @@ def make_loader(
     pin_memory: bool = False,
     drop_last: bool = False,
     sampler: torch.utils.data.Sampler | None = None,
+    transform: BatchTransform | None = None,
 ) -> DataLoader:
     """A standard ``DataLoader`` over a :class:`DatasetView` that reads whole batches at once.
 
     Lightning may still replace the sampler (a ``DistributedSampler`` under DDP): batches are
     assembled by the view's ``__getitems__`` from whatever indices the sampler yields.
+
+    Args:
+        dataset: the view to read.
+        batch_size: samples per batch.
+        shuffle: reshuffle every epoch (ignored when ``sampler`` is given).
+        num_workers: worker processes (0: read in the main process, fastest for in-memory data).
+        pin_memory: pin batches in page-locked memory.
+        drop_last: drop the last incomplete batch.
+        sampler: a sampler of positions in ``dataset``.
+        transform: a batched augmentation applied to every batch's inputs.
+
+    Returns:
+        The loader; its batches are ``(x, y, t)``.
+
+    Raises:
+        ValueError: for ``batch_size < 1``.
+
+    Example:
+        >>> from lightning_cl.data import SplitDigits
+        >>> x, y, t = next(iter(make_loader(SplitDigits().train_stream[0].dataset, 16)))
+        >>> tuple(x.shape), tuple(y.shape), tuple(t.shape)
+        ((16, 1, 8, 8), (16,), (16,))
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size}")
+    if sampler is None:
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=shuffle if sampler is None else None,
-        sampler=sampler,
+        batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last),
         num_workers=num_workers,
         pin_memory=pin_memory,
-        drop_last=drop_last,
-        collate_fn=passthrough_collate,
+        collate_fn=passthrough_collate if transform is None else BatchAugmentation(transform),  # type: ignore[arg-type]
         persistent_workers=num_workers > 0,
     )
 
@@ -70,6 +153,18 @@ class Experience(L.LightningDataModule):
         num_workers: loader workers; in-memory data is fastest with 0.
         pin_memory: pin batches for faster host-to-GPU copies.
         val_dataset: optional validation data of this experience.
+        train_transform: batched augmentation of the training batches only (random crop, flip);
+            evaluation batches are never augmented. Replay loaders built through
+            :meth:`loader` with ``train=True`` are augmented too.
+        origin_experience: for a mini-experience of an online stream, the experience it was cut from.
+        access_task_boundaries: whether methods may know where the origin experiences begin and
+            end (``True`` for ordinary experiences; a flag for online streams).
+        is_first_subexp: first mini-experience of its origin experience.
+        is_last_subexp: last mini-experience of its origin experience.
+        sub_stream_length: number of mini-experiences cut from the origin experience.
+
+    Raises:
+        ValueError: for a batch size below 1 or a negative number of workers.
 
     Example:
         >>> from lightning_cl.data import SplitDigits
@@ -91,6 +186,12 @@ class Experience(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         val_dataset: DatasetView | None = None,
+        train_transform: BatchTransform | None = None,
+        origin_experience: Experience | None = None,
+        access_task_boundaries: bool = True,
+        is_first_subexp: bool = True,
+        is_last_subexp: bool = True,
+        sub_stream_length: int = 1,
     ):
         super().__init__()
         if batch_size < 1:
@@ -109,6 +210,51 @@ class Experience(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.train_transform = train_transform
+        self.origin_experience = origin_experience
+        self.access_task_boundaries = bool(access_task_boundaries)
+        self.is_first_subexp = bool(is_first_subexp)
+        self.is_last_subexp = bool(is_last_subexp)
+        self.sub_stream_length = int(sub_stream_length)
+        # Loaders with worker processes are built once per experience and reused.
+        self._cached_loaders: dict[str, DataLoader] = {}
+
+    def replace(self, **changes: Any) -> Experience:
+        """A copy of this experience with some constructor arguments changed.
+
+        Args:
+            changes: constructor arguments (``dataset``, ``index``, ``val_dataset``, ...).
+
+        Returns:
+            The new experience; unchanged arguments are shared with this one.
+
+        Example:
+            >>> from lightning_cl.data import SplitDigits
+            >>> exp = SplitDigits().train_stream[1]
+            >>> exp.replace(index=7).index, exp.replace(batch_size=8).classes_in_this_experience
+            (7, [2, 3])
+        """
+        kwargs: dict[str, Any] = dict(
+            dataset=self.dataset,
+            index=self.index,
+            classes_in_this_experience=self.classes_in_this_experience,
+            n_classes=self.n_classes,
+            stream_name=self.stream_name,
+            batch_size=self.batch_size,
+            eval_batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            val_dataset=self.val_dataset,
+            train_transform=self.train_transform,
+            origin_experience=self.origin_experience,
+            access_task_boundaries=self.access_task_boundaries,
+            is_first_subexp=self.is_first_subexp,
+            is_last_subexp=self.is_last_subexp,
+            sub_stream_length=self.sub_stream_length,
+        )
+        kwargs.update(changes)
+        dataset = kwargs.pop("dataset")
+        return Experience(dataset, **kwargs)
 
     @property
     def task_labels(self) -> list[int]:
@@ -131,18 +277,35 @@ class Experience(L.LightningDataModule):
         return len(self.dataset)
 
     def loader(self, dataset: DatasetView, *, train: bool, **overrides: Any) -> DataLoader:
-        """A loader over ``dataset`` with this experience's settings (shuffled when ``train``)."""
+        """A loader over ``dataset`` with this experience's settings.
+
+        Args:
+            dataset: the data to load (this experience's, or a replay memory).
+            train: shuffle and apply ``train_transform``; otherwise keep the order, no augmentation.
+            overrides: arguments of :func:`make_loader` that replace the experience's settings.
+
+        Returns:
+            A ``DataLoader`` whose batches are ``(x, y, t)``.
+        """
         kwargs: dict[str, Any] = dict(
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            transform=self.train_transform if train else None,
         )
         kwargs.update(overrides)
         return make_loader(dataset, **kwargs)
 
+    def _own_loader(self, key: str, dataset: DatasetView, train: bool) -> DataLoader:
+        if self.num_workers == 0:
+            return self.loader(dataset, train=train)
+        if key not in self._cached_loaders:
+            self._cached_loaders[key] = self.loader(dataset, train=train)
+        return self._cached_loaders[key]
+
     def train_dataloader(self) -> Any:
-        current = self.loader(self.dataset, train=True)
+        current = self._own_loader("train", self.dataset, train=True)
         extra: dict[str, DataLoader] = {}
         trainer = self.trainer
         if trainer is not None:
@@ -160,16 +323,18 @@ class Experience(L.LightningDataModule):
     def val_dataloader(self) -> Any:
         if self.val_dataset is None:
             return []
-        return self.loader(self.val_dataset, train=False)
+        return self._own_loader("val", self.val_dataset, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset, train=False)
+        return self._own_loader("eval", self.dataset, train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.loader(self.dataset, train=False)
+        return self._own_loader("eval", self.dataset, train=False)
 
     def __repr__(self) -> str:
         return (
             f"Experience(stream={self.stream_name!r}, index={self.index}, n={len(self)}, "
             f"classes={self.classes_in_this_experience}, task_labels={self.task_labels})"
         )
+
+    __str__ = __repr__

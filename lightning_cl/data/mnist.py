@@ -1,26 +1,62 @@
-"""SplitMNIST on torchvision's ``MNIST``, held in memory as one ``uint8`` tensor per split."""
+"""The MNIST benchmarks (SplitMNIST, PermutedMNIST, RotatedMNIST), held as one ``uint8`` tensor per split."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
 from torchvision import datasets
 from torchvision.transforms import v2
 
 from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.domain_incremental import permuted, rotated
 from lightning_cl.data.scenarios import class_incremental
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
+from lightning_cl.data.transforms import normalize
 
-__all__ = ["MNIST_MEAN", "MNIST_STD", "SplitMNIST", "mnist_tensors"]
+__all__ = [
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "PermutedMNIST",
+    "RotatedMNIST",
+    "SplitMNIST",
+    "idx_tensors",
+    "mnist_tensors",
+]
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
 
 def mnist_batch_transform() -> v2.Transform:
     """``uint8`` batches ``(B, 1, 28, 28)`` to normalised ``float32`` (Avalanche's MNIST normalisation)."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MNIST_MEAN, MNIST_STD)])
+    return normalize(MNIST_MEAN, MNIST_STD)
+
+
+def idx_tensors(
+    dataset_class: type[datasets.MNIST],
+    root: str | Path,
+    train: bool,
+    download: bool = False,
+    transform: v2.Transform | None = None,
+) -> TensorClassificationDataset:
+    """One split of an MNIST-format dataset (IDX files) as ``uint8`` ``(N, 1, 28, 28)``.
+
+    Args:
+        dataset_class: ``torchvision.datasets.MNIST``, ``FashionMNIST`` or ``KMNIST``; the files
+            lie in ``root/<class name>/raw``.
+        root: the data folder.
+        train: the training split (else the test split).
+        download: download the files if absent.
+        transform: batched transform applied when batches are read.
+
+    Returns:
+        The split as a :class:`TensorClassificationDataset`.
+
+    Raises:
+        RuntimeError: torchvision's error, if the files are absent and ``download`` is false.
+    """
+    ds = dataset_class(root=str(root), train=train, download=download)
+    return TensorClassificationDataset(ds.data.unsqueeze(1), ds.targets, transform=transform)
 
 
 def mnist_tensors(root: str | Path, train: bool, download: bool = False) -> TensorClassificationDataset:
@@ -31,8 +67,7 @@ def mnist_tensors(root: str | Path, train: bool, download: bool = False) -> Tens
     Raises:
         RuntimeError: torchvision's error, if the files are absent and ``download`` is false.
     """
-    ds = datasets.MNIST(root=str(root), train=train, download=download)
-    return TensorClassificationDataset(ds.data.unsqueeze(1), ds.targets, transform=mnist_batch_transform())
+    return idx_tensors(datasets.MNIST, root, train, download, mnist_batch_transform())
 
 
 class SplitMNIST(Benchmark):
@@ -44,7 +79,7 @@ class SplitMNIST(Benchmark):
 
     Args:
         root: folder holding ``MNIST/raw`` (torchvision's layout).
-        n_experiences: number of experiences; must divide 10.
+        n_experiences: number of experiences; must divide 10 unless ``per_exp_classes`` is given.
         seed: class-order shuffle seed (``None``: classes 0..9 in order).
         class_order: a fixed class order instead of a shuffle.
         task_labels: task-incremental instead of class-incremental.
@@ -52,6 +87,17 @@ class SplitMNIST(Benchmark):
         batch_size: training batch size.
         eval_batch_size: evaluation batch size (default: ``batch_size``).
         num_workers: data loader workers.
+        per_exp_classes: classes per experience (see :func:`~lightning_cl.data.class_incremental`).
+        class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
+
+    Raises:
+        ValueError: for an impossible split (see :func:`~lightning_cl.data.class_incremental`).
+        RuntimeError: if the files are absent and ``download`` is false.
+
+    Example:
+        >>> bench = SplitMNIST("data", n_experiences=5)  # doctest: +SKIP
+        >>> [e.classes_in_this_experience for e in bench.train_stream][:2]  # doctest: +SKIP
+        [[0, 1], [2, 3]]
     """
 
     def __init__(
@@ -65,26 +111,146 @@ class SplitMNIST(Benchmark):
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        per_exp_classes: Sequence[int] | Mapping[int, int] | None = None,
+        class_ids_from_zero_in_each_exp: bool = False,
     ):
         train = mnist_tensors(root, train=True, download=download)
         test = mnist_tensors(root, train=False, download=download)
-        bench = class_incremental(
-            train,
-            test,
-            n_experiences,
-            class_order=class_order,
-            seed=seed,
-            task_labels=task_labels,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            name="SplitMNIST",
+        self._adopt(
+            class_incremental(
+                train,
+                test,
+                n_experiences,
+                class_order=class_order,
+                seed=seed,
+                task_labels=task_labels,
+                per_exp_classes=per_exp_classes,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                batch_size=batch_size,
+                eval_batch_size=eval_batch_size,
+                num_workers=num_workers,
+                name="SplitMNIST",
+            )
         )
-        super().__init__(
-            bench.train_stream,
-            bench.test_stream,
-            n_classes=bench.n_classes,
-            class_order=bench.class_order,
-            scenario=bench.scenario,
-            name=bench.name,
+
+
+def _raw_mnist(
+    root: str | Path, download: bool
+) -> tuple[TensorClassificationDataset, TensorClassificationDataset]:
+    return (
+        idx_tensors(datasets.MNIST, root, True, download),
+        idx_tensors(datasets.MNIST, root, False, download),
+    )
+
+
+class PermutedMNIST(Benchmark):
+    """MNIST under ``n_experiences`` seeded random pixel permutations (Avalanche's ``PermutedMNIST``).
+
+    Domain-incremental: every experience holds all 10 classes, 60,000 train and 10,000 test
+    images, permuted its own way; the permutation is applied to the raw pixels, then Avalanche's
+    MNIST normalisation. Experience ``i`` has task label ``i`` with ``task_labels=True``.
+
+    Args:
+        root: folder holding ``MNIST/raw``.
+        n_experiences: number of permutations.
+        seed: the permutations' seed (``None``: torch's global generator).
+        task_labels: give experience ``i`` task label ``i``.
+        download: download the files if absent.
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size (default: ``batch_size``).
+        num_workers: data loader workers.
+
+    Raises:
+        ValueError: for ``n_experiences < 1``.
+        RuntimeError: if the files are absent and ``download`` is false.
+
+    Example:
+        >>> bench = PermutedMNIST("data", n_experiences=3, seed=0)  # doctest: +SKIP
+        >>> bench.scenario, len(bench.train_stream[2])  # doctest: +SKIP
+        ('domain_incremental', 60000)
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        n_experiences: int = 10,
+        seed: int | None = 0,
+        task_labels: bool = False,
+        download: bool = False,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+    ):
+        train, test = _raw_mnist(root, download)
+        self._adopt(
+            permuted(
+                train,
+                test,
+                n_experiences,
+                seed=seed,
+                transform=mnist_batch_transform(),
+                task_labels=task_labels,
+                batch_size=batch_size,
+                eval_batch_size=eval_batch_size,
+                num_workers=num_workers,
+                name="PermutedMNIST",
+            )
+        )
+
+
+class RotatedMNIST(Benchmark):
+    """MNIST rotated by a fixed angle per experience (Avalanche's ``RotatedMNIST``).
+
+    Angles are ``rotations_list`` or, without it, whole degrees drawn uniformly from
+    [-180, 180] with ``seed``. Rotation (nearest neighbour, black fill) acts on the raw pixels,
+    then Avalanche's MNIST normalisation.
+
+    Args:
+        root: folder holding ``MNIST/raw``.
+        n_experiences: number of rotations.
+        seed: seed of the random angles.
+        rotations_list: the angles in degrees, one per experience.
+        task_labels: give experience ``i`` task label ``i``.
+        download: download the files if absent.
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size (default: ``batch_size``).
+        num_workers: data loader workers.
+
+    Raises:
+        ValueError: for angles outside [-180, 180] or not one per experience.
+        RuntimeError: if the files are absent and ``download`` is false.
+
+    Example:
+        >>> bench = RotatedMNIST("data", n_experiences=2, rotations_list=[0, 90])  # doctest: +SKIP
+        >>> len(bench.test_stream)  # doctest: +SKIP
+        2
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        n_experiences: int = 10,
+        seed: int | None = 0,
+        rotations_list: Sequence[float] | None = None,
+        task_labels: bool = False,
+        download: bool = False,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+    ):
+        train, test = _raw_mnist(root, download)
+        self._adopt(
+            rotated(
+                train,
+                test,
+                n_experiences,
+                angles=rotations_list,
+                seed=seed,
+                transform=mnist_batch_transform(),
+                task_labels=task_labels,
+                batch_size=batch_size,
+                eval_batch_size=eval_batch_size,
+                num_workers=num_workers,
+                name="RotatedMNIST",
+            )
         )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,9 +12,17 @@ from torch import Tensor
 from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.dataset_view import DatasetView, targets_of
 from lightning_cl.data.experience import Experience
+from lightning_cl.data.relabeled import RelabeledDataset
 from lightning_cl.data.stream import Stream
+from lightning_cl.data.transforms import BatchTransform
 
-__all__ = ["class_incremental", "resolve_class_order", "task_incremental"]
+__all__ = [
+    "class_incremental",
+    "resolve_class_order",
+    "split_classes",
+    "stream_from_indices",
+    "task_incremental",
+]
 
 
 def resolve_class_order(
@@ -30,6 +39,13 @@ def resolve_class_order(
     Raises:
         ValueError: if ``class_order`` misses, repeats or invents classes, or both it and
             ``seed`` are given.
+
+    Returns:
+        The class order.
+
+    Example:
+        >>> resolve_class_order([0, 1, 2], seed=None)
+        [0, 1, 2]
     """
     present = sorted(int(c) for c in classes)
     if class_order is not None:
@@ -51,42 +67,117 @@ def resolve_class_order(
     return [present[i] for i in perm.tolist()]
 
 
-def _split_classes(order: list[int], n_experiences: int) -> list[list[int]]:
-    if not isinstance(n_experiences, int) or n_experiences < 1:
+def split_classes(
+    order: list[int],
+    n_experiences: int,
+    per_exp_classes: Sequence[int] | Mapping[int, int] | None = None,
+) -> list[list[int]]:
+    """Cut a class order into the class groups of the experiences.
+
+    Args:
+        order: the classes, in stream order.
+        n_experiences: number of experiences.
+        per_exp_classes: ``None`` (equal groups; the number of experiences must divide the
+            classes), a sequence of ``n_experiences`` group sizes, or Avalanche's mapping
+            ``{experience: n_classes}`` whose other experiences share the remaining classes equally.
+
+    Returns:
+        One list of classes per experience.
+
+    Raises:
+        ValueError: for a non-positive number of experiences, more experiences than classes,
+            sizes that do not add up to the classes or leave an experience empty.
+
+    Example:
+        >>> split_classes(list(range(10)), 4, {0: 4})
+        [[0, 1, 2, 3], [4, 5], [6, 7], [8, 9]]
+    """
+    if not isinstance(n_experiences, int) or isinstance(n_experiences, bool) or n_experiences < 1:
         raise ValueError(f"n_experiences must be a positive int, got {n_experiences!r}")
     n = len(order)
-    if n_experiences > n or n % n_experiences:
-        divisors = [d for d in range(1, n + 1) if n % d == 0]
-        raise ValueError(
-            f"n_experiences={n_experiences} cannot split {n} classes evenly; allowed values: {divisors}"
-        )
-    k = n // n_experiences
-    return [order[i * k : (i + 1) * k] for i in range(n_experiences)]
+    if n_experiences > n:
+        raise ValueError(f"n_experiences={n_experiences} is more than the {n} classes; allowed: 1..{n}")
+    if per_exp_classes is None:
+        if n % n_experiences:
+            divisors = [d for d in range(1, n + 1) if n % d == 0]
+            raise ValueError(
+                f"n_experiences={n_experiences} cannot split {n} classes evenly; allowed values: {divisors} "
+                "(or pass per_exp_classes)"
+            )
+        sizes = [n // n_experiences] * n_experiences
+    elif isinstance(per_exp_classes, Mapping):
+        fixed = {int(k): int(v) for k, v in per_exp_classes.items()}
+        bad = {k: v for k, v in fixed.items() if not 0 <= k < n_experiences or v < 1}
+        if bad:
+            raise ValueError(
+                f"per_exp_classes maps experience -> classes; experiences must lie in 0..{n_experiences - 1} "
+                f"and counts be >= 1, got {bad}"
+            )
+        rest, free = n - sum(fixed.values()), n_experiences - len(fixed)
+        if (free == 0 and rest != 0) or (free > 0 and (rest < free or rest % free)):
+            raise ValueError(
+                f"per_exp_classes={fixed} leaves {rest} classes for {free} other experiences; "
+                "they must split "
+                "evenly, at least one class each"
+            )
+        sizes = [fixed.get(i, rest // free if free else 0) for i in range(n_experiences)]
+    else:
+        sizes = [int(k) for k in per_exp_classes]
+        if len(sizes) != n_experiences or sum(sizes) != n or min(sizes) < 1:
+            raise ValueError(
+                f"per_exp_classes={sizes} must give {n_experiences} counts >= 1 "
+                f"that add up to the {n} classes"
+            )
+    bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    return [order[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def _stream(
+def stream_from_indices(
     name: str,
     dataset: Any,
-    targets: Tensor,
-    class_groups: list[list[int]],
-    task_labels: bool,
+    index_groups: Sequence[Tensor],
+    *,
     n_classes: int,
-    loader_kwargs: dict[str, Any],
+    task_labels: Sequence[int] | None = None,
+    classes: Sequence[Sequence[int]] | None = None,
+    targets: Tensor | None = None,
+    **experience_kwargs: Any,
 ) -> Stream:
+    """A stream whose experience ``i`` is the view of ``dataset`` at ``index_groups[i]``.
+
+    Args:
+        name: the stream's name.
+        dataset: the one base dataset of every experience.
+        index_groups: the indices of each experience.
+        n_classes: number of classes of the benchmark.
+        task_labels: one task label per experience (default: all 0).
+        classes: the classes of each experience (default: those present in its targets).
+        targets: the labels of ``dataset`` if already known.
+        experience_kwargs: loader settings of :class:`Experience` (``batch_size``, ``train_transform``, ...).
+
+    Returns:
+        The :class:`Stream`.
+
+    Raises:
+        ValueError: for an empty experience, or task labels not one per experience.
+    """
+    targets = targets_of(dataset) if targets is None else targets
+    if task_labels is not None and len(task_labels) != len(index_groups):
+        raise ValueError(f"got {len(task_labels)} task labels for {len(index_groups)} experiences")
     experiences = []
-    for i, group in enumerate(class_groups):
-        indices = torch.isin(targets, torch.tensor(group)).nonzero().flatten()
+    for i, indices in enumerate(index_groups):
         if len(indices) == 0:
-            raise ValueError(f"{name} experience {i} (classes {group}) has no samples")
-        view = DatasetView(dataset, indices, i if task_labels else 0, base_targets=targets)
+            raise ValueError(f"{name} experience {i} has no samples; every experience needs at least one")
+        view = DatasetView(dataset, indices, int(task_labels[i]) if task_labels else 0, base_targets=targets)
+        present = classes[i] if classes is not None else torch.unique(targets[view.indices]).tolist()
         experiences.append(
             Experience(
                 view,
                 index=i,
-                classes_in_this_experience=group,
+                classes_in_this_experience=present,
                 n_classes=n_classes,
                 stream_name=name,
-                **loader_kwargs,
+                **experience_kwargs,
             )
         )
     return Stream(name, experiences)
@@ -100,13 +191,17 @@ def class_incremental(
     class_order: Sequence[int] | None = None,
     seed: int | None = None,
     task_labels: bool = False,
+    per_exp_classes: Sequence[int] | Mapping[int, int] | None = None,
+    class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
+    train_transform: BatchTransform | None = None,
     batch_size: int = 32,
     eval_batch_size: int | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
     name: str = "benchmark",
 ) -> Benchmark:
-    """Split a dataset by class into ``n_experiences`` experiences of equally many classes.
+    """Split a dataset by class into ``n_experiences`` experiences.
 
     Samples are assigned by their ``targets`` (one vectorised comparison per experience); no
     sample is read. Class ``c`` of the test set lands in the test experience that holds ``c``
@@ -115,11 +210,18 @@ def class_incremental(
     Args:
         train_dataset: map-style dataset of ``(x, y)`` with ``targets``.
         test_dataset: the same for evaluation.
-        n_experiences: number of experiences; must divide the number of classes.
+        n_experiences: number of experiences; must divide the number of classes unless
+            ``per_exp_classes`` sets the group sizes.
         class_order: fixed order of the classes (see :func:`resolve_class_order`).
         seed: seed of the class shuffle when no ``class_order`` is given.
         task_labels: give experience ``i`` task label ``i`` (task-incremental); otherwise every
             experience has task label 0 (class-incremental).
+        per_exp_classes: classes per experience, as a list of counts or Avalanche's mapping
+            ``{experience: count}`` (see :func:`split_classes`).
+        class_ids_from_zero_in_each_exp: relabel the classes of every experience ``0..k-1`` (in
+            class-order position); usual with task labels and multi-head models.
+        class_ids_from_zero_from_first_exp: relabel the classes ``0..n-1`` in class order.
+        train_transform: batched augmentation of the training batches.
         batch_size: training batch size of every experience.
         eval_batch_size: evaluation batch size (default: ``batch_size``).
         num_workers: data loader workers.
@@ -127,12 +229,13 @@ def class_incremental(
         name: the benchmark's name.
 
     Returns:
-        The :class:`Benchmark`.
+        The :class:`Benchmark`. Its ``class_order`` lists the original class ids;
+        ``classes_in_this_experience`` lists the ids the model sees (relabelled when asked).
 
     Raises:
         ValueError: for a number of experiences that does not divide the classes, a class order
-            that misses or repeats classes, a test set with classes the train set lacks, or data
-            without ``targets``.
+            that misses or repeats classes, a test set with classes the train set lacks, both
+            relabelling options, or data without ``targets``.
 
     Example:
         >>> import torch
@@ -142,6 +245,10 @@ def class_incremental(
         >>> [e.classes_in_this_experience for e in bench.train_stream]
         [[4, 5], [2, 3], [0, 1]]
     """
+    if class_ids_from_zero_in_each_exp and class_ids_from_zero_from_first_exp:
+        raise ValueError(
+            "class_ids_from_zero_in_each_exp and class_ids_from_zero_from_first_exp exclude each other"
+        )
     train_targets = targets_of(train_dataset)
     test_targets = targets_of(test_dataset)
     classes = torch.unique(train_targets).tolist()
@@ -149,21 +256,60 @@ def class_incremental(
     if extra:
         raise ValueError(f"the test set has classes {extra} that the train set lacks")
     order = resolve_class_order(classes, class_order, seed)
-    groups = _split_classes(order, n_experiences)
+    groups = split_classes(order, n_experiences, per_exp_classes)
     n_classes = max(classes) + 1
-    loader_kwargs = dict(
-        batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, pin_memory=pin_memory
+    seen = groups
+    if class_ids_from_zero_in_each_exp or class_ids_from_zero_from_first_exp:
+        mapping = torch.zeros(n_classes, dtype=torch.long)
+        for _g, group in enumerate(groups):
+            for position, c in enumerate(group):
+                mapping[c] = position if class_ids_from_zero_in_each_exp else order.index(c)
+        seen = [mapping[torch.tensor(g)].tolist() for g in groups]
+        n_classes = max(len(g) for g in groups) if class_ids_from_zero_in_each_exp else len(order)
+        train_dataset, test_dataset = (
+            RelabeledDataset(train_dataset, mapping),
+            RelabeledDataset(test_dataset, mapping),
+        )
+    kwargs = dict(
+        n_classes=n_classes,
+        task_labels=list(range(len(groups))) if task_labels else None,
+        classes=seen,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
     )
-    train = _stream("train", train_dataset, train_targets, groups, task_labels, n_classes, loader_kwargs)
-    test = _stream("test", test_dataset, test_targets, groups, task_labels, n_classes, loader_kwargs)
+    train = stream_from_indices(
+        "train", train_dataset, _by_class(train_targets, groups), train_transform=train_transform, **kwargs
+    )
+    test = stream_from_indices("test", test_dataset, _by_class(test_targets, groups), **kwargs)
     scenario = "task_incremental" if task_labels else "class_incremental"
     return Benchmark(train, test, n_classes=n_classes, class_order=order, scenario=scenario, name=name)
+
+
+def _by_class(targets: Tensor, groups: list[list[int]]) -> list[Tensor]:
+    return [torch.isin(targets, torch.tensor(g)).nonzero().flatten() for g in groups]
 
 
 def task_incremental(train_dataset: Any, test_dataset: Any, n_experiences: int, **kwargs: Any) -> Benchmark:
     """:func:`class_incremental` with task label ``i`` on experience ``i``.
 
-    Class ids keep their original values; pair the model with a
-    :class:`~lightning_cl.models.MultiHeadClassifier` to route each task to its own head.
+    Class ids keep their original values unless ``class_ids_from_zero_in_each_exp=True``; pair the
+    model with a :class:`~lightning_cl.models.MultiHeadClassifier` to route each task to its own head.
+
+    Args:
+        train_dataset: map-style dataset of ``(x, y)`` with ``targets``.
+        test_dataset: the same for evaluation.
+        n_experiences: number of experiences (tasks).
+        kwargs: further arguments of :func:`class_incremental`.
+
+    Returns:
+        The :class:`Benchmark`, scenario ``"task_incremental"``.
+
+    Example:
+        >>> from lightning_cl.data import TensorClassificationDataset
+        >>> ds = TensorClassificationDataset(torch.zeros(8, 2), torch.arange(8) % 4)
+        >>> [e.task_label for e in task_incremental(ds, ds, 2).train_stream]
+        [0, 1]
     """
     return class_incremental(train_dataset, test_dataset, n_experiences, task_labels=True, **kwargs)

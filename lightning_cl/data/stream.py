@@ -63,6 +63,38 @@ class Stream(L.LightningDataModule):
         except IndexError:
             raise IndexError(f"stream {self.name!r} has {len(self)} experiences, no index {item}") from None
 
+    def __add__(self, other: Stream) -> Stream:
+        """Concatenate two streams; the experiences keep their own ``index``.
+
+        Example:
+            >>> from lightning_cl.data import SplitDigits
+            >>> stream = SplitDigits(n_experiences=5).train_stream
+            >>> (stream[3:] + stream[:1]).indices
+            [3, 4, 0]
+        """
+        if not isinstance(other, Stream):
+            return NotImplemented
+        name = self.name if self.name == other.name else f"{self.name}+{other.name}"
+        return Stream(str(name), self.experiences + other.experiences)
+
+    @staticmethod
+    def concat(streams: Sequence[Stream], name: str | None = None) -> Stream:
+        """Concatenate streams, in order; the experiences keep their own ``index``.
+
+        Args:
+            streams: the streams to join.
+            name: the new stream's name (default: the first stream's).
+
+        Returns:
+            One stream with every experience of ``streams``.
+
+        Raises:
+            ValueError: if ``streams`` is empty.
+        """
+        if not streams:
+            raise ValueError("concat needs at least one stream")
+        return Stream(str(name or streams[0].name), [e for s in streams for e in s])
+
     @property
     def n_classes(self) -> int:
         """Number of classes of the benchmark the stream belongs to."""
@@ -84,3 +116,5 @@ class Stream(L.LightningDataModule):
 
     def __repr__(self) -> str:
         return f"Stream(name={self.name!r}, n_experiences={len(self)}, indices={self.indices})"
+
+    __str__ = __repr__

@@ -1,0 +1,135 @@
+"""SplitCUB200: Caltech-UCSD Birds-200-2011, cropped to the birds, decoded by loader workers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.image_files import ImageFilesDataset
+from lightning_cl.data.scenarios import class_incremental
+from lightning_cl.data.transforms import BatchRandomHorizontalFlip, normalize
+
+__all__ = ["CUB200_MEAN", "CUB200_STD", "SplitCUB200", "cub200_datasets"]
+
+# Avalanche normalises CUB-200 with CIFAR-10's statistics; kept for fidelity.
+CUB200_MEAN, CUB200_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+def _table(path: Path) -> dict[int, list[str]]:
+    if not path.is_file():
+        raise RuntimeError(f"CUB-200-2011 index file {path} is missing")
+    rows = {}
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        if fields:
+            rows[int(fields[0])] = fields[1:]
+    return rows
+
+
+def cub200_datasets(
+    root: str | Path, size: tuple[int, int] = (224, 224)
+) -> tuple[ImageFilesDataset, ImageFilesDataset]:
+    """Train and test splits of CUB-200-2011 from its own index files.
+
+    Reads ``root/CUB_200_2011/{images,image_class_labels,train_test_split,bounding_boxes}.txt``;
+    images are ``CUB_200_2011/images/<path>``. Each image is cropped to its bounding box (as
+    Avalanche's ``CUB200`` does) and resized to ``size`` so that a batch can be stacked
+    (Avalanche leaves the crops at their own sizes, which cannot be batched as they are).
+    Classes are numbered 0..199 (the files count from 1).
+
+    Args:
+        root: the folder holding ``CUB_200_2011``.
+        size: ``(height, width)`` of the crops.
+
+    Returns:
+        ``(train, test)`` datasets, normalised when read.
+
+    Raises:
+        RuntimeError: if an index file is missing.
+    """
+    folder = Path(root) / "CUB_200_2011"
+    images = _table(folder / "images.txt")
+    labels = _table(folder / "image_class_labels.txt")
+    is_train = _table(folder / "train_test_split.txt")
+    boxes = _table(folder / "bounding_boxes.txt")
+    norm = normalize(CUB200_MEAN, CUB200_STD)
+    out = []
+    for train in (True, False):
+        ids = [i for i in sorted(images) if (is_train[i][0] == "1") == train]
+        # bounding_boxes.txt holds x, y, width, height; the dataset wants top, left, height, width.
+        box = [tuple(int(float(v)) for v in boxes[i]) for i in ids]
+        out.append(
+            ImageFilesDataset(
+                [images[i][0] for i in ids],
+                [int(labels[i][0]) - 1 for i in ids],
+                root=folder / "images",
+                size=size,
+                boxes=[(y, x, h, w) for x, y, w, h in box],
+                transform=norm,
+            )
+        )
+    return out[0], out[1]
+
+
+class SplitCUB200(Benchmark):
+    """CUB-200-2011 split by class (Avalanche's ``SplitCUB200``).
+
+    Avalanche's defaults: 11 experiences, the first with 100 classes and the other ten with 10
+    each, classes in their sorted order (Avalanche's ``shuffle=False``), normalisation with
+    CIFAR-10's statistics, random horizontal flip on the training batches. Images are cropped
+    to their bounding boxes and resized to ``size``; loader workers decode them a batch at a time.
+
+    Args:
+        root: folder holding ``CUB_200_2011``.
+        n_experiences: number of experiences.
+        classes_first_batch: classes of the first experience (``None``: equal split).
+        seed: class-order shuffle seed (``None``: in order, Avalanche's default).
+        class_order: a fixed class order.
+        task_labels: task-incremental instead of class-incremental.
+        size: ``(height, width)`` of the images.
+        augment: flip the training batches.
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size.
+        num_workers: loader workers decoding images.
+
+    Raises:
+        ValueError: for an impossible split.
+        RuntimeError: if the files are missing (CUB has no download: get CUB_200_2011.tgz).
+
+    Example:
+        >>> SplitCUB200("data").n_experiences  # doctest: +SKIP
+        11
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        n_experiences: int = 11,
+        classes_first_batch: int | None = 100,
+        seed: int | None = None,
+        class_order: Sequence[int] | None = None,
+        task_labels: bool = False,
+        size: tuple[int, int] = (224, 224),
+        augment: bool = True,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+    ):
+        train, test = cub200_datasets(root, size)
+        self._adopt(
+            class_incremental(
+                train,
+                test,
+                n_experiences,
+                class_order=class_order,
+                seed=seed,
+                task_labels=task_labels,
+                per_exp_classes={0: classes_first_batch} if classes_first_batch is not None else None,
+                train_transform=BatchRandomHorizontalFlip() if augment else None,
+                batch_size=batch_size,
+                eval_batch_size=eval_batch_size,
+                num_workers=num_workers,
+                name="SplitCUB200",
+            )
+        )

@@ -1,0 +1,120 @@
+"""SplitTinyImageNet: the Tiny ImageNet files, decoded by loader workers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.image_files import ImageFilesDataset
+from lightning_cl.data.scenarios import class_incremental
+from lightning_cl.data.transforms import BatchRandomHorizontalFlip, normalize
+
+__all__ = ["TINY_IMAGENET_MEAN", "TINY_IMAGENET_STD", "SplitTinyImageNet", "tiny_imagenet_datasets"]
+
+# Avalanche normalises Tiny ImageNet (and CUB-200) with CIFAR-10's statistics; kept for fidelity.
+TINY_IMAGENET_MEAN, TINY_IMAGENET_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+def tiny_imagenet_datasets(root: str | Path) -> tuple[ImageFilesDataset, ImageFilesDataset]:
+    """Train and test (the official validation set) of Tiny ImageNet, from its on-disk layout.
+
+    ``root/tiny-imagenet-200/wnids.txt`` numbers the classes (line order);
+    training images are ``train/<wnid>/images/*.JPEG``, test images ``val/images/*.JPEG`` with
+    their classes in ``val/val_annotations.txt``.
+
+    Args:
+        root: the folder holding ``tiny-imagenet-200``.
+
+    Returns:
+        ``(train, test)`` datasets of 64x64 RGB images, normalised when read.
+
+    Raises:
+        RuntimeError: if the folder or its index files are missing.
+    """
+    folder = Path(root) / "tiny-imagenet-200"
+    wnids_file = folder / "wnids.txt"
+    if not wnids_file.is_file():
+        raise RuntimeError(
+            f"Tiny ImageNet not found: {wnids_file} is missing (unpack tiny-imagenet-200.zip into {root})"
+        )
+    wnids = list(dict.fromkeys(line.strip() for line in wnids_file.read_text().splitlines() if line.strip()))
+    label = {w: i for i, w in enumerate(wnids)}
+    train_paths, train_targets = [], []
+    for w in wnids:
+        files = sorted((folder / "train" / w / "images").glob("*.JPEG"))
+        train_paths += [str(p) for p in files]
+        train_targets += [label[w]] * len(files)
+    test_paths, test_targets = [], []
+    for line in (folder / "val" / "val_annotations.txt").read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 2 and fields[1] in label:
+            test_paths.append(str(folder / "val" / "images" / fields[0]))
+            test_targets.append(label[fields[1]])
+    norm = normalize(TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)
+    return (
+        ImageFilesDataset(train_paths, train_targets, size=(64, 64), transform=norm),
+        ImageFilesDataset(test_paths, test_targets, size=(64, 64), transform=norm),
+    )
+
+
+class SplitTinyImageNet(Benchmark):
+    """Tiny ImageNet (200 classes, 100,000 train / 10,000 test images) split by class.
+
+    Avalanche's ``SplitTinyImageNet`` defaults: 10 experiences, class order shuffled with
+    ``seed=0``, normalisation with CIFAR-10's statistics (as Avalanche), random horizontal flip
+    on the training batches. Images are decoded from disk by the loader workers, a batch at a
+    time; every experience builds its loaders once.
+
+    Args:
+        root: folder holding ``tiny-imagenet-200``.
+        n_experiences: number of experiences.
+        seed: class-order shuffle seed (Avalanche's default 0; ``None``: in order).
+        class_order: a fixed class order.
+        task_labels: task-incremental instead of class-incremental.
+        class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
+        augment: flip the training batches.
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size.
+        num_workers: loader workers decoding images.
+
+    Raises:
+        ValueError: for an impossible split.
+        RuntimeError: if the files are missing (there is no download: get the archive from
+            http://cs231n.stanford.edu/tiny-imagenet-200.zip).
+
+    Example:
+        >>> SplitTinyImageNet("data").n_experiences  # doctest: +SKIP
+        10
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        n_experiences: int = 10,
+        seed: int | None = 0,
+        class_order: Sequence[int] | None = None,
+        task_labels: bool = False,
+        class_ids_from_zero_in_each_exp: bool = False,
+        augment: bool = True,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+    ):
+        train, test = tiny_imagenet_datasets(root)
+        self._adopt(
+            class_incremental(
+                train,
+                test,
+                n_experiences,
+                class_order=class_order,
+                seed=None if class_order is not None else seed,
+                task_labels=task_labels,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                train_transform=BatchRandomHorizontalFlip() if augment else None,
+                batch_size=batch_size,
+                eval_batch_size=eval_batch_size,
+                num_workers=num_workers,
+                name="SplitTinyImageNet",
+            )
+        )
