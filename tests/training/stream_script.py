@@ -1,6 +1,6 @@
 """Runs SplitDigits streams for the resume and distributed tests, in a process of its own.
 
-    python stream_script.py --out OUT.json [--methods naive,replay,ewc,both] [--ckpt-dir DIR]
+    python stream_script.py --out OUT.json [--methods naive,replay,ewc,both,keep] [--ckpt-dir DIR]
         [--max-experiences K] [--resume] [--devices N --strategy ddp] [--batch-size B]
 
 For each method it trains with ``fit_stream`` and writes the accuracy matrix and checksums of
@@ -30,6 +30,8 @@ METHODS = {
     "replay": lambda: [Replay(mem_size=200)],
     "ewc": lambda: [EWC(ewc_lambda=2.0)],
     "both": lambda: [Replay(mem_size=200), EWC(ewc_lambda=2.0)],
+    # Replay with the optimizer state (momentum) carried across experiences.
+    "keep": lambda: [Replay(mem_size=200)],
 }
 
 
@@ -51,7 +53,7 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--methods", default="naive,replay,ewc,both")
+    parser.add_argument("--methods", default="naive,replay,ewc,both,keep")
     parser.add_argument("--ckpt-dir", default=None)
     parser.add_argument("--max-experiences", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
@@ -80,6 +82,7 @@ def main() -> None:
         module = ContinualModule(
             MLP(num_classes=10, input_size=64, hidden_size=256, drop_rate=0.0),
             optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+            optimizer_policy="keep" if method == "keep" else "reset",
         )
         callbacks = METHODS[method]()
         ckpt_dir = Path(args.ckpt_dir) / method if args.ckpt_dir else None

@@ -14,7 +14,7 @@ import torch
 
 SCRIPT = Path(__file__).with_name("stream_script.py")
 ROOT = Path(__file__).resolve().parents[2]
-METHODS = ("naive", "replay", "ewc", "both")
+METHODS = ("naive", "replay", "ewc", "both", "keep")  # all of the script's methods
 
 pytestmark = pytest.mark.distributed
 
@@ -56,7 +56,7 @@ def test_cl_state_is_identical_on_every_rank(runs: dict[str, Any], method: str) 
     rank0, rank1 = runs["rank0"][method], runs["rank1"][method]
     assert rank0["checksums"] == rank1["checksums"]  # weights, buffer indices, Fisher
     assert rank0["accuracy_matrix"] == rank1["accuracy_matrix"]
-    if method in ("replay", "both"):
+    if method in ("replay", "both", "keep"):
         # The memory does not depend on the number of processes either.
         assert rank0["checksums"]["buffer"] == runs["single"][method]["checksums"]["buffer"]
 
