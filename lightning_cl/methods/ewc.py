@@ -148,6 +148,7 @@ class EWC(ContinualCallback):
         self.fisher_batch_size = fisher_batch_size
         # experience index -> {"params": {name: tensor}, "fisher": {name: tensor}}
         self.anchors: dict[int, dict[str, dict[str, Tensor]]] = {}
+        self._cache: tuple[Any, Any] | None = None
 
     @property
     def state_key(self) -> str:
@@ -156,19 +157,59 @@ class EWC(ContinualCallback):
     def penalty(self, module: Any, batch: Batch, logits: Tensor) -> Tensor | None:
         if not self.anchors or self.ewc_lambda == 0.0:
             return None
-        params = dict(module.named_parameters())
-        total = logits.new_zeros((), dtype=torch.float32)
+        importance, centre, constant = self._consolidated(logits.device)
+        total = logits.new_full((), constant, dtype=torch.float32)
+        for name, param in module.named_parameters():
+            a = importance.get(name)
+            if a is None:
+                continue
+            if param.shape != a.shape:  # a grown head: anchored on the units that existed
+                param = param[tuple(slice(0, s) for s in a.shape)]
+            total = total + (a * (param.float() - centre[name]).pow(2)).sum()
+        return 0.5 * self.ewc_lambda * total
+
+    def _consolidated(self, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor], float]:
+        r"""The separate-mode sum as one quadratic, so a step costs the same after any number of experiences.
+
+        :math:`\sum_k F_k (\theta - \theta^*_k)^2 = A (\theta - \mu)^2 + c` with
+        :math:`A = \sum_k F_k`, :math:`\mu = \sum_k F_k \theta^*_k / A` and
+        :math:`c = \sum_k F_k {\theta^*_k}^2 - A \mu^2 \geq 0`: the same value and gradient.
+        Computed once per change of the anchors, in float64.
+        """
+        key = (id(self.anchors), tuple(self.anchors), device)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        importance: dict[str, Tensor] = {}
+        weighted: dict[str, Tensor] = {}
+        constant = 0.0
         for anchor in self.anchors.values():
             for name, fisher in anchor["fisher"].items():
-                current = params.get(name)
-                if current is None:
-                    continue
-                old = anchor["params"][name]
-                if current.shape != old.shape:
-                    current = current[tuple(slice(0, s) for s in old.shape)]
-                diff = current.float() - old.to(current.device)
-                total = total + (fisher.to(current.device) * diff.pow(2)).sum()
-        return 0.5 * self.ewc_lambda * total
+                f = fisher.to(device, torch.float64)
+                theta = anchor["params"][name].to(device, torch.float64)
+                shape = (
+                    tuple(max(a, b) for a, b in zip(importance[name].shape, f.shape))
+                    if name in importance
+                    else f.shape
+                )
+                for store in (importance, weighted):
+                    if name in store and store[name].shape != shape:
+                        grown = torch.zeros(shape, dtype=torch.float64, device=device)
+                        grown[tuple(slice(0, s) for s in store[name].shape)] = store[name]
+                        store[name] = grown
+                    store.setdefault(name, torch.zeros(shape, dtype=torch.float64, device=device))
+                region = tuple(slice(0, s) for s in f.shape)
+                importance[name][region] += f
+                weighted[name][region] += f * theta
+                constant += float((f * theta.pow(2)).sum())
+        centre = {}
+        for name, a in importance.items():
+            mu = torch.where(a > 0, weighted[name] / a.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+            constant -= float((a * mu.pow(2)).sum())
+            centre[name] = mu.float()
+            importance[name] = a.float()
+        result = (importance, centre, max(constant, 0.0))
+        self._cache = (key, result)
+        return result
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         data = experience.dataset

@@ -73,7 +73,7 @@ def test_penalty_is_half_lambda_times_fisher_weighted_distance() -> None:
     fisher = {n: torch.rand_like(p) for n, p in module.named_parameters()}
     ewc.anchors = {0: {"params": params, "fisher": fisher}}
     batch = (torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-    assert float(ewc.penalty(module, batch, torch.zeros(1, 3)).detach()) == 0.0
+    assert float(ewc.penalty(module, batch, torch.zeros(1, 3)).detach()) == pytest.approx(0.0, abs=1e-9)
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.5)
@@ -92,7 +92,7 @@ def test_penalty_covers_the_old_slice_of_a_grown_head() -> None:
     with torch.no_grad():
         head.classifier.weight[2:] += 10.0  # new units: free
     batch = (torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
-    assert float(ewc.penalty(module, batch, torch.zeros(1, 4)).detach()) == 0.0
+    assert float(ewc.penalty(module, batch, torch.zeros(1, 4)).detach()) == pytest.approx(0.0, abs=1e-9)
     with torch.no_grad():
         head.classifier.weight[:2] += 1.0  # old units: anchored
     assert float(ewc.penalty(module, batch, torch.zeros(1, 4)).detach()) == pytest.approx(2.0 / 2 * 2 * 5)
@@ -175,3 +175,41 @@ def test_state_dict_round_trip() -> None:
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         EWC(**kwargs)
+
+
+def test_consolidated_penalty_equals_the_sum_over_experiences() -> None:
+    module = _tiny_module(head="incremental")
+    head = module.model.head
+    g = torch.Generator().manual_seed(0)
+    ewc = EWC(ewc_lambda=3.0)
+    for k, classes in enumerate(([0, 1], [2, 3], [4])):
+        head.adaptation(classes, torch.zeros(len(classes), dtype=torch.long), torch.tensor(classes))
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(torch.randn(p.shape, generator=g))
+        ewc.anchors[k] = {
+            "params": {n: p.detach().clone() for n, p in module.named_parameters()},
+            "fisher": {n: torch.rand(p.shape, generator=g) for n, p in module.named_parameters()},
+        }
+        ewc.anchors = dict(ewc.anchors)  # a new mapping: the consolidated form is rebuilt
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g))
+    expected = torch.zeros((), dtype=torch.float64)
+    for anchor in ewc.anchors.values():
+        for name, p in module.named_parameters():
+            old = anchor["params"][name]
+            current = p.detach()[tuple(slice(0, s) for s in old.shape)].double()
+            expected += (anchor["fisher"][name].double() * (current - old.double()).pow(2)).sum()
+    batch = (torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    value = ewc.penalty(module, batch, torch.zeros(1, 5))
+    assert float(value) == pytest.approx(0.5 * 3.0 * float(expected), rel=1e-5)
+    # The gradient is the separate-mode gradient too.
+    value.backward()
+    for name, p in module.named_parameters():
+        manual = torch.zeros_like(p, dtype=torch.float64)
+        for anchor in ewc.anchors.values():
+            old, f = anchor["params"][name], anchor["fisher"][name]
+            region = tuple(slice(0, s) for s in old.shape)
+            manual[region] += 3.0 * f.double() * (p.detach()[region].double() - old.double())
+        assert torch.allclose(p.grad.double(), manual, rtol=1e-4, atol=1e-5), name
