@@ -331,6 +331,12 @@ class Experience(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._own_loader("eval", self.dataset, train=False)
 
+    def teardown(self, stage: str) -> None:
+        # Lightning sets `datamodule.trainer` and never clears it: every experience of a stream
+        # would keep its finished Trainer alive (optimizer state, loaders, loops), so memory
+        # would grow by about one optimizer state per experience.
+        self.trainer = None
+
     def __repr__(self) -> str:
         return (
             f"Experience(stream={self.stream_name!r}, index={self.index}, n={len(self)}, "

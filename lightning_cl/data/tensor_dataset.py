@@ -59,10 +59,12 @@ class TensorClassificationDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        x = self.inputs[idx]
+        # index_select, not self.inputs[idx]: advanced indexing of uint8 images is ~18x slower
+        # (222 us against 12 us for 128 MNIST images, one thread).
+        x = self.inputs.index_select(0, idx)
         if self.transform is not None:
             x = self.transform(x)
-        return x, self.targets[idx]
+        return x, self.targets.index_select(0, idx)
 
     def extra_repr(self) -> str:
         return f"n={len(self)}, input_shape={tuple(self.inputs.shape[1:])}, dtype={self.inputs.dtype}"

@@ -51,8 +51,14 @@ class Normalize(nn.Module):
         super().__init__()
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
+        # uint8 input: one conversion and two in-place ops, x * (1 / (255 std)) - mean / std.
+        self._scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(-1, 1, 1)
+        self._shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)]).view(-1, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            scale, shift = self._scale.to(x.device), self._shift.to(x.device)
+            return x.to(torch.float32).mul_(scale).sub_(shift)
         fresh = x.dtype != torch.float32  # the conversion made a new tensor: normalise it in place
         x = TF.to_dtype_image(x, torch.float32, scale=True)
         return TF.normalize_image(x, self.mean, self.std, inplace=fresh)

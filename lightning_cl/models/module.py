@@ -114,9 +114,9 @@ class ContinualModule(L.LightningModule):
         self._fit_finished = True
         self._kept_optimizer_state: dict[str, dict[str, Any]] = {}
         self._eval_columns: list[int] = []
+        self._eval_sizes: list[int] = []
         self.train_metrics: MetricCollection | None = None
         self.eval_metrics = nn.ModuleList()
-        self.eval_stream_metrics: MetricCollection | None = None
 
     # ------------------------------------------------------------------ forward and loss
     def forward(self, x: Tensor, task_labels: Tensor | None = None) -> Tensor:
@@ -149,19 +149,43 @@ class ContinualModule(L.LightningModule):
         logits = self(x, t)
         loss = self.criterion(logits, y)
         n = len(y)
+        penalties: dict[str, Tensor] = {}
         for callback in self.cl_callbacks():
             term = callback.penalty(self, (x, y, t), logits)
             if term is not None:
                 loss = loss + term
-                self.log(f"train/penalty/{callback.name}", term.detach().float(), on_step=True, batch_size=n)
+                penalties[callback.name] = term.detach().float()
         assert self.train_metrics is not None
-        self.train_metrics["acc"](logits.argmax(dim=-1), y)
-        self.log("train/acc", self.train_metrics["acc"], on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("step", float(self.global_step_all), on_step=True, on_epoch=False, batch_size=n)
+        preds = logits.detach().argmax(dim=-1)
+        # Epoch values: plain metric updates, logged once in `on_train_epoch_end`. Each `self.log`
+        # call costs Lightning ~0.3 ms, so step values are logged only when something shows them.
+        accuracy = self.train_metrics["acc"]
+        self.train_metrics["loss"].update(loss.detach(), n)
+        if not self._step_values_shown():
+            accuracy.update(preds, y)
+        else:
+            batch_accuracy = accuracy(preds, y)  # forward: the batch's value, and the epoch's state updated
+            for name, term in penalties.items():
+                self.log(f"train/penalty/{name}", term, on_step=True, on_epoch=False, batch_size=n)
+            self.log("train/acc_step", batch_accuracy, on_step=True, on_epoch=False, batch_size=n)
+            self.log(
+                "train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=n
+            )
+            self.log("step", float(self.global_step_all), on_step=True, on_epoch=False, batch_size=n)
         return loss
 
+    def _step_values_shown(self) -> bool:
+        """Whether this step's values reach anyone: a progress bar, or a logger at its cadence."""
+        trainer = self.trainer
+        if trainer.progress_bar_callback is not None:
+            return True
+        every = int(getattr(trainer, "log_every_n_steps", 50))
+        return bool(trainer.loggers) and (trainer.global_step + 1) % every == 0
+
     def on_train_epoch_end(self) -> None:
+        assert self.train_metrics is not None
+        self.log("train/acc_epoch", self.train_metrics["acc"], on_step=False, on_epoch=True)
+        self.log("train/loss_epoch", self.train_metrics["loss"], on_step=False, on_epoch=True, prog_bar=True)
         # Epoch-level values are flushed after this hook: give them the stream-wide step too.
         self.log("step", float(self.global_step_all), on_step=False, on_epoch=True, reduce_fx="max")
 
@@ -199,10 +223,16 @@ class ContinualModule(L.LightningModule):
         self._fit_finished = False
         if self.train_metrics is None:
             self.train_metrics = MetricCollection(
-                {"acc": MulticlassAccuracy(num_classes=experience.n_classes, average="micro")}
+                {
+                    "acc": MulticlassAccuracy(
+                        num_classes=experience.n_classes, average="micro", validate_args=False
+                    ),
+                    "loss": MeanMetric(),
+                },
+                compute_groups=False,
             )
         if experience.val_dataset is not None:
-            self._make_eval_metrics([experience.index], experience.n_classes)
+            self._make_eval_metrics([experience.index], experience.n_classes, [len(experience.val_dataset)])
 
     def _check_output_width(self, experience: Experience, needed: int) -> None:
         x, _, t = experience.dataset.__getitems__([0])
@@ -223,24 +253,29 @@ class ContinualModule(L.LightningModule):
     def _setup_eval(self, datamodule: Any) -> None:
         if isinstance(datamodule, Stream):
             columns, n_classes = datamodule.indices, datamodule.n_classes
+            sizes = [len(e) for e in datamodule]
         elif isinstance(datamodule, Experience):
-            columns, n_classes = [datamodule.index], datamodule.n_classes
+            columns, n_classes, sizes = [datamodule.index], datamodule.n_classes, [len(datamodule)]
         else:
             raise MisconfigurationException(
                 "ContinualModule evaluates a lightning_cl Stream or Experience: call "
                 f"trainer.test(module, datamodule=benchmark.test_stream), got {type(datamodule).__name__}"
             )
-        self._make_eval_metrics(columns, n_classes)
+        self._make_eval_metrics(columns, n_classes, sizes)
 
-    def _make_eval_metrics(self, columns: list[int], n_classes: int) -> None:
+    def _make_eval_metrics(self, columns: list[int], n_classes: int, sizes: list[int]) -> None:
         def collection() -> MetricCollection:
             return MetricCollection(
-                {"acc": MulticlassAccuracy(num_classes=n_classes, average="micro"), "loss": MeanMetric()}
+                {
+                    "acc": MulticlassAccuracy(num_classes=n_classes, average="micro", validate_args=False),
+                    "loss": MeanMetric(),
+                },
+                compute_groups=False,
             )
 
         self._eval_columns = list(columns)
+        self._eval_sizes = list(sizes)
         self.eval_metrics = nn.ModuleList([collection() for _ in columns]).to(self.device)
-        self.eval_stream_metrics = collection().to(self.device)
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
@@ -282,48 +317,47 @@ class ContinualModule(L.LightningModule):
         self._fit_finished = True
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, stage: str, batch: Any, dataloader_idx: int) -> None:
+    def _eval_step(self, batch: Any, dataloader_idx: int) -> None:
         x, y, t = merge_batch(batch)
         logits = self(x, t)
         if logits.shape[-1] <= int(y.max()):
             # Classes the model cannot output yet (a dynamic head before their experience).
             logits = F.pad(logits, (0, int(y.max()) + 1 - logits.shape[-1]), value=MASK_VALUE)
-        loss = F.cross_entropy(logits.float(), y, reduction="none")
-        preds = logits.argmax(dim=-1)
-        assert self.eval_stream_metrics is not None
-        for metrics in (cast(MetricCollection, self.eval_metrics[dataloader_idx]), self.eval_stream_metrics):
-            metrics["acc"].update(preds, y)
-            metrics["loss"].update(loss)
+        metrics = cast(MetricCollection, self.eval_metrics[dataloader_idx])
+        metrics["acc"].update(logits.argmax(dim=-1), y)
+        metrics["loss"].update(F.cross_entropy(logits.float(), y, reduction="none"))
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, dataloader_idx)
+        self._eval_step(batch, dataloader_idx)
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, dataloader_idx)
+        self._eval_step(batch, dataloader_idx)
 
     def _eval_epoch_end(self, stage: str) -> dict[str, float]:
+        """Per-experience values, and the stream's as their mean weighted by the experiences' sizes."""
         values: dict[str, float] = {}
-        if self.eval_stream_metrics is None or not self._eval_columns:
-            return values
-        for column, module in zip(self._eval_columns, self.eval_metrics):
+        weighted_acc = weighted_loss = weight = 0.0
+        for column, size, module in zip(self._eval_columns, self._eval_sizes, self.eval_metrics):
             metrics = cast(MetricCollection, module)
-            if metrics["acc"].update_count == 0 and not self.trainer.world_size > 1:
+            if metrics["acc"].update_count == 0 and self.trainer.world_size == 1:
                 continue
             acc, loss = float(metrics["acc"].compute()), float(metrics["loss"].compute())
-            values[f"{stage}/acc/exp{column}"] = acc
-            values[f"{stage}/loss/exp{column}"] = loss
+            metrics.reset()
+            values[f"{stage}/acc/exp{column}"], values[f"{stage}/loss/exp{column}"] = acc, loss
+            weighted_acc, weighted_loss, weight = (
+                weighted_acc + acc * size,
+                weighted_loss + loss * size,
+                weight + size,
+            )
             if stage == "test":
                 self.accuracy_matrix.record(self.current_experience, column, acc)
-            metrics.reset()
-        stream = self.eval_stream_metrics
-        if len(self._eval_columns) > 1:
-            values[f"{stage}/acc/stream"] = float(stream["acc"].compute())
-            values[f"{stage}/loss/stream"] = float(stream["loss"].compute())
+        if weight > 0:
+            stream_acc = weighted_acc / weight
+            if len(self._eval_columns) > 1:
+                values[f"{stage}/acc/stream"] = stream_acc
+                values[f"{stage}/loss/stream"] = weighted_loss / weight
             if stage == "test":
-                self.accuracy_matrix.record_stream(self.current_experience, values["test/acc/stream"])
-        elif stage == "test" and values:
-            self.accuracy_matrix.record_stream(self.current_experience, next(iter(values.values())))
-        stream.reset()
+                self.accuracy_matrix.record_stream(self.current_experience, stream_acc)
         for key, value in values.items():
             self.log(key, value, sync_dist=False, add_dataloader_idx=False)
         if self.current_experience is not None:
@@ -335,9 +369,8 @@ class ContinualModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self._eval_epoch_end("val")
         else:
-            for metrics in [*self.eval_metrics, self.eval_stream_metrics]:
-                if metrics is not None:
-                    metrics.reset()
+            for metrics in self.eval_metrics:
+                cast(MetricCollection, metrics).reset()
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")

@@ -22,12 +22,17 @@ class _Recorder(L.Callback):
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.replay_batches += isinstance(batch, dict) and "replay" in batch
 
-    def on_train_batch_end(
-        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        value = trainer.callback_metrics.get("train/penalty/ewc")
-        if value is not None:
-            self.penalties.append(float(value))
+    def watch(self, ewc: EWC) -> None:
+        """Record every penalty EWC adds to the loss."""
+        penalty = ewc.penalty
+
+        def recorded(*args: Any) -> Any:
+            value = penalty(*args)
+            if value is not None:
+                self.penalties.append(float(value))
+            return value
+
+        ewc.penalty = recorded  # type: ignore[method-assign]
 
 
 def _run(callbacks: list[Any]) -> Any:
@@ -44,6 +49,7 @@ def _run(callbacks: list[Any]) -> Any:
 
 def test_replay_and_ewc_work_together() -> None:
     replay, ewc, recorder = Replay(mem_size=200), EWC(ewc_lambda=50.0), _Recorder()
+    recorder.watch(ewc)
     both = _run([replay, ewc, recorder])
     # Both methods acted: memory batches in every step after the first experience, a penalty too.
     assert recorder.replay_batches > 0 and len(recorder.penalties) > 0 and max(recorder.penalties) > 0

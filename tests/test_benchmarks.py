@@ -1,0 +1,77 @@
+"""The speed suite's quick mode runs end to end, so ``benchmarks/`` cannot rot.
+
+A fraction of the data, one round, two processes at a time (times are not compared here: the
+targets are measured by the full suite, not by tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "benchmarks" / "run.py"
+CONTENDERS = ("handwritten", "lightning_cl-loop", "lightning_cl-fit_stream")
+METHODS = ("naive", "replay", "ewc")
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    out = tmp_path_factory.mktemp("bench") / "results.md"
+    env = {k: v for k, v in os.environ.items() if k != "AVALANCHE_VENV"}
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--no-avalanche", "--jobs", "2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out.read_text(), json.loads(out.with_suffix(".json").read_text())
+
+
+def test_table_has_a_row_per_method_and_contender(quick_report: tuple[str, dict]) -> None:
+    text, _ = quick_report
+    for method in METHODS:
+        for contender in CONTENDERS:
+            assert f"| {method} | {contender} |" in text
+    assert "torch" in text and "lightning" in text and "logical cores" in text
+
+
+def test_contenders_did_the_same_work(quick_report: tuple[str, dict]) -> None:
+    _, raw = quick_report
+    results = raw["results"]
+    assert len(results) == len(METHODS) * len(CONTENDERS)
+    by_key = {(r["method"], r["contender"]): r for r in results}
+    for method in METHODS:
+        samples = {by_key[(method, c)]["stream_samples"] for c in CONTENDERS}
+        assert len(samples) == 1, f"{method}: contenders trained on different data {samples}"
+        for contender in CONTENDERS:
+            record = by_key[(method, contender)]
+            matrix = record["accuracy_matrix"]
+            assert len(matrix) == 5 and all(len(row) == 5 for row in matrix)
+            # Right after training an experience, its own classes are learnt (chance would be 0.5).
+            assert matrix[0][0] > 0.8, (method, contender, matrix[0][0])
+            assert 0.1 < record["average_accuracy"] <= 1.0
+    # Replay keeps old classes alive; fine-tuning forgets them (class-incremental).
+    for contender in CONTENDERS:
+        assert (
+            by_key[("replay", contender)]["average_accuracy"]
+            > by_key[("naive", contender)]["average_accuracy"]
+        )
+
+
+def test_startup_and_scaling_are_reported(quick_report: tuple[str, dict]) -> None:
+    text, raw = quick_report
+    assert {r["variant"] for r in raw["startup"]} == {"lightning", "lightning_cl"}
+    rows = raw["scaling"]["rows"]
+    assert [r["experience"] for r in rows] == list(range(len(rows)))
+    assert all(r["peak_rss_mb"] > 0 and r["train_s"] > 0 for r in rows)
+    assert "## Start-up" in text and "## Scaling" in text and "## Targets" in text
