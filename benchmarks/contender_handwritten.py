@@ -10,8 +10,8 @@ and every batch is an index gather. The methods follow lightning_cl's semantics 
   at the end of each experience; from the second experience on each step is ``batch_size``
   current plus ``batch_size`` memory samples, the memory drawn in reshuffled passes, as many
   memory batches as the experience has batches.
-- EWC (separate): at the end of each experience, the per-sample empirical Fisher (``torch.func``,
-  eval mode, batches of ``batch_size``) and a copy of the weights; the penalty
+- EWC (separate): at the end of each experience, the per-sample empirical Fisher (closed form
+  for the MLP's linear layers, eval mode, batches of ``batch_size``) and a copy of the weights; the penalty
   ``lambda / 2 * sum_k sum_i F_k,i (theta_i - theta*_k,i)^2`` is added to every later step.
 
 Run: ``python benchmarks/contender_handwritten.py --method replay --data ../shared/data``.
@@ -49,7 +49,6 @@ from common import (  # noqa: E402
     write_record,
 )
 from torch import Tensor, nn  # noqa: E402
-from torch.func import functional_call, grad, vmap  # noqa: E402
 
 
 def mlp() -> nn.Module:
@@ -74,18 +73,26 @@ def experience_balanced(groups: list[Tensor], mem_size: int) -> Tensor:
 
 
 def per_sample_fisher(model: nn.Module, x_all: Tensor, y_all: Tensor, indices: Tensor) -> dict[str, Tensor]:
-    """Mean over ``indices`` of squared per-sample log-likelihood gradients, in eval mode."""
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    sums = {n: torch.zeros_like(p) for n, p in params.items()}
+    """Mean over ``indices`` of squared per-sample log-likelihood gradients, in eval mode.
 
-    def sample_loss(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(model, p, (x.unsqueeze(0),)), y.unsqueeze(0))
-
-    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    The MLP's parameters all sit in linear layers, whose per-sample gradient is the outer product
+    of the gradient at the layer's output and its input: the sum of squares over a batch is
+    ``(g ** 2).T @ (a ** 2)``, from one ordinary backward pass (what lightning_cl's EWC does for
+    such models; the same numbers as ``torch.func.vmap`` over samples, at a fraction of the cost).
+    """
+    _, first, relu, dropout, last = model
+    sums = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     model.eval()
     for chunk in indices.split(BATCH_SIZE):
-        for name, g in per_sample(params, x_all[chunk], y_all[chunk]).items():
-            sums[name] += g.pow(2).sum(0)
+        a1 = x_all[chunk].flatten(1)
+        h = first(a1)
+        a2 = dropout(relu(h))
+        out = last(a2)
+        loss = F.cross_entropy(out, y_all[chunk], reduction="sum")
+        g1, g2 = torch.autograd.grad(loss, [h, out])
+        for prefix, g, a in (("1", g1, a1), ("4", g2, a2)):
+            sums[f"{prefix}.weight"] += g.pow(2).T @ a.detach().pow(2)
+            sums[f"{prefix}.bias"] += g.pow(2).sum(0)
     model.train()
     return {n: s / len(indices) for n, s in sums.items()}
 

@@ -68,11 +68,11 @@ def by_hand(bench: Benchmark) -> Callable[[], int]:
         for inputs, targets, indices, perm, task in parts:
             order = indices[torch.randperm(len(indices))]
             for chunk in order.split(BATCH):
-                x = inputs[chunk]
+                x = inputs.index_select(0, chunk)  # the fast gather (advanced indexing is ~18x slower)
                 if perm is not None:
-                    x = x.flatten(-2)[..., perm].reshape(x.shape)
-                x = (x.float() / 255 - mean) / std
-                _y = targets[chunk]
+                    x = x.flatten(-2).index_select(-1, perm).reshape(x.shape)
+                x = x.float().mul_(1 / (255 * std)).sub_(mean / std)
+                _y = targets.index_select(0, chunk)
                 _t = torch.full((len(chunk),), task)
                 seen += len(x)
         return seen

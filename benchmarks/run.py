@@ -482,7 +482,8 @@ def write_report(raw: dict[str, Any], out: Path) -> None:
         f"{lightning_cl_class_order()} (seed 1); MLP 784-512-10 (dropout 0.5); SGD lr 0.01 momentum 0.9; "
         "batch 128; 1 epoch per experience; the whole test stream evaluated after each experience. "
         "Replay: mem_size 500, experience-balanced, 128 current + 128 memory samples per step. EWC: "
-        "separate, per-sample empirical Fisher (torch.func) in lightning_cl and the hand-written loop; "
+        "separate, per-sample empirical Fisher in lightning_cl and the hand-written loop (closed form for "
+        "linear layers, one backward pass per batch); "
         "Avalanche's own minibatch Fisher with the equivalent ewc_lambda.",
         "- total = the whole stream loop (train + eval + Trainer construction), excluding imports and data "
         "loading; train includes end-of-experience work (buffer update, Fisher); samples/s counts the "

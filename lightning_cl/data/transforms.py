@@ -193,7 +193,7 @@ class PixelPermutation(nn.Module):
         flat = x.flatten(-2)
         if flat.shape[-1] != len(self.permutation):
             raise ValueError(f"images have {flat.shape[-1]} pixels, the permutation {len(self.permutation)}")
-        return flat[..., self.permutation].reshape(x.shape)
+        return flat.index_select(-1, self.permutation.to(flat.device)).reshape(x.shape)
 
 
 class Rotation(nn.Module):

@@ -43,7 +43,7 @@ def _check_strategy(strategy: Any) -> None:
 def resolve_logger(logger: bool | Logger | Iterable[Logger] | None, root: str | Path) -> Any:
     """One logger shared by the trainers of all experiences (``True``: a CSV logger)."""
     if logger is True or logger is None:
-        return CSVLogger(save_dir=str(root), name="lightning_cl")
+        return CSVLogger(save_dir=str(root), name="lightning_logs")
     return logger
 
 

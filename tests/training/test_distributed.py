@@ -90,7 +90,7 @@ def test_cli_with_the_ddp_config(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Accuracy matrix") == 1  # printed by rank 0 only
-    (results,) = tmp_path.glob("lightning_cl/version_*/results.json")
+    (results,) = tmp_path.glob("lightning_logs/version_*/results.json")
     assert len(json.loads(results.read_text())["accuracy_matrix"]) == 5
     assert len(list(results.parent.glob("checkpoints/experience_*.ckpt"))) == 5
 

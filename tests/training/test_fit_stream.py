@@ -24,7 +24,7 @@ def test_fit_stream_trains_every_experience_and_writes_results(tmp_path: Path) -
     )
     assert results.trained == [0, 1, 2, 3, 4] and len(results.accuracy_matrix) == 5
     assert module.current_experience == 4 and module.seen_classes == set(range(10))
-    (path,) = tmp_path.glob(f"lightning_cl/version_*/{RESULTS_FILE}")
+    (path,) = tmp_path.glob(f"lightning_logs/version_*/{RESULTS_FILE}")
     data = json.loads(path.read_text())
     assert data["accuracy_matrix"] == results.accuracy_matrix
     assert data["average_accuracy"] == pytest.approx(results.average_accuracy)

@@ -71,7 +71,7 @@ def test_same_seed_same_results_json(tmp_path: Path, monkeypatch: pytest.MonkeyP
                 str(tmp_path / run),
             ]
         )
-        (path,) = (tmp_path / run).glob("lightning_cl/version_*/results.json")
+        (path,) = (tmp_path / run).glob("lightning_logs/version_*/results.json")
         texts.append(path.read_text())
     assert texts[0] == texts[1]
     assert len(json.loads(texts[0])["accuracy_matrix"]) == 5
