@@ -197,3 +197,38 @@ def test_results_fill_one_row_per_trained_experience() -> None:
     sizes = torch.tensor([len(e) for e in bench.test_stream], dtype=torch.float64)
     row = torch.tensor(results.accuracy_matrix[1], dtype=torch.float64)
     assert results.stream_accuracy[1] == pytest.approx(float((row * sizes).sum() / sizes.sum()), abs=1e-6)
+
+
+def test_lr_scheduler_factory_is_used_and_rebuilt_per_experience() -> None:
+    bench = SplitDigits(n_experiences=5)
+    module = _module(lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
+    for experience in bench.train_stream[:2]:
+        trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=3))
+        trainer.fit(module, datamodule=experience)
+        # Stepped once per epoch from the optimizer's lr, 0.05, in every experience.
+        assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**3)
+
+
+def test_lr_scheduler_from_the_command_line(capsys: Any) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from lightning_cl.training.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "split_digits_naive.yaml"
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        "--model.lr_scheduler",
+        "torch.optim.lr_scheduler.StepLR",
+        "--model.lr_scheduler.step_size",
+        "2",
+        "--print_config",
+    ]
+    with pytest.raises(SystemExit):
+        main(args)
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["lr_scheduler"]
+    assert printed["class_path"] == "torch.optim.lr_scheduler.StepLR"
+    assert printed["init_args"]["step_size"] == 2
