@@ -119,8 +119,8 @@ class DatasetView(Dataset):
 
     def __getitems__(self, positions: Sequence[int] | Tensor) -> tuple[Tensor, Tensor, Tensor]:
         pos = torch.as_tensor(positions, dtype=torch.long)
-        x, y = gather(self.base, self.indices[pos])
-        return x, y, self.task_labels[pos]
+        x, y = gather(self.base, self.indices.index_select(0, pos))
+        return x, y, self.task_labels.index_select(0, pos)
 
     def subset(self, positions: Tensor | Sequence[int]) -> DatasetView:
         """A view of some of this view's samples (positions within this view)."""

@@ -64,12 +64,18 @@ class DomainDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        domain, local = idx // self.base_length, idx % self.base_length
-        x, y = gather(self.base, local)
-        first = int(domain[0]) if len(domain) else 0
-        if len(domain) == 0 or bool((domain == first).all()):
+        if len(idx):
+            low, high = (int(v) for v in idx.aminmax())
+            first = low // self.base_length
+            single = high // self.base_length == first
+        else:
+            first, single = 0, True
+        if single:  # the usual case, one experience's batch: one domain, one subtraction
+            x, y = gather(self.base, idx - first * self.base_length)
             x = self.domains[first](x)
         else:
+            domain, local = idx // self.base_length, idx % self.base_length
+            x, y = gather(self.base, local)
             parts: Tensor | None = None
             for d in torch.unique(domain).tolist():
                 mask = domain == d

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
+from lightning_cl.data.batch_loader import BatchLoader
 from lightning_cl.data.dataset_view import DatasetView, passthrough_collate
 from lightning_cl.data.transforms import BatchTransform
 
@@ -90,11 +91,18 @@ def make_loader(
     drop_last: bool = False,
     sampler: torch.utils.data.Sampler | None = None,
     transform: BatchTransform | None = None,
-) -> DataLoader:
-    """A standard ``DataLoader`` over a :class:`DatasetView` that reads whole batches at once.
+    num_samples: int | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterable[Any]:
+    """A loader over a :class:`DatasetView` that reads whole batches at once.
 
-    Lightning may still replace the sampler (a ``DistributedSampler`` under DDP): batches are
-    assembled by the view's ``__getitems__`` from whatever indices the sampler yields.
+    In the main process (``num_workers=0``, no pinning, no custom ``sampler``) it is a
+    :class:`~lightning_cl.data.batch_loader.BatchLoader`, which shards itself by ``rank`` and
+    ``world_size``. Otherwise it is a standard ``DataLoader`` whose batches the view assembles
+    from whatever indices the sampler yields; Lightning shards it under DDP (``rank`` and
+    ``world_size`` are then ignored).
 
     Args:
         dataset: the view to read.
@@ -103,8 +111,12 @@ def make_loader(
         num_workers: worker processes (0: read in the main process, fastest for in-memory data).
         pin_memory: pin batches in page-locked memory.
         drop_last: drop the last incomplete batch.
-        sampler: a sampler of positions in ``dataset``.
+        sampler: a sampler of positions in ``dataset`` (forces a ``DataLoader``).
         transform: a batched augmentation applied to every batch's inputs.
+        num_samples: samples per epoch, drawn in whole reshuffled passes (needs ``shuffle``).
+        seed: base seed of the shuffled orders of the main-process loader (the same on every rank).
+        rank: this process's rank, for the main-process loader.
+        world_size: number of processes, for the main-process loader.
 
     Returns:
         The loader; its batches are ``(x, y, t)``.
@@ -120,16 +132,38 @@ def make_loader(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size}")
+    collate = passthrough_collate if transform is None else BatchAugmentation(transform)
+    if num_workers == 0 and not pin_memory and sampler is None:
+        return BatchLoader(
+            dataset,
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_samples=num_samples,
+            transform=None if transform is None else collate,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
     if sampler is None:
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        if shuffle:
+            sampler = RandomSampler(dataset, num_samples=num_samples)
+        else:
+            sampler = SequentialSampler(dataset)
     return DataLoader(
         dataset,
         batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last),
         num_workers=num_workers,
         pin_memory=pin_memory,
-        collate_fn=passthrough_collate if transform is None else BatchAugmentation(transform),  # type: ignore[arg-type]
+        collate_fn=collate,  # type: ignore[arg-type]
         persistent_workers=num_workers > 0,
     )
+
+
+def _shared_seed(trainer: L.Trainer) -> int:
+    """A seed drawn from torch's global generator on rank 0 and given to every rank."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    return int(trainer.strategy.broadcast(seed, src=0)) if trainer.world_size > 1 else seed
 
 
 class Experience(L.LightningDataModule):
@@ -217,7 +251,7 @@ class Experience(L.LightningDataModule):
         self.is_last_subexp = bool(is_last_subexp)
         self.sub_stream_length = int(sub_stream_length)
         # Loaders with worker processes are built once per experience and reused.
-        self._cached_loaders: dict[str, DataLoader] = {}
+        self._cached_loaders: dict[str, Iterable[Any]] = {}
 
     def replace(self, **changes: Any) -> Experience:
         """A copy of this experience with some constructor arguments changed.
@@ -276,17 +310,21 @@ class Experience(L.LightningDataModule):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def loader(self, dataset: DatasetView, *, train: bool, **overrides: Any) -> DataLoader:
+    def loader(
+        self, dataset: DatasetView, *, train: bool, trainer: L.Trainer | None = None, **overrides: Any
+    ) -> Iterable[Any]:
         """A loader over ``dataset`` with this experience's settings.
 
         Args:
             dataset: the data to load (this experience's, or a replay memory).
             train: shuffle and apply ``train_transform``; otherwise keep the order, no augmentation.
+            trainer: the trainer whose processes share the data (default: the attached one).
             overrides: arguments of :func:`make_loader` that replace the experience's settings.
 
         Returns:
-            A ``DataLoader`` whose batches are ``(x, y, t)``.
+            A loader whose batches are ``(x, y, t)``.
         """
+        trainer = trainer if trainer is not None else self.trainer
         kwargs: dict[str, Any] = dict(
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
@@ -294,26 +332,36 @@ class Experience(L.LightningDataModule):
             pin_memory=self.pin_memory,
             transform=self.train_transform if train else None,
         )
+        if trainer is not None:
+            kwargs.update(rank=trainer.global_rank, world_size=trainer.world_size)
+            if train:
+                kwargs["seed"] = _shared_seed(trainer)
         kwargs.update(overrides)
         return make_loader(dataset, **kwargs)
 
-    def _own_loader(self, key: str, dataset: DatasetView, train: bool) -> DataLoader:
+    def _own_loader(
+        self, key: str, dataset: DatasetView, train: bool, trainer: L.Trainer | None = None
+    ) -> Iterable[Any]:
         if self.num_workers == 0:
-            return self.loader(dataset, train=train)
+            return self.loader(dataset, train=train, trainer=trainer)
         if key not in self._cached_loaders:
-            self._cached_loaders[key] = self.loader(dataset, train=train)
+            self._cached_loaders[key] = self.loader(dataset, train=train, trainer=trainer)
         return self._cached_loaders[key]
+
+    def eval_loader(self, trainer: L.Trainer | None = None) -> Iterable[Any]:
+        """The evaluation loader of this experience's data, shared among ``trainer``'s processes."""
+        return self._own_loader("eval", self.dataset, train=False, trainer=trainer)
 
     def train_dataloader(self) -> Any:
         current = self._own_loader("train", self.dataset, train=True)
-        extra: dict[str, DataLoader] = {}
+        extra: dict[str, Iterable[Any]] = {}
         trainer = self.trainer
         if trainer is not None:
             from lightning_cl.methods.base import ContinualCallback
 
             for callback in trainer.callbacks:  # type: ignore[attr-defined]
                 if isinstance(callback, ContinualCallback):
-                    extra.update(callback.train_dataloaders(self, current))
+                    extra.update(callback.train_dataloaders(self, current))  # type: ignore[arg-type]
         if not extra:
             return current
         if "current" in extra:
@@ -325,11 +373,11 @@ class Experience(L.LightningDataModule):
             return []
         return self._own_loader("val", self.val_dataset, train=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._own_loader("eval", self.dataset, train=False)
+    def test_dataloader(self) -> Iterable[Any]:
+        return self.eval_loader()
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._own_loader("eval", self.dataset, train=False)
+    def predict_dataloader(self) -> Iterable[Any]:
+        return self.eval_loader()
 
     def teardown(self, stage: str) -> None:
         # Lightning sets `datamodule.trainer` and never clears it: every experience of a stream

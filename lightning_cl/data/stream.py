@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import overload
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, overload
 
 import lightning as L
-from torch.utils.data import DataLoader
 
 from lightning_cl.data.experience import Experience
 
@@ -105,14 +104,14 @@ class Stream(L.LightningDataModule):
         """The experiences' own indices, in stream order."""
         return [e.index for e in self.experiences]
 
-    def test_dataloader(self) -> list[DataLoader]:
-        return [e.test_dataloader() for e in self.experiences]
+    def test_dataloader(self) -> list[Iterable[Any]]:
+        return [e.eval_loader(self.trainer) for e in self.experiences]
 
-    def val_dataloader(self) -> list[DataLoader]:
-        return [e.test_dataloader() for e in self.experiences]
+    def val_dataloader(self) -> list[Iterable[Any]]:
+        return [e.eval_loader(self.trainer) for e in self.experiences]
 
-    def predict_dataloader(self) -> list[DataLoader]:
-        return [e.predict_dataloader() for e in self.experiences]
+    def predict_dataloader(self) -> list[Iterable[Any]]:
+        return [e.eval_loader(self.trainer) for e in self.experiences]
 
     def __repr__(self) -> str:
         return f"Stream(name={self.name!r}, n_experiences={len(self)}, indices={self.indices})"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sized
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from lightning_cl.data.experience import Experience
 
@@ -50,7 +50,7 @@ class ContinualCallback(L.Callback):
         """
         return None
 
-    def train_dataloaders(self, experience: Experience, current: DataLoader) -> dict[str, DataLoader]:
+    def train_dataloaders(self, experience: Experience, current: Sized) -> dict[str, Iterable[Any]]:
         """Extra training loaders, by name, to iterate next to ``current`` (default: none).
 
         Lightning combines them in ``max_size_cycle`` mode, so a loader with as many batches as

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sized
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, RandomSampler
 
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import ContinualCallback
@@ -71,15 +71,16 @@ class Replay(ContinualCallback):
         if self.buffer.groups and self.buffer.base is None:
             self.buffer.bind(experience.dataset)
 
-    def train_dataloaders(self, experience: Experience, current: DataLoader) -> dict[str, DataLoader]:
+    def train_dataloaders(self, experience: Experience, current: Sized) -> dict[str, Iterable[Any]]:
         # A state loaded by Lightning inside an experience arrives after `setup`: bind it here.
         self.on_experience_start(experience.trainer, None, experience)  # type: ignore[arg-type]
         memory = self.buffer.dataset()
         if memory is None:
             return {}
         batch_size = self.mem_batch_size or experience.batch_size
-        sampler = RandomSampler(memory, num_samples=max(1, len(current)) * batch_size)
-        return {"replay": experience.loader(memory, train=True, batch_size=batch_size, sampler=sampler)}
+        # As many memory batches as the experience has, drawn in whole reshuffled passes.
+        draws = max(1, len(current)) * batch_size * experience.trainer.world_size  # type: ignore[union-attr]
+        return {"replay": experience.loader(memory, train=True, batch_size=batch_size, num_samples=draws)}
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         if self._seed is None:
