@@ -64,12 +64,11 @@ class DomainDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
+        first, single = 0, True
         if len(idx):
-            low, high = (int(v) for v in idx.aminmax())
-            first = low // self.base_length
-            single = high // self.base_length == first
-        else:
-            first, single = 0, True
+            low, high = idx.aminmax()
+            first = int(low) // self.base_length
+            single = int(high) // self.base_length == first
         if single:  # the usual case, one experience's batch: one domain, one subtraction
             x, y = gather(self.base, idx - first * self.base_length)
             x = self.domains[first](x)
