@@ -2,61 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-
 from torchvision import datasets
 
-from lightning_cl.data.benchmark import Benchmark
-from lightning_cl.data.mnist import idx_tensors
-from lightning_cl.data.scenarios import class_incremental
-from lightning_cl.data.transforms import normalize
+from lightning_cl.data.mnist import _SplitIDX
 
 __all__ = ["FMNIST_MEAN", "FMNIST_STD", "KMNIST_MEAN", "KMNIST_STD", "SplitFMNIST", "SplitKMNIST"]
 
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 KMNIST_MEAN, KMNIST_STD = (0.1918,), (0.3483,)
-
-
-class _SplitIDX(Benchmark):
-    dataset_class: type[datasets.MNIST] = datasets.MNIST
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-
-    def __init__(
-        self,
-        root: str | Path = "data",
-        n_experiences: int = 5,
-        seed: int | None = None,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
-        download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        per_exp_classes: Sequence[int] | Mapping[int, int] | None = None,
-        class_ids_from_zero_in_each_exp: bool = False,
-    ):
-        splits = [
-            idx_tensors(self.dataset_class, root, train, download, normalize(self.mean, self.std))
-            for train in (True, False)
-        ]
-        self._adopt(
-            class_incremental(
-                splits[0],
-                splits[1],
-                n_experiences,
-                class_order=class_order,
-                seed=seed,
-                task_labels=task_labels,
-                per_exp_classes=per_exp_classes,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                name=type(self).__name__,
-            )
-        )
 
 
 class SplitFMNIST(_SplitIDX):

@@ -70,7 +70,50 @@ def mnist_tensors(root: str | Path, train: bool, download: bool = False) -> Tens
     return idx_tensors(datasets.MNIST, root, train, download, mnist_batch_transform())
 
 
-class SplitMNIST(Benchmark):
+class _SplitIDX(Benchmark):
+    """An MNIST-format dataset (torchvision class, IDX files) split by class, normalised per batch."""
+
+    dataset_class: type[datasets.MNIST] = datasets.MNIST
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        n_experiences: int = 5,
+        seed: int | None = None,
+        class_order: Sequence[int] | None = None,
+        task_labels: bool = False,
+        download: bool = False,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        per_exp_classes: Sequence[int] | Mapping[int, int] | None = None,
+        class_ids_from_zero_in_each_exp: bool = False,
+    ):
+        splits = [
+            idx_tensors(self.dataset_class, root, train, download, normalize(self.mean, self.std))
+            for train in (True, False)
+        ]
+        self._adopt(
+            class_incremental(
+                splits[0],
+                splits[1],
+                n_experiences,
+                class_order=class_order,
+                seed=seed,
+                task_labels=task_labels,
+                per_exp_classes=per_exp_classes,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                batch_size=batch_size,
+                eval_batch_size=eval_batch_size,
+                num_workers=num_workers,
+                name=type(self).__name__,
+            )
+        )
+
+
+class SplitMNIST(_SplitIDX):
     """MNIST split by class into ``n_experiences`` experiences (Avalanche's ``SplitMNIST``).
 
     Loads through :class:`torchvision.datasets.MNIST` (``root`` holds ``MNIST/raw``; pass
@@ -100,38 +143,8 @@ class SplitMNIST(Benchmark):
         [[0, 1], [2, 3]]
     """
 
-    def __init__(
-        self,
-        root: str | Path = "data",
-        n_experiences: int = 5,
-        seed: int | None = None,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
-        download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        per_exp_classes: Sequence[int] | Mapping[int, int] | None = None,
-        class_ids_from_zero_in_each_exp: bool = False,
-    ):
-        train = mnist_tensors(root, train=True, download=download)
-        test = mnist_tensors(root, train=False, download=download)
-        self._adopt(
-            class_incremental(
-                train,
-                test,
-                n_experiences,
-                class_order=class_order,
-                seed=seed,
-                task_labels=task_labels,
-                per_exp_classes=per_exp_classes,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                name="SplitMNIST",
-            )
-        )
+    dataset_class = datasets.MNIST
+    mean, std = MNIST_MEAN, MNIST_STD
 
 
 def _raw_mnist(
