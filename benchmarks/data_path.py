@@ -5,7 +5,7 @@ training epoch over every experience (shuffled batches of 128, normalised float3
 PermutedMNIST) is read in two ways:
 
 - ``lightning_cl``: ``for exp in bench.train_stream: for x, y, t in exp.train_dataloader(): ...``,
-  the loaders a ``Trainer`` gets (a standard ``DataLoader`` over the experience's index view);
+  the loaders a ``Trainer`` gets (a ``BatchLoader`` over the experience's index view);
 - ``by hand``: the raw ``uint8`` tensors indexed with a shuffled index per batch, converted,
   normalised (and permuted) with plain tensor operations, no ``DataLoader``.
 

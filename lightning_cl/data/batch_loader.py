@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_cl.data.dataset_view import DatasetView
+from lightning_cl.data.dataset_view import DatasetView, DirectRead
 
 __all__ = ["BatchLoader"]
 
@@ -17,7 +17,9 @@ class BatchLoader:
     """Batches ``(x, y, t)`` of a :class:`DatasetView`, each read with one ``__getitems__`` call.
 
     What a single-process ``DataLoader`` does for in-memory data, without its per-batch machinery
-    (about 30 us a batch, as much as gathering and normalising 128 MNIST images). Lightning
+    (about 30 us a batch, as much as gathering and normalising 128 MNIST images). Where the view
+    resolves to storage tensors (:meth:`DatasetView.direct_read`), a batch is one gather of the
+    inputs, the transforms, and one gather of the labels; otherwise one ``__getitems__`` call. Lightning
     accepts any iterable with a length, but shards only ``DataLoader`` objects under DDP, so this
     loader shards itself the way ``DistributedSampler`` does: the order is padded to a multiple of
     ``world_size`` by repeating its start, and rank ``r`` takes every ``world_size``-th position
@@ -105,11 +107,31 @@ class BatchLoader:
     def __iter__(self) -> Iterator[Any]:
         order = self.order(self.epoch)
         self.epoch += 1
-        for chunk in order.split(self.batch_size):
-            if self.drop_last and len(chunk) < self.batch_size:
+        plan = self.dataset.direct_read() if len(order) else None
+        if plan is None:
+            chunks = order.split(self.batch_size)
+            batches: Iterator[Any] = (self.dataset.__getitems__(chunk) for chunk in chunks)
+        else:
+            batches = self._direct_batches(plan, order)
+        for batch in batches:
+            if self.drop_last and len(batch[1]) < self.batch_size:
                 return
-            batch = self.dataset.__getitems__(chunk)
             yield batch if self.transform is None else self.transform(batch)
+
+    def _direct_batches(self, plan: DirectRead, order: Tensor) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        # The epoch's storage positions in one gather; then per batch: inputs, transforms, labels.
+        leaves = plan.indices.index_select(0, order).split(self.batch_size)
+        tasks = self.dataset.task_labels
+        low, high = tasks.aminmax()
+        if low == high:  # one task label (every experience built by a scenario generator)
+            task = int(low)
+            for leaf in leaves:
+                x, y = plan.read(leaf)
+                yield x, y, torch.full((len(leaf),), task, dtype=torch.long)
+        else:
+            for leaf, chunk in zip(leaves, order.split(self.batch_size)):
+                x, y = plan.read(leaf)
+                yield x, y, tasks.index_select(0, chunk)
 
     def __repr__(self) -> str:
         return (

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_cl.data.dataset_view import gather, targets_of
+from lightning_cl.data.dataset_view import DirectRead, direct_read, gather, targets_of
 
 __all__ = ["ConcatClassificationDataset"]
 
@@ -49,6 +49,16 @@ class ConcatClassificationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def direct_read(self, indices: Tensor) -> DirectRead | None:
+        """For indices within one of the datasets: that dataset's direct read."""
+        if not len(indices):
+            return None
+        low, high = indices.aminmax()
+        which = torch.bucketize(torch.stack([low, high]), self.offsets[1:], right=True).tolist()
+        if which[0] != which[1]:
+            return None
+        return direct_read(self.datasets[which[0]], indices - self.offsets[which[0]])
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         x, y = self.__getitems__([index])

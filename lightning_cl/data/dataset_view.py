@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["DatasetView", "gather", "targets_of"]
+__all__ = ["DatasetView", "DirectRead", "direct_read", "gather", "targets_of"]
 
 
 def targets_of(dataset: Any) -> Tensor:
@@ -58,6 +59,57 @@ def gather(base: Any, indices: Tensor) -> tuple[Tensor, Tensor]:
     else:
         x, y = default_collate([tuple(base[i])[:2] for i in indices.tolist()])
     return x, torch.as_tensor(y, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class DirectRead:
+    """How to read samples of a dataset straight from its storage tensors.
+
+    Sample ``i`` of the request is ``inputs[indices[i]]`` passed through ``transforms`` in order,
+    with label ``targets[indices[i]]``. Wrappers that only re-index, relabel or transform whole
+    batches (:class:`~lightning_cl.data.DomainDataset` for one domain, a relabelling, one part of
+    a concatenation) resolve to the tensors they wrap, so a loader can read a batch with one
+    gather and the transforms, skipping every wrapper's per-batch bookkeeping.
+
+    Attributes:
+        inputs: the storage tensor of the inputs.
+        targets: the labels, indexed like ``inputs``.
+        indices: positions in ``inputs`` of the requested samples, in request order.
+        transforms: batched transforms applied to the gathered inputs, first to last.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    indices: Tensor
+    transforms: tuple[Callable[[Tensor], Tensor], ...] = ()
+
+    def read(self, leaf: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch ``(x, y)`` at positions ``leaf`` of ``inputs`` (entries of ``indices``)."""
+        x = self.inputs.index_select(0, leaf)
+        for transform in self.transforms:
+            x = transform(x)
+        return x, self.targets.index_select(0, leaf)
+
+    def then(self, *transforms: Callable[[Tensor], Tensor] | None) -> DirectRead:
+        """The same read followed by ``transforms`` (``None`` entries skipped)."""
+        return replace(self, transforms=self.transforms + tuple(t for t in transforms if t is not None))
+
+
+def direct_read(base: Any, indices: Tensor) -> DirectRead | None:
+    """How to read samples ``indices`` of ``base`` straight from tensors, or ``None`` if it cannot.
+
+    Datasets opt in with a ``direct_read(indices)`` method; any other dataset gives ``None`` and
+    is read through ``__getitems__`` or ``__getitem__`` (see :func:`gather`).
+
+    Example:
+        >>> from lightning_cl.data import TensorClassificationDataset
+        >>> ds = TensorClassificationDataset(torch.arange(4.0), [0, 1, 0, 1])
+        >>> plan = direct_read(ds, torch.tensor([3, 1]))
+        >>> plan.read(plan.indices)[0].tolist()
+        [3.0, 1.0]
+    """
+    resolve = getattr(base, "direct_read", None)
+    return None if resolve is None else resolve(indices)
 
 
 class DatasetView(Dataset):
@@ -121,6 +173,10 @@ class DatasetView(Dataset):
         pos = torch.as_tensor(positions, dtype=torch.long)
         x, y = gather(self.base, self.indices.index_select(0, pos))
         return x, y, self.task_labels.index_select(0, pos)
+
+    def direct_read(self) -> DirectRead | None:
+        """How to read this view's samples straight from the base's tensors (see :class:`DirectRead`)."""
+        return direct_read(self.base, self.indices)
 
     def subset(self, positions: Tensor | Sequence[int]) -> DatasetView:
         """A view of some of this view's samples (positions within this view)."""

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_cl.data.dataset_view import gather, targets_of
+from lightning_cl.data.dataset_view import DirectRead, direct_read, gather, targets_of
 from lightning_cl.data.transforms import BatchTransform
 
 __all__ = ["DomainDataset"]
@@ -57,6 +57,17 @@ class DomainDataset(Dataset):
     def domain_indices(self, domain: int) -> Tensor:
         """The indices of every sample of ``domain``."""
         return torch.arange(domain * self.base_length, (domain + 1) * self.base_length)
+
+    def direct_read(self, indices: Tensor) -> DirectRead | None:
+        """For indices of one domain: the base's direct read, the domain's transform, ``transform``."""
+        if not len(indices):
+            return None
+        low, high = indices.aminmax()
+        domain = int(low) // self.base_length
+        if int(high) // self.base_length != domain:
+            return None
+        inner = direct_read(self.base, indices - domain * self.base_length)
+        return None if inner is None else inner.then(self.domains[domain], self.transform)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         x, y = self.__getitems__([index])

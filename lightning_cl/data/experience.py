@@ -14,7 +14,9 @@ from lightning_cl.data.batch_loader import BatchLoader
 from lightning_cl.data.dataset_view import DatasetView, passthrough_collate
 from lightning_cl.data.transforms import BatchTransform
 
-__all__ = ["BatchAugmentation", "Experience", "TensorBatchSampler", "make_loader"]
+__all__ = ["AUGMENT_ON", "BatchAugmentation", "Experience", "TensorBatchSampler", "make_loader"]
+
+AUGMENT_ON = ("auto", "loader", "device")
 
 # An experience without validation data returns no validation loaders; Lightning then skips
 # validation but warns about the empty list on every fit.
@@ -24,9 +26,10 @@ warnings.filterwarnings("ignore", message="Total length of `list` across ranks i
 class BatchAugmentation:
     """Collate function that applies a batched transform to the inputs of an assembled batch.
 
-    Used by the training loaders of experiences with a ``train_transform``: the view has already
-    gathered (and normalised) the batch, so the augmentation is one call on ``(B, C, H, W)``.
-    It runs where the loader runs: in the worker processes when there are any.
+    Used by the training loaders of experiences with a ``train_transform`` that augment in the
+    loader (on CPU; see ``augment_on`` of :class:`Experience`): the view has already gathered
+    (and normalised) the batch, so the augmentation is one call on ``(B, C, H, W)``. It runs
+    where the loader runs: in the worker processes when there are any.
 
     Args:
         transform: the batched augmentation.
@@ -190,6 +193,10 @@ class Experience(L.LightningDataModule):
         train_transform: batched augmentation of the training batches only (random crop, flip);
             evaluation batches are never augmented. Replay loaders built through
             :meth:`loader` with ``train=True`` are augmented too.
+        augment_on: where ``train_transform`` runs: ``"loader"`` (on CPU, in the loader or its
+            workers), ``"device"`` (in :meth:`on_after_batch_transfer`, on the batch Lightning has
+            moved to the training device), or ``"auto"``: the device when the trainer trains on an
+            accelerator, the loader on CPU.
         origin_experience: for a mini-experience of an online stream, the experience it was cut from.
         access_task_boundaries: whether methods may know where the origin experiences begin and
             end (``True`` for ordinary experiences; a flag for online streams).
@@ -221,6 +228,7 @@ class Experience(L.LightningDataModule):
         pin_memory: bool = False,
         val_dataset: DatasetView | None = None,
         train_transform: BatchTransform | None = None,
+        augment_on: str = "auto",
         origin_experience: Experience | None = None,
         access_task_boundaries: bool = True,
         is_first_subexp: bool = True,
@@ -234,6 +242,8 @@ class Experience(L.LightningDataModule):
             raise ValueError(f"eval_batch_size must be a positive int or None, got {eval_batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
         self.dataset = dataset
         self.val_dataset = val_dataset
         self.index = int(index)
@@ -245,6 +255,7 @@ class Experience(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.train_transform = train_transform
+        self.augment_on = augment_on
         self.origin_experience = origin_experience
         self.access_task_boundaries = bool(access_task_boundaries)
         self.is_first_subexp = bool(is_first_subexp)
@@ -252,6 +263,8 @@ class Experience(L.LightningDataModule):
         self.sub_stream_length = int(sub_stream_length)
         # Loaders with worker processes are built once per experience and reused.
         self._cached_loaders: dict[str, Iterable[Any]] = {}
+        # Augmentations deferred to the device, by key of the training batch (None: not a dict).
+        self._device_transforms: dict[str | None, BatchTransform] = {}
 
     def replace(self, **changes: Any) -> Experience:
         """A copy of this experience with some constructor arguments changed.
@@ -280,6 +293,7 @@ class Experience(L.LightningDataModule):
             pin_memory=self.pin_memory,
             val_dataset=self.val_dataset,
             train_transform=self.train_transform,
+            augment_on=self.augment_on,
             origin_experience=self.origin_experience,
             access_task_boundaries=self.access_task_boundaries,
             is_first_subexp=self.is_first_subexp,
@@ -322,7 +336,10 @@ class Experience(L.LightningDataModule):
             overrides: arguments of :func:`make_loader` that replace the experience's settings.
 
         Returns:
-            A loader whose batches are ``(x, y, t)``.
+            A loader whose batches are ``(x, y, t)``. A training loader whose augmentation runs on
+            the device (see ``augment_on``) yields the batches unaugmented and carries the
+            augmentation as its ``device_transform`` attribute; :meth:`train_dataloader` hands
+            it to :meth:`on_after_batch_transfer`.
         """
         trainer = trainer if trainer is not None else self.trainer
         kwargs: dict[str, Any] = dict(
@@ -337,7 +354,20 @@ class Experience(L.LightningDataModule):
             if train:
                 kwargs["seed"] = _shared_seed(trainer)
         kwargs.update(overrides)
-        return make_loader(dataset, **kwargs)
+        deferred = kwargs["transform"] if train and self.augments_on_device(trainer) else None
+        if deferred is not None:
+            kwargs["transform"] = None
+        loader = make_loader(dataset, **kwargs)
+        if deferred is not None:
+            loader.device_transform = deferred  # type: ignore[attr-defined]
+        return loader
+
+    def augments_on_device(self, trainer: L.Trainer | None = None) -> bool:
+        """Whether ``train_transform`` runs on the batches moved to the device (see ``augment_on``)."""
+        if self.augment_on != "auto":
+            return self.augment_on == "device"
+        trainer = trainer if trainer is not None else self.trainer
+        return trainer is not None and trainer.strategy.root_device.type != "cpu"
 
     def _own_loader(
         self, key: str, dataset: DatasetView, train: bool, trainer: L.Trainer | None = None
@@ -362,11 +392,26 @@ class Experience(L.LightningDataModule):
             for callback in trainer.callbacks:  # type: ignore[attr-defined]
                 if isinstance(callback, ContinualCallback):
                     extra.update(callback.train_dataloaders(self, current))  # type: ignore[arg-type]
-        if not extra:
-            return current
         if "current" in extra:
             raise ValueError("a CL callback returned a loader named 'current', which is reserved")
-        return {"current": current, **extra}
+        loaders: dict[str | None, Iterable[Any]] = {"current": current, **extra} if extra else {None: current}  # type: ignore[dict-item]
+        self._device_transforms = {
+            key: loader.device_transform  # type: ignore[attr-defined]
+            for key, loader in loaders.items()
+            if getattr(loader, "device_transform", None) is not None
+        }
+        return current if not extra else {"current": current, **extra}
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches on the device, where ``augment_on`` puts the augmentation there."""
+        if not self._device_transforms or self.trainer is None or not self.trainer.training:
+            return batch
+        if None in self._device_transforms:
+            return BatchAugmentation(self._device_transforms[None])(batch)
+        batch = dict(batch)
+        for key, transform in self._device_transforms.items():
+            batch[key] = BatchAugmentation(transform)(batch[key])  # type: ignore[index]
+        return batch
 
     def val_dataloader(self) -> Any:
         if self.val_dataset is None:

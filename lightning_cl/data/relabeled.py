@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_cl.data.dataset_view import gather, targets_of
+from lightning_cl.data.dataset_view import DirectRead, direct_read, gather, targets_of
 
 __all__ = ["RelabeledDataset"]
 
@@ -46,6 +47,11 @@ class RelabeledDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def direct_read(self, indices: Tensor) -> DirectRead | None:
+        """The base's direct read with the labels mapped."""
+        inner = direct_read(self.base, indices)
+        return None if inner is None else replace(inner, targets=self.mapping[inner.targets])
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         x, y = self.__getitems__([index])

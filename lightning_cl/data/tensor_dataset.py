@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_cl.data.dataset_view import DirectRead
+
 __all__ = ["TensorClassificationDataset"]
 
 BatchTransform = Callable[[Tensor], Tensor]
@@ -65,6 +67,10 @@ class TensorClassificationDataset(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, self.targets.index_select(0, idx)
+
+    def direct_read(self, indices: Tensor) -> DirectRead:
+        """Samples ``indices`` read as one gather of ``inputs`` and ``transform``."""
+        return DirectRead(self.inputs, self.targets, indices).then(self.transform)
 
     def extra_repr(self) -> str:
         return f"n={len(self)}, input_shape={tuple(self.inputs.shape[1:])}, dtype={self.inputs.dtype}"

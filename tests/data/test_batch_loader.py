@@ -72,3 +72,72 @@ def test_make_loader_uses_a_dataloader_for_workers_and_pinning() -> None:
     assert isinstance(loader, torch.utils.data.DataLoader)
     x, y, t = next(iter(loader))
     assert x.shape == (8, 1, 8, 8) and y.shape == t.shape == (8,)
+
+
+class _NoDirect(BatchLoader):
+    """The same loader forced through ``__getitems__``: the reference for the direct path."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.dataset = _Opaque(self.dataset)
+
+
+class _Opaque:
+    def __init__(self, view: DatasetView) -> None:
+        self.view = view
+        self.task_labels = view.task_labels
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitems__(self, positions):
+        return self.view.__getitems__(positions)
+
+    def direct_read(self) -> None:
+        return None
+
+
+def _domain_views() -> dict[str, DatasetView]:
+    from lightning_cl.data.concat_dataset import ConcatClassificationDataset
+    from lightning_cl.data.domain_dataset import DomainDataset
+    from lightning_cl.data.relabeled import RelabeledDataset
+    from lightning_cl.data.transforms import Normalize, PixelPermutation
+
+    g = torch.Generator().manual_seed(0)
+    raw = TensorClassificationDataset(
+        torch.randint(0, 256, (40, 1, 3, 3), dtype=torch.uint8, generator=g), torch.arange(40) % 5
+    )
+    perms = [PixelPermutation(torch.randperm(9, generator=g)) for _ in range(3)]
+    domains = DomainDataset(raw, perms, Normalize((0.5,), (0.25,)))
+    relabeled = RelabeledDataset(domains, [4, 3, 2, 1, 0])
+    concat = ConcatClassificationDataset([raw, TensorClassificationDataset(torch.zeros(7, 1, 3, 3), [1] * 7)])
+    return {
+        "tensor": DatasetView(raw, range(3, 33), task_labels=2),
+        "one domain": DatasetView(domains, domains.domain_indices(1)[5:], task_labels=1),
+        "relabeled domain": DatasetView(relabeled, relabeled.targets.new_tensor(range(80, 120))),
+        "mixed tasks": DatasetView(domains, domains.domain_indices(2), task_labels=torch.arange(40) % 3),
+        "two domains (no direct read)": DatasetView(domains, range(30, 50)),
+        "one part of a concat": DatasetView(concat, range(41, 47)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_domain_views()))
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_direct_reads_give_the_batches_of_getitems(name: str, shuffle: bool) -> None:
+    view = _domain_views()[name]
+    assert (view.direct_read() is None) == ("no direct read" in name)
+    fast = list(BatchLoader(view, 7, shuffle=shuffle, seed=5, rank=1, world_size=2))
+    slow = list(_NoDirect(view, 7, shuffle=shuffle, seed=5, rank=1, world_size=2))
+    assert len(fast) == len(slow) > 0
+    for a, b in zip(fast, slow):
+        assert all(u.dtype == v.dtype and torch.equal(u, v) for u, v in zip(a, b))
+
+
+def test_direct_read_keeps_the_transform_order_of_the_wrappers() -> None:
+    from lightning_cl.data.domain_dataset import DomainDataset
+
+    base = TensorClassificationDataset(torch.ones(4, 1), [0, 1, 0, 1], transform=lambda x: x + 1)
+    ds = DomainDataset(base, [lambda x: x * 10, lambda x: x * 100], transform=lambda x: x - 3)
+    plan = DatasetView(ds, [4, 6]).direct_read()
+    assert plan is not None and plan.read(plan.indices)[0].flatten().tolist() == [197.0, 197.0]
+    assert plan.indices.tolist() == [0, 2]

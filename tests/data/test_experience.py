@@ -58,6 +58,7 @@ def test_mixed_task_labels_and_errors():
         (dict(batch_size=0), "batch_size"),
         (dict(eval_batch_size=0), "eval_batch_size"),
         (dict(num_workers=-1), "num_workers"),
+        (dict(augment_on="gpu"), "augment_on must be one of .*'gpu'"),
     ):
         with pytest.raises(ValueError, match=match):
             Experience(view, index=0, classes_in_this_experience=[0], n_classes=2, **kwargs)
