@@ -6,7 +6,7 @@ Experiences are ``LightningDataModule`` objects, the model is a ``LightningModul
 
 from lightning_cl.data import Benchmark, Experience, SplitDigits, SplitMNIST, Stream
 from lightning_cl.evaluation import ContinualResults
-from lightning_cl.methods import EWC, ContinualCallback, Replay
+from lightning_cl.methods import EWC, SI, ContinualCallback, LwF, Replay
 from lightning_cl.models import CNN, MLP, ContinualModule, IncrementalClassifier, MultiHeadClassifier
 from lightning_cl.training import fit_stream
 
@@ -16,12 +16,14 @@ __all__ = [
     "CNN",
     "EWC",
     "MLP",
+    "SI",
     "Benchmark",
     "ContinualCallback",
     "ContinualModule",
     "ContinualResults",
     "Experience",
     "IncrementalClassifier",
+    "LwF",
     "MultiHeadClassifier",
     "Replay",
     "SplitDigits",

@@ -6,6 +6,18 @@ Naive fine-tuning is a :class:`~lightning_cl.models.ContinualModule` with no CL 
 from lightning_cl.methods.base import ContinualCallback
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
 from lightning_cl.methods.ewc import EWC, fisher_information
+from lightning_cl.methods.lwf import LwF, distillation_loss
 from lightning_cl.methods.replay import Replay
+from lightning_cl.methods.si import SI
 
-__all__ = ["BUFFER_POLICIES", "EWC", "ContinualCallback", "Replay", "ReplayBuffer", "fisher_information"]
+__all__ = [
+    "BUFFER_POLICIES",
+    "EWC",
+    "SI",
+    "ContinualCallback",
+    "LwF",
+    "Replay",
+    "ReplayBuffer",
+    "distillation_loss",
+    "fisher_information",
+]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from copy import deepcopy
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MASK_VALUE", "DynamicModule", "IncrementalClassifier", "MultiHeadClassifier"]
+__all__ = ["MASK_VALUE", "DynamicModule", "IncrementalClassifier", "MultiHeadClassifier", "copy_at_state"]
 
 MASK_VALUE = -1000.0
 """Logit given to output units of classes not seen yet (Avalanche's ``mask_value``)."""
@@ -187,3 +188,44 @@ class MultiHeadClassifier(DynamicModule):
                 if task not in self.heads:
                     self.heads[task] = self._new_head()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def copy_at_state(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """A copy of ``model`` holding ``state``, saved from it earlier, when its heads may have been smaller.
+
+    Loading a state dict grows dynamic heads but never shrinks them; a frozen earlier model (a
+    distillation teacher) restored after the live model has grown needs its heads at their
+    saved widths. The copy's incremental heads are cut to the saved widths, and heads of tasks
+    absent from ``state`` are dropped, before the state is loaded (strictly).
+
+    Args:
+        model: the live model, whose structure is copied.
+        state: a ``state_dict()`` of the same model taken earlier.
+
+    Returns:
+        A deep copy of ``model`` with the weights of ``state``.
+
+    Example:
+        >>> head = IncrementalClassifier(3, 2)
+        >>> earlier = {k: v.clone() for k, v in head.state_dict().items()}
+        >>> head.adaptation([4])
+        >>> copy_at_state(head, earlier).out_features, head.out_features
+        (2, 5)
+    """
+    copy = deepcopy(model)
+    for name, module in list(copy.named_modules()):
+        prefix = f"{name}." if name else ""
+        if isinstance(module, MultiHeadClassifier):
+            saved = {k[len(prefix) + 6 :].split(".", 1)[0] for k in state if k.startswith(f"{prefix}heads.")}
+            for task in [t for t in module.heads if t not in saved]:
+                del module.heads[task]
+        elif isinstance(module, IncrementalClassifier):
+            weight = state.get(prefix + "classifier.weight")
+            if weight is not None and weight.shape[0] < module.out_features:
+                old = module.classifier
+                module.classifier = nn.Linear(
+                    old.in_features, weight.shape[0], device=old.weight.device, dtype=old.weight.dtype
+                )
+                module.active_units = module.active_units[: weight.shape[0]].clone()
+    copy.load_state_dict(state)
+    return copy

@@ -213,12 +213,17 @@ class ContinualModule(L.LightningModule):
                 "script) or a single device"
             )
         data = experience.dataset
-        for module in self.model.modules():
-            if isinstance(module, DynamicModule):
+        adapted: list[str] = []
+        for name, module in self.model.named_modules():
+            # The outermost dynamic modules only: a multi-head classifier adapts its own heads.
+            inside = any(not outer or name.startswith(f"{outer}.") for outer in adapted)
+            if isinstance(module, DynamicModule) and not inside:
                 module.adaptation(experience.classes_in_this_experience, data.task_labels, data.targets)
-        classes = self.seen_classes | set(experience.classes_in_this_experience)
-        self._check_output_width(experience, max(classes) + 1)
-        self.seen_classes = classes
+                adapted.append(name)
+        # Training needs a logit for each class of this experience; a single head keeps the
+        # units of earlier classes, and each task's head of a multi-head model covers its own.
+        self._check_output_width(experience, max(experience.classes_in_this_experience) + 1)
+        self.seen_classes = self.seen_classes | set(experience.classes_in_this_experience)
         self.current_experience = experience.index
         self._fit_finished = False
         if self.train_metrics is None:
@@ -245,7 +250,7 @@ class ContinualModule(L.LightningModule):
             self.model.train(was_training)
         if width < needed:
             raise ValueError(
-                f"the model outputs {width} logits but the classes seen up to experience {experience.index} "
+                f"the model outputs {width} logits but the classes of experience {experience.index} "
                 f"go up to {needed - 1}; it needs at least {needed} outputs (or a dynamic head: "
                 "IncrementalClassifier / MultiHeadClassifier)"
             )

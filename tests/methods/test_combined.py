@@ -6,9 +6,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import EWC, Replay
+from lightning_cl.methods import EWC, SI, LwF, Replay
+from lightning_cl.models import merge_batch
 from lightning_cl.training import fit_stream
 from tests.conftest import stream_trainer_kwargs
 from tests.methods.test_replay import digits_module
@@ -58,3 +60,62 @@ def test_replay_and_ewc_work_together() -> None:
     replay_only = _run([Replay(mem_size=200)])
     assert not torch.equal(both.matrix, replay_only.matrix)
     assert both.average_accuracy > 0.5
+
+
+class _ResumeProbe(L.Callback):
+    """At the first training batch after a resume: is SI's running integral there, does LwF distil?"""
+
+    def __init__(self, si: SI, lwf: LwF) -> None:
+        self.si, self.lwf = si, lwf
+        self.first: dict[str, Any] | None = None
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.first is None:
+            x, y, t = merge_batch(batch)
+            penalty = self.lwf.penalty(pl_module, (x, y, t), pl_module(x, t))
+            self.first = {
+                "omega": sum(float(o.abs().sum()) for o in self.si.omega.values()),
+                "lwf": None if penalty is None else float(penalty),
+                "experience": pl_module.current_experience,
+            }
+
+
+def test_all_methods_resume_inside_an_experience(tmp_path: Any) -> None:
+    def run(extra: list[Any], **kwargs: Any) -> tuple[Any, list[Any]]:
+        L.seed_everything(1)
+        methods = [Replay(mem_size=50), EWC(ewc_lambda=1.0), LwF(alpha=1.0), SI(si_lambda=0.1)]
+        results = fit_stream(
+            digits_module(),
+            SplitDigits(n_experiences=5, seed=1),
+            callbacks=[*methods, *(make(methods) for make in extra)],
+            logger=False,
+            trainer_kwargs=stream_trainer_kwargs(enable_checkpointing=True, max_epochs=2),
+            checkpoint_dir=tmp_path / "ckpt",
+            **kwargs,
+        )
+        return results, methods
+
+    def mid(_: list[Any]) -> ModelCheckpoint:
+        every = dict(every_n_train_steps=5, save_top_k=-1)
+        return ModelCheckpoint(dirpath=tmp_path / "mid", filename="{step}", **every)
+
+    run([mid], max_experiences=3)
+    inside = max((tmp_path / "mid").glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    state = torch.load(inside, weights_only=True)
+    assert state["lightning_cl"]["current_experience"] == 2
+
+    probes: list[_ResumeProbe] = []
+
+    def probe(methods: list[Any]) -> _ResumeProbe:
+        probes.append(_ResumeProbe(methods[3], methods[2]))
+        return probes[-1]
+
+    results, (replay, ewc, lwf, si) = run([probe], ckpt_path=inside)
+    assert results.trained == [0, 1, 2, 3, 4]
+    first = probes[0].first
+    assert first is not None and first["experience"] == 2
+    assert first["omega"] > 0  # the path integral of experience 2 so far came back with the state
+    assert first["lwf"] is not None and first["lwf"] > 0  # the teacher was rebuilt from the state
+    assert len(replay.buffer) == 50 and sorted(ewc.anchors) == [0, 1, 2, 3, 4]
+    assert lwf.seen_classes == {0: list(range(10))} and si.importance
+    assert results.average_accuracy > 0.5

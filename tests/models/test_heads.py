@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_cl.models import MASK_VALUE, IncrementalClassifier, MultiHeadClassifier
+from lightning_cl.models import MASK_VALUE, MLP, IncrementalClassifier, MultiHeadClassifier
 
 
 def _labels(n: int, value: int = 0) -> torch.Tensor:
@@ -89,3 +89,19 @@ def test_multihead_state_dict_recreates_heads() -> None:
     fresh.load_state_dict(head.state_dict())
     x, t = torch.randn(4, 4), torch.tensor([0, 1, 1, 0])
     assert torch.equal(fresh(x, t), head(x, t))
+
+
+def test_copy_at_state_restores_earlier_widths_and_tasks() -> None:
+    from lightning_cl.models import copy_at_state
+
+    model = MLP(num_classes=2, input_size=4, hidden_size=3, head="multihead")
+    model.head.adaptation([0, 1], torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]))
+    earlier = {k: v.clone() for k, v in model.state_dict().items()}
+    model.head.adaptation([5, 6], torch.ones(2, dtype=torch.long), torch.tensor([5, 6]))
+    model.head.heads["0"].adaptation([2])
+    copy = copy_at_state(model, earlier)
+    assert list(copy.head.heads) == ["0"] and copy.head.heads["0"].out_features == 2
+    assert list(model.head.heads) == ["0", "1"] and model.head.heads["0"].out_features == 3  # untouched
+    assert all(torch.equal(copy.state_dict()[k], v) for k, v in earlier.items())
+    x = torch.randn(3, 4)
+    assert copy(x, torch.zeros(3, dtype=torch.long)).shape == (3, 2)

@@ -232,3 +232,14 @@ def test_lr_scheduler_from_the_command_line(capsys: Any) -> None:
     printed = yaml.safe_load(capsys.readouterr().out)["model"]["lr_scheduler"]
     assert printed["class_path"] == "torch.optim.lr_scheduler.StepLR"
     assert printed["init_args"]["step_size"] == 2
+
+
+def test_multi_head_task_incremental_with_global_class_ids() -> None:
+    # Task 1's classes ([1, 2]) are below task 0's ([5, 6]): each head needs its own classes only.
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    module = ContinualModule(MLP(num_classes=2, input_size=64, hidden_size=16, head="multihead"))
+    for experience in bench.train_stream:
+        L.Trainer(**quiet_trainer_kwargs()).fit(module, datamodule=experience)
+    widths = {task: head.out_features for task, head in module.model.head.heads.items()}
+    assert widths == {"0": 7, "1": 3, "2": 9, "3": 10, "4": 8}
+    assert module.seen_classes == set(range(10))

@@ -1,10 +1,11 @@
 """Runs SplitDigits streams for the resume and distributed tests, in a process of its own.
 
-    python stream_script.py --out OUT.json [--methods naive,replay,ewc,both,keep] [--ckpt-dir DIR]
+    python stream_script.py --out OUT.json [--methods naive,replay,ewc,...] [--ckpt-dir DIR]
         [--max-experiences K] [--resume] [--devices N --strategy ddp] [--batch-size B]
 
 For each method it trains with ``fit_stream`` and writes the accuracy matrix and checksums of
-the CL state (buffer indices, Fisher, weights) per rank to OUT (OUT.rank<r>.json under DDP).
+the CL state (buffer indices, Fisher, teacher, SI importances, weights) per rank to OUT
+(OUT.rank<r>.json under DDP).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import lightning as L
 import torch
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import EWC, Replay
+from lightning_cl.methods import EWC, SI, LwF, Replay
 from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 from lightning_cl.training.checkpoint import checkpoint_name
@@ -32,6 +33,9 @@ METHODS = {
     "both": lambda: [Replay(mem_size=200), EWC(ewc_lambda=2.0)],
     # Replay with the optimizer state (momentum) carried across experiences.
     "keep": lambda: [Replay(mem_size=200)],
+    "lwf": lambda: [LwF(alpha=1.0)],
+    "si": lambda: [SI(si_lambda=0.1)],
+    "all": lambda: [Replay(mem_size=200), EWC(ewc_lambda=2.0), LwF(alpha=1.0), SI(si_lambda=0.1)],
 }
 
 
@@ -47,13 +51,17 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["fisher"] = float(
                 sum(f.double().sum() for a in cb.anchors.values() for f in a["fisher"].values())
             )
+        if isinstance(cb, LwF) and cb.teacher_state is not None:
+            out["teacher"] = float(sum(v.double().sum() for v in cb.teacher_state.values()))
+        if isinstance(cb, SI):
+            out["importance"] = float(sum(v.double().sum() for v in cb.importance.values()))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--methods", default="naive,replay,ewc,both,keep")
+    parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--ckpt-dir", default=None)
     parser.add_argument("--max-experiences", type=int, default=None)
     parser.add_argument("--resume", action="store_true")

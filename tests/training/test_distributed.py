@@ -14,7 +14,7 @@ import torch
 
 SCRIPT = Path(__file__).with_name("stream_script.py")
 ROOT = Path(__file__).resolve().parents[2]
-METHODS = ("naive", "replay", "ewc", "both", "keep")  # all of the script's methods
+METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "all")  # all of the script's methods
 
 pytestmark = pytest.mark.distributed
 
@@ -56,7 +56,7 @@ def test_cl_state_is_identical_on_every_rank(runs: dict[str, Any], method: str) 
     rank0, rank1 = runs["rank0"][method], runs["rank1"][method]
     assert rank0["checksums"] == rank1["checksums"]  # weights, buffer indices, Fisher
     assert rank0["accuracy_matrix"] == rank1["accuracy_matrix"]
-    if method in ("replay", "both", "keep"):
+    if method in ("replay", "both", "keep", "all"):
         # The memory does not depend on the number of processes either.
         assert rank0["checksums"]["buffer"] == runs["single"][method]["checksums"]["buffer"]
 
@@ -67,9 +67,10 @@ def test_ddp_matches_a_single_process_with_the_same_global_batch(runs: dict[str,
     single = torch.tensor(runs["single"][method]["accuracy_matrix"])
     assert ddp.shape == single.shape == (5, 5)
     assert abs(runs["rank0"][method]["average_accuracy"] - runs["single"][method]["average_accuracy"]) <= 0.03
-    # Shards see the data in another order: single cells move by a few test samples at most.
+    # Shards see the data in another order: single cells move by a few test samples at most
+    # (4 of ~72; 5 for the four methods together, whose path through training is longest).
     assert float((ddp - single).abs().mean()) <= 0.03
-    assert float((ddp - single).abs().max()) <= 0.06
+    assert float((ddp - single).abs().max()) <= (0.07 if method == "all" else 0.06)
 
 
 def test_cli_with_the_ddp_config(tmp_path: Path) -> None:

@@ -1,0 +1,156 @@
+"""Learning without Forgetting (Li and Hoiem, 2016)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_cl.data.experience import Experience
+from lightning_cl.methods.base import Batch, ContinualCallback
+from lightning_cl.models.heads import MultiHeadClassifier, copy_at_state
+
+__all__ = ["LwF", "distillation_loss"]
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    r"""Knowledge distillation: :math:`\mathrm{KL}(q_T \,\|\, p_T)`, averaged over the batch.
+
+    :math:`q_T = \mathrm{softmax}(z^{teacher} / T)`, :math:`p_T = \mathrm{softmax}(z^{student} / T)`.
+    It differs from the paper's cross-entropy :math:`-\sum q_T \log p_T` by the teacher's
+    entropy, a constant: the same gradients, and zero when the student agrees with the teacher.
+    Computed in float32.
+
+    Example:
+        >>> z = torch.tensor([[1.0, 2.0, 3.0]])
+        >>> float(distillation_loss(z, z, 2.0))
+        0.0
+    """
+    log_p = F.log_softmax(student.float() / temperature, dim=-1)
+    log_q = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+
+
+class LwF(ContinualCallback):
+    r"""Learning without Forgetting: distil the previous model's outputs into the current one.
+
+    After each experience a frozen copy of the model (the teacher) is kept. Training a later
+    experience adds
+
+    .. math:: \alpha \, \mathrm{KL}\big(\mathrm{softmax}(z^{old}/T) \,\|\, \mathrm{softmax}(z/T)\big)
+
+    to the loss, on the classes the teacher has learnt: with a single head, the logits of
+    every class seen so far, for every sample of the training batch (replayed samples
+    included); with a :class:`~lightning_cl.models.MultiHeadClassifier`, each earlier task's
+    head on the whole batch, restricted to that task's classes, summed over the earlier tasks
+    (the paper's setting: new data through old heads).
+
+    Choices, stated:
+
+    - The teacher runs in eval mode (no dropout, frozen batch-norm statistics), as in the paper.
+    - KL divergence rather than the paper's cross-entropy: the two differ by a constant, so
+      the gradients are the same. No :math:`T^2` factor, as in the paper and Avalanche's
+      ``LwFPlugin``, so ``alpha`` and ``temperature`` carry over from Avalanche unchanged.
+    - ``alpha`` may be a list, one value per experience (index = experience trained, from 0);
+      experiences past its end use its last value.
+    - The teacher's weights are part of the callback's checkpointed state (one copy of the
+      model); under DDP every rank holds the same teacher, since the weights are synchronised.
+
+    Args:
+        alpha: distillation weight, or one per experience.
+        temperature: softmax temperature :math:`T > 0`.
+
+    Raises:
+        ValueError: for a negative ``alpha``, an empty list, or ``temperature <= 0``.
+
+    Example:
+        >>> lwf = LwF(alpha=[0.0, 0.5, 1.0], temperature=2.0)
+        >>> lwf.alpha_for(1), lwf.alpha_for(7)
+        (0.5, 1.0)
+    """
+
+    def __init__(self, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0):
+        alphas = [alpha] if isinstance(alpha, int | float) else list(alpha)
+        if not alphas or any(not isinstance(a, int | float) or a < 0 for a in alphas):
+            raise ValueError(f"alpha must be a number >= 0 or a non-empty list of them, got {alpha!r}")
+        if not isinstance(temperature, int | float) or temperature <= 0:
+            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        self.alpha = [float(a) for a in alphas]
+        self.temperature = float(temperature)
+        self.teacher_state: dict[str, Tensor] | None = None
+        self.seen_classes: dict[int, list[int]] = {}  # task label -> classes the teacher learnt
+        self.current_experience: int | None = None
+        self._teacher: nn.Module | None = None
+        self._teacher_takes_tasks = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(alpha=self.alpha, temperature=self.temperature)
+
+    def alpha_for(self, experience_index: int) -> float:
+        """The distillation weight while training experience ``experience_index``."""
+        return self.alpha[min(experience_index, len(self.alpha) - 1)]
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen model of the end of the last experience (``None`` before the first ends)."""
+        return self._teacher
+
+    def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        self.current_experience = experience.index
+
+    def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        data = experience.dataset
+        targets, tasks = data.targets, data.task_labels
+        for task in torch.unique(tasks).tolist():
+            learnt = torch.unique(targets[tasks == task]).tolist()
+            self.seen_classes[task] = sorted(set(self.seen_classes.get(task, [])) | set(learnt))
+        state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+        self._set_teacher(module.model, state)
+        self.teacher_state = state
+
+    def _set_teacher(self, model: nn.Module, state: dict[str, Tensor]) -> None:
+        self._teacher = copy_at_state(model, state).eval().requires_grad_(False)
+        self._teacher_takes_tasks = "task_labels" in inspect.signature(self._teacher.forward).parameters
+
+    def _teacher_logits(self, x: Tensor, t: Tensor) -> Tensor:
+        assert self._teacher is not None
+        with torch.no_grad():  # eval mode and no graph: the teacher is frozen
+            return self._teacher(x, t) if self._teacher_takes_tasks else self._teacher(x)
+
+    def penalty(self, module: Any, batch: Batch, logits: Tensor) -> Tensor | None:
+        if self._teacher is None and self.teacher_state is not None:  # restored from a checkpoint
+            self._set_teacher(module.model, self.teacher_state)
+        if self._teacher is None or not self.seen_classes:
+            return None
+        alpha = self.alpha_for(self.current_experience or 0)
+        if alpha == 0.0:
+            return None
+        x, _, t = batch
+        reference = next(module.parameters())
+        if next(self._teacher.parameters()).device != reference.device:
+            self._teacher.to(reference.device)
+        if not any(isinstance(m, MultiHeadClassifier) for m in self._teacher.modules()):
+            columns = sorted({c for classes in self.seen_classes.values() for c in classes})
+            old = self._teacher_logits(x, t)
+            return alpha * distillation_loss(logits[:, columns], old[:, columns], self.temperature)
+        total = logits.new_zeros((), dtype=torch.float32)
+        for task, columns in self.seen_classes.items():
+            as_task = torch.full_like(t, task)
+            old = self._teacher_logits(x, as_task)
+            new = logits if bool((t == task).all()) else module(x, as_task)
+            total = total + distillation_loss(new[:, columns], old[:, columns], self.temperature)
+        return alpha * total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher_state, "seen_classes": self.seen_classes}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.teacher_state = state_dict["teacher"]
+        self.seen_classes = {int(k): list(v) for k, v in state_dict["seen_classes"].items()}
+        self._teacher = None  # rebuilt from the live model's structure at the next training step
