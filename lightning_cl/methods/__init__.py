@@ -3,6 +3,7 @@
 Naive fine-tuning is a :class:`~lightning_cl.models.ContinualModule` with no CL callback.
 """
 
+from lightning_cl.methods.agem import AGEM, project_gradient
 from lightning_cl.methods.base import ContinualCallback
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
 from lightning_cl.methods.ewc import EWC, fisher_information
@@ -11,6 +12,7 @@ from lightning_cl.methods.replay import Replay
 from lightning_cl.methods.si import SI
 
 __all__ = [
+    "AGEM",
     "BUFFER_POLICIES",
     "EWC",
     "SI",
@@ -20,4 +22,5 @@ __all__ = [
     "ReplayBuffer",
     "distillation_loss",
     "fisher_information",
+    "project_gradient",
 ]

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import EWC, SI, LwF, Replay
+from lightning_cl.methods import AGEM, EWC, SI, LwF, Replay
 from lightning_cl.models import merge_batch
 from lightning_cl.training import fit_stream
 from tests.conftest import stream_trainer_kwargs
@@ -83,7 +83,13 @@ class _ResumeProbe(L.Callback):
 def test_all_methods_resume_inside_an_experience(tmp_path: Any) -> None:
     def run(extra: list[Any], **kwargs: Any) -> tuple[Any, list[Any]]:
         L.seed_everything(1)
-        methods = [Replay(mem_size=50), EWC(ewc_lambda=1.0), LwF(alpha=1.0), SI(si_lambda=0.1)]
+        methods = [
+            Replay(mem_size=50),
+            EWC(ewc_lambda=1.0),
+            LwF(alpha=1.0),
+            SI(si_lambda=0.1),
+            AGEM(patterns_per_experience=20, sample_size=16),
+        ]
         results = fit_stream(
             digits_module(),
             SplitDigits(n_experiences=5, seed=1),
@@ -110,7 +116,7 @@ def test_all_methods_resume_inside_an_experience(tmp_path: Any) -> None:
         probes.append(_ResumeProbe(methods[3], methods[2]))
         return probes[-1]
 
-    results, (replay, ewc, lwf, si) = run([probe], ckpt_path=inside)
+    results, (replay, ewc, lwf, si, agem) = run([probe], ckpt_path=inside)
     assert results.trained == [0, 1, 2, 3, 4]
     first = probes[0].first
     assert first is not None and first["experience"] == 2
@@ -118,4 +124,5 @@ def test_all_methods_resume_inside_an_experience(tmp_path: Any) -> None:
     assert first["lwf"] is not None and first["lwf"] > 0  # the teacher was rebuilt from the state
     assert len(replay.buffer) == 50 and sorted(ewc.anchors) == [0, 1, 2, 3, 4]
     assert lwf.seen_classes == {0: list(range(10))} and si.importance
+    assert len(agem.buffer) == 100 and agem.projections > 0
     assert results.average_accuracy > 0.5

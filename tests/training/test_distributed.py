@@ -14,7 +14,8 @@ import torch
 
 SCRIPT = Path(__file__).with_name("stream_script.py")
 ROOT = Path(__file__).resolve().parents[2]
-METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "all")  # all of the script's methods
+# all of the script's methods
+METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "agem", "all")
 
 pytestmark = pytest.mark.distributed
 
