@@ -6,7 +6,9 @@ Naive fine-tuning is a :class:`~lightning_cl.models.ContinualModule` with no CL 
 from lightning_cl.methods.agem import AGEM, project_gradient
 from lightning_cl.methods.base import ContinualCallback
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
+from lightning_cl.methods.episodic import EpisodicMemoryMethod
 from lightning_cl.methods.ewc import EWC, fisher_information
+from lightning_cl.methods.gem import GEM, gem_projection
 from lightning_cl.methods.lwf import LwF, distillation_loss
 from lightning_cl.methods.replay import Replay
 from lightning_cl.methods.si import SI
@@ -15,12 +17,15 @@ __all__ = [
     "AGEM",
     "BUFFER_POLICIES",
     "EWC",
+    "GEM",
     "SI",
     "ContinualCallback",
+    "EpisodicMemoryMethod",
     "LwF",
     "Replay",
     "ReplayBuffer",
     "distillation_loss",
     "fisher_information",
+    "gem_projection",
     "project_gradient",
 ]

@@ -100,11 +100,11 @@ class ReplayBuffer:
             idx, tl, pr = self.groups[key]
             self.groups[key] = (idx[:quota], tl[:quota], pr[:quota])
 
-    def dataset(self) -> DatasetView | None:
-        """The buffer's samples as one view (``None`` while empty)."""
-        if len(self) == 0:
+    def dataset(self, keys: list[int] | None = None) -> DatasetView | None:
+        """The buffer's samples as one view, or those of some groups (``None`` while empty)."""
+        keys = sorted(self.groups) if keys is None else keys
+        if sum(len(self.groups[k][0]) for k in keys) == 0:
             return None
-        keys = sorted(self.groups)
         return DatasetView(
             self.base,
             torch.cat([self.groups[k][0] for k in keys]),

@@ -53,7 +53,7 @@ class _ConstraintProbe(L.Callback):
         if memory is None:
             return
         params = [p for p in pl_module.parameters() if p.requires_grad]
-        reference = self.agem._reference_gradient(trainer, pl_module, memory, params)  # the same draw
+        reference = self.agem.reference_gradient(trainer, pl_module, params)  # the same draw
         current = torch.cat([p.grad.flatten() for p in params])
         self.dots.append(float(torch.dot(current, reference) / reference.norm()))
 

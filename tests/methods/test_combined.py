@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import AGEM, EWC, SI, LwF, Replay
+from lightning_cl.methods import AGEM, EWC, GEM, SI, LwF, Replay
 from lightning_cl.models import merge_batch
 from lightning_cl.training import fit_stream
 from tests.conftest import stream_trainer_kwargs
@@ -89,6 +89,7 @@ def test_all_methods_resume_inside_an_experience(tmp_path: Any) -> None:
             LwF(alpha=1.0),
             SI(si_lambda=0.1),
             AGEM(patterns_per_experience=20, sample_size=16),
+            GEM(patterns_per_experience=20),
         ]
         results = fit_stream(
             digits_module(),
@@ -116,7 +117,7 @@ def test_all_methods_resume_inside_an_experience(tmp_path: Any) -> None:
         probes.append(_ResumeProbe(methods[3], methods[2]))
         return probes[-1]
 
-    results, (replay, ewc, lwf, si, agem) = run([probe], ckpt_path=inside)
+    results, (replay, ewc, lwf, si, agem, gem) = run([probe], ckpt_path=inside)
     assert results.trained == [0, 1, 2, 3, 4]
     first = probes[0].first
     assert first is not None and first["experience"] == 2
@@ -125,4 +126,5 @@ def test_all_methods_resume_inside_an_experience(tmp_path: Any) -> None:
     assert len(replay.buffer) == 50 and sorted(ewc.anchors) == [0, 1, 2, 3, 4]
     assert lwf.seen_classes == {0: list(range(10))} and si.importance
     assert len(agem.buffer) == 100 and agem.projections > 0
+    assert len(gem.buffer) == 100 and gem.projections > 0
     assert results.average_accuracy > 0.5

@@ -4,7 +4,7 @@
         [--max-experiences K] [--resume] [--devices N --strategy ddp] [--batch-size B]
 
 For each method it trains with ``fit_stream`` and writes the accuracy matrix and checksums of
-the CL state (buffer indices, Fisher, teacher, SI importances, A-GEM memory, weights) per rank to OUT
+the CL state (buffer indices, Fisher, teacher, SI importances, GEM memories, weights) per rank to OUT
 (OUT.rank<r>.json under DDP).
 """
 
@@ -21,7 +21,7 @@ import lightning as L
 import torch
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import AGEM, EWC, SI, LwF, Replay
+from lightning_cl.methods import AGEM, EWC, GEM, SI, LwF, Replay
 from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 from lightning_cl.training.checkpoint import checkpoint_name
@@ -36,12 +36,14 @@ METHODS = {
     "lwf": lambda: [LwF(alpha=1.0)],
     "si": lambda: [SI(si_lambda=0.1)],
     "agem": lambda: [AGEM(patterns_per_experience=40, sample_size=32)],
+    "gem": lambda: [GEM(patterns_per_experience=40, memory_strength=0.5)],
     "all": lambda: [
         Replay(mem_size=200),
         EWC(ewc_lambda=2.0),
         LwF(alpha=1.0),
         SI(si_lambda=0.1),
         AGEM(patterns_per_experience=40, sample_size=32),
+        GEM(patterns_per_experience=40, memory_strength=0.5),
     ],
 }
 
@@ -60,10 +62,11 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             )
         if isinstance(cb, LwF) and cb.teacher_state is not None:
             out["teacher"] = float(sum(v.double().sum() for v in cb.teacher_state.values()))
-        if isinstance(cb, AGEM):
+        if isinstance(cb, AGEM | GEM):
+            name = type(cb).__name__.lower()
             memory = cb.buffer.dataset()
-            out["agem_memory"] = float(memory.indices.double().sum()) if memory else 0.0
-            out["agem_projections"] = float(cb.projections)
+            out[f"{name}_memory"] = float(memory.indices.double().sum()) if memory else 0.0
+            out[f"{name}_projections"] = float(cb.projections)
         if isinstance(cb, SI):
             out["importance"] = float(sum(v.double().sum() for v in cb.importance.values()))
     return out

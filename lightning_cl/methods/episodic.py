@@ -1,0 +1,122 @@
+"""The episodic memory that gradient-projection methods (GEM, A-GEM) share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lightning_cl.data.dataset_view import DatasetView
+from lightning_cl.data.experience import Experience
+from lightning_cl.methods.base import ContinualCallback
+from lightning_cl.methods.buffers import ReplayBuffer
+
+__all__ = ["EpisodicMemoryMethod", "flat_gradient", "set_flat_gradient"]
+
+
+def flat_gradient(params: list[Tensor]) -> Tensor:
+    """The gradients of ``params`` as one float32 vector (zeros where a parameter has none)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    return torch.cat([g.flatten() for g in grads]).float()
+
+
+def set_flat_gradient(params: list[Tensor], flat: Tensor) -> None:
+    """Write the vector ``flat`` back into the gradients of ``params``."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+
+
+class EpisodicMemoryMethod(ContinualCallback):
+    """Base of the methods that constrain each step with gradients on an episodic memory.
+
+    After each experience, ``patterns_per_experience`` of its samples (a seeded random subset,
+    the same on every rank) join the memory, one group per experience, kept as indices into the
+    stream's dataset. :meth:`memory_gradients` gives the mean loss gradient on memory samples,
+    computed with ``torch.autograd.grad`` on the module itself (not through the DDP wrapper):
+    each rank takes its share of the samples and the loss sums are all-reduced, so every rank
+    gets the gradient a single process would compute.
+
+    Args:
+        patterns_per_experience: samples of each experience kept in memory (> 0).
+        seed: seed of the memory's selection (``None``: torch's initial seed on rank 0).
+
+    Raises:
+        ValueError: for a non-positive ``patterns_per_experience``.
+    """
+
+    def __init__(self, patterns_per_experience: int = 250, seed: int | None = None):
+        if not isinstance(patterns_per_experience, int) or patterns_per_experience < 1:
+            raise ValueError(
+                f"patterns_per_experience must be a positive int, got {patterns_per_experience!r}"
+            )
+        self.patterns_per_experience = patterns_per_experience
+        self.seed = seed
+        self.buffer = ReplayBuffer(0, "experience_balanced")
+        self._seed: int | None = None
+
+    def shared_seed(self, trainer: L.Trainer) -> int:
+        """The base seed of the memory, drawn on rank 0 once per stream (and checkpointed)."""
+        if self._seed is None:
+            seed = self.seed if self.seed is not None else torch.initial_seed() % (2**31)
+            self._seed = int(trainer.strategy.broadcast(seed, src=0))
+        return self._seed
+
+    def bind(self, trainer: L.Trainer) -> None:
+        """Attach a restored memory to the stream's dataset (a state loaded inside an experience)."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if self.buffer.groups and self.buffer.base is None and isinstance(datamodule, Experience):
+            self.buffer.bind(datamodule.dataset)
+
+    def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        if self.buffer.groups and self.buffer.base is None:
+            self.buffer.bind(experience.dataset)
+
+    def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        seed = self.shared_seed(trainer)
+        groups = set(self.buffer.groups) | {experience.index}
+        self.buffer.mem_size = self.patterns_per_experience * len(groups)
+        generator = torch.Generator().manual_seed(seed + 1_000_003 * experience.index)
+        self.buffer.update(experience.dataset, experience.index, generator)
+
+    def memory_gradients(
+        self,
+        trainer: L.Trainer,
+        module: Any,
+        parts: list[tuple[DatasetView, Tensor]],
+        params: list[Tensor],
+    ) -> Tensor:
+        """The mean loss gradient on each ``(memory view, positions)`` part: one row per part.
+
+        The loss is the module's ``criterion``, in the module's current mode. Every rank must
+        pass the same parts; each computes its share of every part.
+        """
+        device = params[0].device
+        rows = torch.zeros(len(parts), sum(p.numel() for p in params) + 1, device=device)
+        for row, (view, positions) in zip(rows, parts):
+            share = positions[trainer.global_rank :: trainer.world_size]
+            if not len(share):
+                continue
+            x, y, t = (v.to(device) for v in view.__getitems__(share))
+            with torch.enable_grad():
+                loss = module.criterion(module(x, t).float(), y) * len(share)  # the loss sum
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            row[:-1] = torch.cat(
+                [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]
+            ).float()
+            row[-1] = len(share)
+        if trainer.world_size > 1:
+            rows = trainer.strategy.reduce(rows, reduce_op="sum")
+        return rows[:, :-1] / rows[:, -1:].clamp_min(1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self.buffer.state_dict(), "seed": self._seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.buffer = ReplayBuffer(int(state_dict["buffer"]["mem_size"]), "experience_balanced")
+        self.buffer.load_state_dict(state_dict["buffer"])
+        self._seed = state_dict.get("seed")
