@@ -10,6 +10,7 @@ from lightning_cl.methods.episodic import EpisodicMemoryMethod
 from lightning_cl.methods.ewc import EWC, fisher_information
 from lightning_cl.methods.gem import GEM, gem_projection
 from lightning_cl.methods.lwf import LwF, distillation_loss
+from lightning_cl.methods.mas import MAS, output_sensitivity
 from lightning_cl.methods.replay import Replay
 from lightning_cl.methods.si import SI
 
@@ -18,6 +19,7 @@ __all__ = [
     "BUFFER_POLICIES",
     "EWC",
     "GEM",
+    "MAS",
     "SI",
     "ContinualCallback",
     "EpisodicMemoryMethod",
@@ -27,5 +29,6 @@ __all__ = [
     "distillation_loss",
     "fisher_information",
     "gem_projection",
+    "output_sensitivity",
     "project_gradient",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -13,6 +14,7 @@ from torch.func import functional_call, grad, vmap
 from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback
+from lightning_cl.methods.per_sample import add_linear_per_sample, linear_layers
 
 __all__ = ["EWC", "EWC_MODES", "FISHER_ESTIMATORS", "fisher_information"]
 
@@ -22,6 +24,10 @@ FISHER_ESTIMATORS = ("per_sample", "minibatch")
 
 def _shard(n: int, trainer: L.Trainer) -> Tensor:
     return torch.arange(trainer.global_rank, n, trainer.world_size)
+
+
+def _nll(logits: Tensor, targets: Tensor) -> Tensor:
+    return F.cross_entropy(logits, targets, reduction="none")
 
 
 def fisher_information(
@@ -57,13 +63,14 @@ def fisher_information(
         return F.cross_entropy(logits.float(), y.unsqueeze(0))
 
     per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0, None))
-    linears = _linear_layers(module, params) if estimator == "per_sample" else None
+    linears = linear_layers(module, params) if estimator == "per_sample" else None
     was_training = module.training
     module.eval()
     try:
         for chunk in positions.split(batch_size):
             x, y, t = (v.to(device) for v in data.__getitems__(chunk))
-            if linears is not None and _add_linear_fisher(module, linears, x, y, t, sums):
+            nll = partial(_nll, targets=y)
+            if linears is not None and add_linear_per_sample(module, linears, nll, x, t, sums, "square"):
                 count += len(chunk)
                 continue
             linears = None  # the closed form does not apply to this model: vmap from here on
@@ -88,58 +95,6 @@ def fisher_information(
     finally:
         module.train(was_training)
     return sums, count
-
-
-def _linear_layers(module: torch.nn.Module, params: dict[str, Tensor]) -> dict[str, torch.nn.Linear] | None:
-    """The ``nn.Linear`` layers by name, if they hold every trainable parameter; else ``None``."""
-    linears = {n: m for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
-    covered = {
-        f"{n}.{p}" if n else p
-        for n, m in linears.items()
-        for p, v in m.named_parameters(recurse=False)
-        if v.requires_grad
-    }
-    return linears if linears and covered == set(params) else None
-
-
-def _add_linear_fisher(
-    module: torch.nn.Module,
-    linears: dict[str, torch.nn.Linear],
-    x: Tensor,
-    y: Tensor,
-    t: Tensor,
-    sums: dict[str, Tensor],
-) -> bool:
-    """Add one batch's per-sample squared gradients in closed form; ``False`` if it does not apply."""
-    calls: dict[str, list[tuple[Tensor, Tensor]]] = {n: [] for n in linears}
-
-    def recorder(name: str) -> Any:
-        def hook(_: torch.nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            calls[name].append((inputs[0].detach(), output))
-
-        return hook
-
-    handles = [m.register_forward_hook(recorder(n)) for n, m in linears.items()]
-    try:
-        with torch.enable_grad():
-            loss = F.cross_entropy(module(x, t).float(), y, reduction="sum")
-    finally:
-        for handle in handles:
-            handle.remove()
-    if any(len(c) > 1 or (c and c[0][0].ndim != 2) for c in calls.values()):
-        return False  # a layer used twice, or on sequences: per-sample gradients are not outer products
-    used = [(n, c[0]) for n, c in calls.items() if c and c[0][1].requires_grad]
-    grads = torch.autograd.grad(loss, [out for _, (_, out) in used], allow_unused=True)
-    for (name, (inputs, _)), g in zip(used, grads):
-        if g is None:
-            continue
-        g2 = g.float().pow(2)
-        prefix = f"{name}." if name else ""
-        if prefix + "weight" in sums:
-            sums[prefix + "weight"] += g2.T @ inputs.float().pow(2)
-        if prefix + "bias" in sums:
-            sums[prefix + "bias"] += g2.sum(0)
-    return True
 
 
 class EWC(ContinualCallback):

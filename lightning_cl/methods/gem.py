@@ -50,7 +50,7 @@ def gem_projection(
 
     Example:
         >>> G = torch.tensor([[0.0, 1.0]])
-        >>> gem_projection(G, torch.tensor([1.0, -1.0]), eps=1e-9).tolist()
+        >>> [round(v, 4) + 0.0 for v in gem_projection(G, torch.tensor([1.0, -1.0])).tolist()]
         [1.0, 0.0]
     """
     G = memory_gradients.double()

@@ -10,19 +10,11 @@ from torch import Tensor
 
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback
+from lightning_cl.methods.penalties import pad_to, quadratic_penalty
 
 __all__ = ["SI", "SI_GRADIENTS"]
 
 SI_GRADIENTS = ("task", "total")
-
-
-def _pad_to(value: Tensor, shape: torch.Size) -> Tensor:
-    """``value`` zero-padded to ``shape`` (a parameter that grew since it was recorded)."""
-    if value.shape == shape:
-        return value
-    out = value.new_zeros(shape)
-    out[tuple(slice(0, s) for s in value.shape)] = value
-    return out
 
 
 class SI(ContinualCallback):
@@ -155,7 +147,7 @@ class SI(ContinualCallback):
             delta = end[name] - self.start[name]
             new = (omega / (delta.pow(2) + self.eps)).clamp_min(0.0)
             if name in self.importance:
-                new = _pad_to(self.importance[name].to(new.device), new.shape) + new
+                new = pad_to(self.importance[name].to(new.device), new.shape) + new
             self.importance[name] = new if self.max_importance is None else new.clamp_max(self.max_importance)
         self.anchor = {n: end[n] for n in self.importance}
         self.omega, self.start, self._step = {}, {}, None
@@ -163,18 +155,7 @@ class SI(ContinualCallback):
     def penalty(self, module: Any, batch: Batch, logits: Tensor) -> Tensor | None:
         if not self.importance or self.si_lambda == 0.0:
             return None
-        total = logits.new_zeros((), dtype=torch.float32)
-        for name, param in module.named_parameters():
-            importance = self.importance.get(name)
-            if importance is None:
-                continue
-            if importance.device != param.device:  # moved once, not per step
-                self.importance[name] = importance = importance.to(param.device)
-                self.anchor[name] = self.anchor[name].to(param.device)
-            if param.shape != importance.shape:  # a grown head: anchored on the units that existed
-                param = param[tuple(slice(0, s) for s in importance.shape)]
-            total = total + (importance * (param.float() - self.anchor[name]).pow(2)).sum()
-        return self.si_lambda * total
+        return self.si_lambda * quadratic_penalty(module, self.importance, self.anchor).to(logits.device)
 
     def state_dict(self) -> dict[str, Any]:
         names = ("importance", "anchor", "omega", "start")

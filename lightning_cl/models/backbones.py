@@ -66,6 +66,7 @@ class MLP(_Backbone):
         head: ``"linear"``, ``"incremental"`` or ``"multihead"`` (see :func:`make_head`).
 
     Example:
+        >>> import torch
         >>> MLP(num_classes=10, input_size=64, hidden_size=32)(torch.randn(2, 1, 8, 8)).shape
         torch.Size([2, 10])
     """
@@ -115,6 +116,7 @@ class CNN(_Backbone):
         head: ``"linear"``, ``"incremental"`` or ``"multihead"``.
 
     Example:
+        >>> import torch
         >>> CNN(num_classes=10, in_channels=1)(torch.randn(2, 1, 8, 8)).shape
         torch.Size([2, 10])
     """

@@ -4,7 +4,7 @@
         [--max-experiences K] [--resume] [--devices N --strategy ddp] [--batch-size B]
 
 For each method it trains with ``fit_stream`` and writes the accuracy matrix and checksums of
-the CL state (buffer indices, Fisher, teacher, SI importances, GEM memories, weights) per rank to OUT
+the CL state (buffer indices, Fisher, teacher, SI/MAS importances, GEM memories, weights) per rank to OUT
 (OUT.rank<r>.json under DDP).
 """
 
@@ -21,7 +21,7 @@ import lightning as L
 import torch
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import AGEM, EWC, GEM, SI, LwF, Replay
+from lightning_cl.methods import AGEM, EWC, GEM, MAS, SI, LwF, Replay, output_sensitivity
 from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 from lightning_cl.training.checkpoint import checkpoint_name
@@ -35,6 +35,9 @@ METHODS = {
     "keep": lambda: [Replay(mem_size=200)],
     "lwf": lambda: [LwF(alpha=1.0)],
     "si": lambda: [SI(si_lambda=0.1)],
+    # alpha=0: the importance is the last experience's alone, which the report recomputes
+    # in one process from the whole experience (see `mas_check`).
+    "mas": lambda: [MAS(lambda_reg=0.1, alpha=0.0)],
     "agem": lambda: [AGEM(patterns_per_experience=40, sample_size=32)],
     "gem": lambda: [GEM(patterns_per_experience=40, memory_strength=0.5)],
     "all": lambda: [
@@ -42,6 +45,7 @@ METHODS = {
         EWC(ewc_lambda=2.0),
         LwF(alpha=1.0),
         SI(si_lambda=0.1),
+        MAS(lambda_reg=0.01),
         AGEM(patterns_per_experience=40, sample_size=32),
         GEM(patterns_per_experience=40, memory_strength=0.5),
     ],
@@ -67,9 +71,26 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             memory = cb.buffer.dataset()
             out[f"{name}_memory"] = float(memory.indices.double().sum()) if memory else 0.0
             out[f"{name}_projections"] = float(cb.projections)
-        if isinstance(cb, SI):
+        if isinstance(cb, SI | MAS):
             out["importance"] = float(sum(v.double().sum() for v in cb.importance.values()))
     return out
+
+
+def mas_check(module: ContinualModule, callbacks: list[Any], bench: Any) -> float | None:
+    """Largest gap between MAS's importance (sharded and all-reduced under DDP) and the same
+    importance computed here, in this process, on the whole last experience (alpha=0 runs)."""
+    (mas,) = [cb for cb in callbacks if isinstance(cb, MAS)] or [None]
+    if mas is None or mas.alpha != 0.0 or not mas.importance:
+        return None
+    data = bench.train_stream[-1].dataset
+    sums, count = output_sensitivity(module, data, torch.arange(len(data)), batch_size=64)
+    gaps = [
+        float(
+            (mas.importance[n].cpu() - (v / count).clamp_max(mas.max_importance or float("inf"))).abs().max()
+        )
+        for n, v in sums.items()
+    ]
+    return max(gaps)
 
 
 def main() -> None:
@@ -126,6 +147,7 @@ def main() -> None:
             "accuracy_matrix": results.accuracy_matrix,
             "average_accuracy": results.average_accuracy,
             "checksums": checksums(module, callbacks),
+            "mas_check": mas_check(module, callbacks, bench),
             "resumed_from": str(ckpt_path) if ckpt_path else None,
             "checkpoint": checkpoint_name(results.trained[-1]) if results.trained else None,
         }

@@ -15,7 +15,7 @@ import torch
 SCRIPT = Path(__file__).with_name("stream_script.py")
 ROOT = Path(__file__).resolve().parents[2]
 # all of the script's methods
-METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "agem", "gem", "all")
+METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "mas", "agem", "gem", "all")
 
 pytestmark = pytest.mark.distributed
 
@@ -62,7 +62,16 @@ def test_cl_state_is_identical_on_every_rank(runs: dict[str, Any], method: str) 
         assert rank0["checksums"]["buffer"] == runs["single"][method]["checksums"]["buffer"]
 
 
-@pytest.mark.parametrize("method", METHODS)
+def test_mas_importance_under_ddp_is_the_whole_experiences(runs: dict[str, Any]) -> None:
+    # Each rank computed its shard and the sums were all-reduced: the same as one process on all of it.
+    for report in (runs["rank0"], runs["rank1"], runs["single"]):
+        assert report["mas"]["mas_check"] is not None and report["mas"]["mas_check"] < 1e-5
+
+
+# MAS on class-incremental digits swings with the sample order alone (average accuracy 0.20-0.47
+# in one process for batch sizes 16-32), so a DDP-vs-single comparison would measure that; its
+# DDP check is the exact one above, and the identical state on the ranks.
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "mas"])
 def test_ddp_matches_a_single_process_with_the_same_global_batch(runs: dict[str, Any], method: str) -> None:
     ddp = torch.tensor(runs["rank0"][method]["accuracy_matrix"])
     single = torch.tensor(runs["single"][method]["accuracy_matrix"])
