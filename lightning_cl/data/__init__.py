@@ -5,6 +5,7 @@ from lightning_cl.data.cifar import SplitCIFAR10, SplitCIFAR100, SplitCIFAR110, 
 from lightning_cl.data.concat_dataset import ConcatClassificationDataset
 from lightning_cl.data.core50 import CORe50
 from lightning_cl.data.cub200 import SplitCUB200
+from lightning_cl.data.cumulative import cumulative, joint
 from lightning_cl.data.dataset_view import DatasetView, gather, targets_of
 from lightning_cl.data.digits import SplitDigits, load_digits
 from lightning_cl.data.domain_dataset import DomainDataset
@@ -62,10 +63,12 @@ __all__ = [
     "benchmark_with_validation_stream",
     "cifar_tensors",
     "class_incremental",
+    "cumulative",
     "dataset_benchmark",
     "domain_incremental",
     "filelist_benchmark",
     "gather",
+    "joint",
     "load_digits",
     "make_loader",
     "new_instances",

@@ -65,6 +65,7 @@ def fit_stream(
     trainer_kwargs: Mapping[str, Any] | None = None,
     logger: bool | Logger | Iterable[Logger] | None = True,
     test_stream: Stream | None = None,
+    train_stream: Stream | None = None,
     evaluate: bool = True,
     ckpt_path: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -95,6 +96,8 @@ def fit_stream(
         logger: ``True`` for a CSV logger under ``default_root_dir`` (or the working directory),
             a Lightning logger (or list), or ``False`` for none.
         test_stream: evaluate on this stream instead of ``benchmark.test_stream``.
+        train_stream: train on this stream instead of ``benchmark.train_stream`` (a slice of it,
+            or ``cumulative(benchmark.train_stream)`` / ``joint(...)`` for the reference runs).
         evaluate: test after each experience.
         ckpt_path: a checkpoint of this stream to resume from.
         checkpoint_dir: where the per-experience checkpoints go (default: ``checkpoints/`` in
@@ -136,7 +139,7 @@ def fit_stream(
     kwargs.setdefault("enable_model_summary", False)
 
     stream = test_stream if test_stream is not None else benchmark.test_stream
-    experiences = list(benchmark.train_stream)
+    experiences = list(train_stream if train_stream is not None else benchmark.train_stream)
     start, resume_inside = 0, None
     if ckpt_path is not None:
         checkpoint = load_stream_checkpoint(ckpt_path, benchmark, module)
