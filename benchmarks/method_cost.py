@@ -1,0 +1,125 @@
+"""What each CL method costs in training time, against fine-tuning, on the same stream.
+
+PermutedMNIST (real files, 5 permutations, 1 epoch each, MLP 784-512-10, SGD lr 0.01 momentum
+0.9, batches of 128; the ``configs/permuted_mnist_*.yaml`` settings), trained with ``fit_stream``
+once per method and round, the methods in an order that rotates between rounds, one torch thread.
+Training time is measured from ``on_fit_start`` to ``on_fit_end`` of every experience (the
+methods' end-of-experience work, such as EWC's Fisher or MAS's importances, included);
+evaluation is the same for all and left out. The report gives the median training seconds,
+the ratio to fine-tuning, and the average accuracy and forgetting of the last round.
+
+Run: ``python benchmarks/method_cost.py --root /path/holding/MNIST [--rounds 3]``; it writes
+``benchmarks/method_cost.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lightning_cl.data import PermutedMNIST
+from lightning_cl.methods import AGEM, EWC, GEM, MAS, SI, LwF, Replay
+from lightning_cl.models import MLP, ContinualModule
+from lightning_cl.training import fit_stream
+
+METHODS: dict[str, Callable[[], list[L.Callback]]] = {
+    "none (fine-tuning)": lambda: [],
+    "Replay(mem_size=500)": lambda: [Replay(mem_size=500)],
+    "EWC(ewc_lambda=100)": lambda: [EWC(ewc_lambda=100.0)],
+    "LwF(alpha=1.0)": lambda: [LwF(alpha=1.0)],
+    "SI(si_lambda=0.1)": lambda: [SI(si_lambda=0.1)],
+    "MAS(lambda_reg=0.1)": lambda: [MAS(lambda_reg=0.1)],
+    "AGEM(250, sample_size=256)": lambda: [AGEM(patterns_per_experience=250, sample_size=256)],
+    "GEM(256, memory_strength=0.5)": lambda: [GEM(patterns_per_experience=256, memory_strength=0.5)],
+}
+
+
+class FitClock(L.Callback):
+    """Sums the wall time of every fit (training and the methods' end-of-experience work)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
+def run(root: str, make: Callable[[], list[L.Callback]]) -> tuple[float, Any]:
+    L.seed_everything(1, verbose=False)
+    bench = PermutedMNIST(root, n_experiences=5, seed=1, batch_size=128)
+    module = ContinualModule(
+        MLP(num_classes=10, input_size=784, hidden_size=512, drop_rate=0.0),
+        optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9),
+    )
+    clock = FitClock()
+    # The clock goes last: its on_fit_end runs after the methods' end-of-experience work.
+    results = fit_stream(
+        module,
+        bench,
+        callbacks=[*make(), clock],
+        logger=False,
+        trainer_kwargs=dict(
+            max_epochs=1, accelerator="cpu", enable_progress_bar=False, enable_checkpointing=False
+        ),
+    )
+    return clock.seconds, results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=os.environ.get("LIGHTNING_CL_DATA", "data"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=str(Path(__file__).with_name("method_cost.md")))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    names = list(METHODS)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    last: dict[str, Any] = {}
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            seconds, results = run(args.root, METHODS[name])
+            times[name].append(seconds)
+            last[name] = results
+            print(f"round {r}: {name}: {seconds:.1f} s, avg acc {results.average_accuracy:.3f}", flush=True)
+    base = statistics.median(times[names[0]])
+    rows = [
+        f"| `{n}` | {statistics.median(times[n]):.1f} | {statistics.median(times[n]) / base:.2f}x "
+        f"| {last[n].average_accuracy:.3f} | {last[n].forgetting:.3f} |"
+        for n in names
+    ]
+    text = (
+        "# What each method costs: training time against fine-tuning\n\n"
+        "PermutedMNIST (real files, 5 permutations, 1 epoch each), MLP 784-512-10, SGD lr 0.01 "
+        "momentum 0.9,\nbatches of 128, seed 1, one torch thread, CPU; "
+        f"{args.rounds} rounds in rotating order, median training seconds\n"
+        "(fit start to fit end of every experience, end-of-experience work included, evaluation "
+        "left out).\n"
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}. "
+        "Written by `benchmarks/method_cost.py`.\n\n"
+        "| method | training (s) | vs fine-tuning | average accuracy | forgetting |\n"
+        "| --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+    )
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
