@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import EWC, Replay
+from lightning_cl.methods import AGEM, EWC, GEM, MAS, SI, LwF, Replay
 from lightning_cl.training import fit_stream
 from lightning_cl.training.cli import main
 from tests.conftest import stream_trainer_kwargs
@@ -52,6 +52,26 @@ def test_bf16_mixed_with_replay_and_ewc() -> None:
     assert probe.logits_dtypes == {torch.bfloat16}  # autocast was on
     assert probe.dtypes == {torch.float32}  # the penalty is not computed in bf16
     assert all(torch.isfinite(f).all() for a in ewc.anchors.values() for f in a["fisher"].values())
+    assert results.average_accuracy > 0.7
+
+
+def test_bf16_mixed_with_every_method() -> None:
+    # Penalties (LwF, SI, MAS) inside autocast, gradient surgery (GEM, A-GEM) on the unscaled
+    # gradients after it: every method's state stays finite and the combination still learns.
+    L.seed_everything(1)
+    lwf, si, mas = LwF(alpha=1.0), SI(si_lambda=0.1), MAS(lambda_reg=0.01)
+    agem, gem = AGEM(patterns_per_experience=40, sample_size=32), GEM(patterns_per_experience=40)
+    results = fit_stream(
+        digits_module(),
+        SplitDigits(n_experiences=5, seed=1),
+        callbacks=[Replay(mem_size=200), lwf, si, mas, agem, gem],
+        logger=False,
+        trainer_kwargs=stream_trainer_kwargs(max_epochs=2, precision="bf16-mixed"),
+    )
+    for importance in (si.importance, mas.importance):
+        assert importance and all(torch.isfinite(v).all() for v in importance.values())
+    assert agem.projections > 0 and gem.projections > 0
+    assert lwf.teacher is not None and next(lwf.teacher.parameters()).dtype == torch.float32
     assert results.average_accuracy > 0.7
 
 
