@@ -87,6 +87,7 @@ class LwF(ContinualCallback):
         self.current_experience: int | None = None
         self._teacher: nn.Module | None = None
         self._teacher_takes_tasks = False
+        self._multi_head = False
 
     @property
     def state_key(self) -> str:
@@ -117,6 +118,7 @@ class LwF(ContinualCallback):
     def _set_teacher(self, model: nn.Module, state: dict[str, Tensor]) -> None:
         self._teacher = copy_at_state(model, state).eval().requires_grad_(False)
         self._teacher_takes_tasks = "task_labels" in inspect.signature(self._teacher.forward).parameters
+        self._multi_head = any(isinstance(m, MultiHeadClassifier) for m in self._teacher.modules())
 
     def _teacher_logits(self, x: Tensor, t: Tensor) -> Tensor:
         assert self._teacher is not None
@@ -135,7 +137,7 @@ class LwF(ContinualCallback):
         reference = next(module.parameters())
         if next(self._teacher.parameters()).device != reference.device:
             self._teacher.to(reference.device)
-        if not any(isinstance(m, MultiHeadClassifier) for m in self._teacher.modules()):
+        if not self._multi_head:
             columns = sorted({c for classes in self.seen_classes.values() for c in classes})
             old = self._teacher_logits(x, t)
             return alpha * distillation_loss(logits[:, columns], old[:, columns], self.temperature)
