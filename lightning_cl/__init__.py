@@ -6,7 +6,7 @@ Experiences are ``LightningDataModule`` objects, the model is a ``LightningModul
 
 from lightning_cl.data import Benchmark, Experience, SplitDigits, SplitMNIST, Stream
 from lightning_cl.evaluation import ContinualResults
-from lightning_cl.methods import AGEM, EWC, GEM, MAS, SI, ContinualCallback, LwF, Replay
+from lightning_cl.methods import AGEM, DER, EWC, GEM, MAS, SI, ContinualCallback, LwF, Replay
 from lightning_cl.models import CNN, MLP, ContinualModule, IncrementalClassifier, MultiHeadClassifier
 from lightning_cl.training import fit_stream
 
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AGEM",
     "CNN",
+    "DER",
     "EWC",
     "GEM",
     "MAS",

@@ -6,6 +6,7 @@ Naive fine-tuning is a :class:`~lightning_cl.models.ContinualModule` with no CL 
 from lightning_cl.methods.agem import AGEM, project_gradient
 from lightning_cl.methods.base import ContinualCallback
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
+from lightning_cl.methods.der import DER
 from lightning_cl.methods.episodic import EpisodicMemoryMethod
 from lightning_cl.methods.ewc import EWC, fisher_information
 from lightning_cl.methods.gem import GEM, gem_projection
@@ -17,6 +18,7 @@ from lightning_cl.methods.si import SI
 __all__ = [
     "AGEM",
     "BUFFER_POLICIES",
+    "DER",
     "EWC",
     "GEM",
     "MAS",

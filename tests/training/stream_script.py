@@ -21,7 +21,7 @@ import lightning as L
 import torch
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import AGEM, EWC, GEM, MAS, SI, LwF, Replay, output_sensitivity
+from lightning_cl.methods import AGEM, DER, EWC, GEM, MAS, SI, LwF, Replay, output_sensitivity
 from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 from lightning_cl.training.checkpoint import checkpoint_name
@@ -39,6 +39,7 @@ METHODS = {
     # in one process from the whole experience (see `mas_check`).
     "mas": lambda: [MAS(lambda_reg=0.1, alpha=0.0)],
     "agem": lambda: [AGEM(patterns_per_experience=40, sample_size=32)],
+    "der": lambda: [DER(mem_size=200, alpha=0.1, beta=0.5)],
     "gem": lambda: [GEM(patterns_per_experience=40, memory_strength=0.5)],
     "all": lambda: [
         Replay(mem_size=200),
@@ -64,6 +65,10 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["fisher"] = float(
                 sum(f.double().sum() for a in cb.anchors.values() for f in a["fisher"].values())
             )
+        if isinstance(cb, DER):
+            memory = cb.buffer.dataset()
+            out["der_memory"] = float(memory.indices.double().sum()) if memory else 0.0
+            out["der_logits"] = float(cb.logits.double().sum())
         if isinstance(cb, LwF) and cb.teacher_state is not None:
             out["teacher"] = float(sum(v.double().sum() for v in cb.teacher_state.values()))
         if isinstance(cb, AGEM | GEM):

@@ -15,7 +15,7 @@ import torch
 SCRIPT = Path(__file__).with_name("stream_script.py")
 ROOT = Path(__file__).resolve().parents[2]
 # all of the script's methods
-METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "mas", "agem", "gem", "all")
+METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "mas", "agem", "gem", "der", "all")
 
 pytestmark = pytest.mark.distributed
 
@@ -79,10 +79,11 @@ def test_ddp_matches_a_single_process_with_the_same_global_batch(runs: dict[str,
     assert abs(runs["rank0"][method]["average_accuracy"] - runs["single"][method]["average_accuracy"]) <= 0.03
     # Shards see the data in another order: single cells move by a few test samples at most
     # (4 of ~72). GEM's projection switches on and off with the sign of a dot product, so
-    # another sample order moves its trajectory (and that of all methods together) further:
-    # up to 8 samples in one cell, while the average and the mean difference stay as close.
+    # another sample order moves its trajectory (and that of all methods together) further, as
+    # does DER's matching of stored logits: up to 8 samples in one cell, while the average and
+    # the mean difference stay as close.
     assert float((ddp - single).abs().mean()) <= 0.03
-    assert float((ddp - single).abs().max()) <= (0.12 if method in ("gem", "all") else 0.06)
+    assert float((ddp - single).abs().max()) <= (0.12 if method in ("gem", "der", "all") else 0.06)
 
 
 def test_cli_with_the_ddp_config(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from tests.conftest import stream_trainer_kwargs
 from tests.methods.test_replay import digits_module
 
 SCRIPT = Path(__file__).with_name("stream_script.py")
-METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "mas", "agem", "gem", "all")
+METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "mas", "agem", "gem", "der", "all")
 
 
 def _run_script(*args: str) -> dict[str, Any]:
