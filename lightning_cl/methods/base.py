@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sized
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
@@ -14,7 +15,7 @@ from lightning_cl.data.experience import Experience
 if TYPE_CHECKING:
     from lightning_cl.models.module import ContinualModule
 
-__all__ = ["Batch", "ContinualCallback"]
+__all__ = ["Batch", "ContinualCallback", "stream_seed"]
 
 Batch = tuple[Tensor, Tensor, Tensor]
 
@@ -87,6 +88,17 @@ class ContinualCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass
+
+
+def stream_seed(trainer: L.Trainer, seed: int | None) -> int:
+    """One base seed for a method's random choices over the whole stream, the same on every rank.
+
+    The user's ``seed``, else torch's initial seed (the one ``seed_everything`` sets), as rank 0
+    has it, broadcast to the other ranks. Methods keep it in their state, so a resumed run
+    reuses it.
+    """
+    value = seed if seed is not None else torch.initial_seed() % (2**31)
+    return int(trainer.strategy.broadcast(value, src=0))
 
 
 def _experience_of(trainer: L.Trainer) -> Experience:

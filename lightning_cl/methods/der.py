@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_cl.data.experience import Experience
-from lightning_cl.methods.base import Batch, ContinualCallback
+from lightning_cl.methods.base import Batch, ContinualCallback, stream_seed
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
 
 __all__ = ["DER"]
@@ -92,8 +92,7 @@ class DER(ContinualCallback):
 
     def _shared_seed(self, trainer: L.Trainer) -> int:
         if self._seed is None:
-            seed = self.seed if self.seed is not None else torch.initial_seed() % (2**31)
-            self._seed = int(trainer.strategy.broadcast(seed, src=0))
+            self._seed = stream_seed(trainer, self.seed)
         return self._seed
 
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:

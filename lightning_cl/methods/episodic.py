@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
-from lightning_cl.methods.base import ContinualCallback
+from lightning_cl.methods.base import ContinualCallback, stream_seed
 from lightning_cl.methods.buffers import ReplayBuffer
 
 __all__ = ["EpisodicMemoryMethod", "flat_gradient", "set_flat_gradient"]
@@ -62,8 +62,7 @@ class EpisodicMemoryMethod(ContinualCallback):
     def shared_seed(self, trainer: L.Trainer) -> int:
         """The base seed of the memory, drawn on rank 0 once per stream (and checkpointed)."""
         if self._seed is None:
-            seed = self.seed if self.seed is not None else torch.initial_seed() % (2**31)
-            self._seed = int(trainer.strategy.broadcast(seed, src=0))
+            self._seed = stream_seed(trainer, self.seed)
         return self._seed
 
     def bind(self, trainer: L.Trainer) -> None:

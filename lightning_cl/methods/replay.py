@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from lightning_cl.data.experience import Experience
-from lightning_cl.methods.base import ContinualCallback
+from lightning_cl.methods.base import ContinualCallback, stream_seed
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
 
 __all__ = ["Replay"]
@@ -84,10 +84,7 @@ class Replay(ContinualCallback):
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         if self._seed is None:
-            # One base seed for the whole stream: the user's, else the global seed (set by
-            # `seed_everything`), as on rank 0. It goes into the state, so a resumed run reuses it.
-            seed = self.seed if self.seed is not None else torch.initial_seed() % (2**31)
-            self._seed = int(trainer.strategy.broadcast(seed, src=0))
+            self._seed = stream_seed(trainer, self.seed)
         generator = torch.Generator().manual_seed(self._seed + 1_000_003 * experience.index)
         self.buffer.update(experience.dataset, experience.index, generator)
 
