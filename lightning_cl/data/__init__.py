@@ -1,5 +1,6 @@
 """Data: experiences, streams, benchmarks and the scenario generators that build them."""
 
+from lightning_cl.data.batch import Batch
 from lightning_cl.data.benchmark import SCENARIOS, Benchmark
 from lightning_cl.data.cifar import SplitCIFAR10, SplitCIFAR100, SplitCIFAR110, cifar_tensors
 from lightning_cl.data.concat_dataset import ConcatClassificationDataset
@@ -34,10 +35,12 @@ from lightning_cl.data.scenarios import (
 from lightning_cl.data.stream import Stream
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
 from lightning_cl.data.tiny_imagenet import SplitTinyImageNet
+from lightning_cl.data.train_data_source import TrainDataSource
 from lightning_cl.data.validation import benchmark_with_validation_stream, split_validation
 
 __all__ = [
     "SCENARIOS",
+    "Batch",
     "Benchmark",
     "CORe50",
     "ConcatClassificationDataset",
@@ -60,6 +63,7 @@ __all__ = [
     "SplitTinyImageNet",
     "Stream",
     "TensorClassificationDataset",
+    "TrainDataSource",
     "benchmark_with_validation_stream",
     "cifar_tensors",
     "class_incremental",

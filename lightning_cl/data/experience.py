@@ -12,6 +12,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from lightning_cl.data.batch_loader import BatchLoader
 from lightning_cl.data.dataset_view import DatasetView, passthrough_collate
+from lightning_cl.data.train_data_source import TrainDataSource
 from lightning_cl.data.transforms import BatchTransform
 
 __all__ = ["AUGMENT_ON", "BatchAugmentation", "Experience", "TensorBatchSampler", "make_loader"]
@@ -175,7 +176,7 @@ class Experience(L.LightningDataModule):
     Batches are ``(x, y, t)``: inputs, class targets and task labels. The training loader
     shuffles the experience's data; CL callbacks that add data of their own (a replay buffer)
     contribute further loaders through
-    :meth:`~lightning_cl.methods.ContinualCallback.train_dataloaders`, and the training batch is
+    :meth:`~lightning_cl.data.TrainDataSource.train_dataloaders`, and the training batch is
     then a dict ``{"current": (x, y, t), "replay": (x, y, t), ...}`` that
     :class:`~lightning_cl.models.ContinualModule` concatenates.
 
@@ -387,13 +388,11 @@ class Experience(L.LightningDataModule):
         extra: dict[str, Iterable[Any]] = {}
         trainer = self.trainer
         if trainer is not None:
-            from lightning_cl.methods.base import ContinualCallback
-
             for callback in trainer.callbacks:  # type: ignore[attr-defined]
-                if isinstance(callback, ContinualCallback):
+                if isinstance(callback, TrainDataSource):
                     extra.update(callback.train_dataloaders(self, current))  # type: ignore[arg-type]
         if "current" in extra:
-            raise ValueError("a CL callback returned a loader named 'current', which is reserved")
+            raise ValueError("a TrainDataSource returned a loader named 'current', which is reserved")
         loaders: dict[str | None, Iterable[Any]] = {"current": current, **extra} if extra else {None: current}  # type: ignore[dict-item]
         self._device_transforms = {
             key: loader.device_transform  # type: ignore[attr-defined]
