@@ -4,7 +4,12 @@ Naive fine-tuning is a :class:`~lightning_cl.models.ContinualModule` with no CL 
 """
 
 from lightning_cl.methods.agem import AGEM, project_gradient
-from lightning_cl.methods.base import ContinualCallback
+from lightning_cl.methods.base import (
+    ContinualCallback,
+    experience_generator,
+    step_generator,
+    stream_seed,
+)
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
 from lightning_cl.methods.der import DER
 from lightning_cl.methods.episodic import EpisodicMemoryMethod
@@ -29,8 +34,11 @@ __all__ = [
     "Replay",
     "ReplayBuffer",
     "distillation_loss",
+    "experience_generator",
     "fisher_information",
     "gem_projection",
     "output_sensitivity",
     "project_gradient",
+    "step_generator",
+    "stream_seed",
 ]

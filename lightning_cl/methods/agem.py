@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from lightning_cl.methods.base import step_generator
 from lightning_cl.methods.episodic import EpisodicMemoryMethod, flat_gradient, set_flat_gradient
 
 __all__ = ["AGEM", "project_gradient"]
@@ -90,9 +91,7 @@ class AGEM(EpisodicMemoryMethod):
         )
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
-        self.bind(trainer)
-        memory = self.buffer.dataset()
-        if memory is None:
+        if self.memory is None:
             return
         params = [p for p in pl_module.parameters() if p.requires_grad]
         reference = self.reference_gradient(trainer, pl_module, params)
@@ -103,10 +102,10 @@ class AGEM(EpisodicMemoryMethod):
 
     def reference_gradient(self, trainer: L.Trainer, pl_module: Any, params: list[Tensor]) -> Tensor:
         """The mean loss gradient on this step's memory sample, the same on every rank."""
-        memory = self.buffer.dataset()
+        memory = self.memory
         assert memory is not None
         step = int(getattr(pl_module, "global_step_all", trainer.global_step))
-        generator = torch.Generator().manual_seed(self.shared_seed(trainer) + 7919 * (step + 1))
+        generator = step_generator(self.shared_seed(trainer), step)
         sample = torch.randperm(len(memory), generator=generator)[: self.sample_size]
         return self.memory_gradients(trainer, pl_module, [(memory, sample)], params)[0]
 

@@ -1,84 +1,125 @@
-"""The protocol every continual-learning method keeps: a Lightning ``Callback`` with CL hooks."""
+"""The contract every continual-learning method keeps: a Lightning ``Callback`` with CL hooks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sized
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch import Tensor
 
+from lightning_cl.data.batch import Batch
 from lightning_cl.data.experience import Experience
+from lightning_cl.data.train_data_source import TrainDataSource
+from lightning_cl.models.loss_term import LossTerm
+from lightning_cl.models.module import ContinualModule, check_new_trainer
 
-if TYPE_CHECKING:
-    from lightning_cl.models.module import ContinualModule
+__all__ = [
+    "EXPERIENCE_SEED_STRIDE",
+    "STEP_SEED_STRIDE",
+    "Batch",
+    "ContinualCallback",
+    "experience_generator",
+    "step_generator",
+    "stream_seed",
+]
 
-__all__ = ["Batch", "ContinualCallback", "stream_seed"]
+EXPERIENCE_SEED_STRIDE = 1_000_003
+"""Distance between the seeds of successive experiences (a prime, so experience and step seeds never meet)."""
+STEP_SEED_STRIDE = 7919
+"""Distance between the seeds of successive optimizer steps."""
 
-Batch = tuple[Tensor, Tensor, Tensor]
 
+class ContinualCallback(L.Callback, TrainDataSource, LossTerm):
+    """Base class of the CL methods: a Lightning ``Callback`` with the continual-learning hooks.
 
-class ContinualCallback(L.Callback):
-    """Base class of the CL methods: a Lightning ``Callback`` plus three extension points.
+    A method overrides what it needs:
 
-    - :meth:`penalty`: a term added to the training loss. Callbacks cannot change the loss
-      Lightning computes, so :class:`~lightning_cl.models.ContinualModule` sums the penalties
-      of all CL callbacks in ``training_step``.
-    - :meth:`train_dataloaders`: extra training data (a replay buffer), fed by further loaders
-      next to the experience's own; the module concatenates the batches.
-    - :meth:`on_experience_start` / :meth:`on_experience_end`: called once per experience, from
+    - :meth:`penalty` (from :class:`~lightning_cl.models.LossTerm`): a term added to the training
+      loss; :class:`~lightning_cl.models.ContinualModule` sums the terms of all its trainer's
+      callbacks in ``training_step``.
+    - :meth:`train_dataloaders` (from :class:`~lightning_cl.data.TrainDataSource`): extra training
+      data (a replay memory), fed by further loaders next to the experience's own; the module
+      concatenates the batches.
+    - :meth:`on_experience_start` / :meth:`on_experience_end`: once per experience, from
       ``setup("fit")`` and ``on_fit_end``. ``on_fit_end`` runs only when the fit finished, so an
       interrupted experience leaves the method's state as it was.
+    - :meth:`on_state_restored`: after Lightning loaded this callback's ``state_dict`` from a
+      checkpoint inside an experience (``trainer.fit(..., ckpt_path=...)``), before the first
+      training batch. Lightning restores callback state *after* ``setup``, so whatever a method
+      derives from its state for the running experience (a view of its memory over the
+      experience's data, a network rebuilt from saved weights) is rebuilt here. This is the one
+      place for it: state itself holds no live objects (a memory is indices, not a dataset).
+    - ``state_dict`` / ``load_state_dict``: the method's whole state, in tensors and Python
+      values, so it round-trips through a Lightning checkpoint (``torch.load(weights_only=True)``).
+      Give the class a :attr:`state_key` when two instances with other settings may share a
+      trainer.
 
-    Subclasses that override ``setup`` or ``on_fit_end`` must call ``super()``. Methods combine
-    freely in one callbacks list; each keeps its state in ``state_dict()``.
+    Any Lightning hook (``on_before_optimizer_step`` for gradient surgery, ...) works as in any
+    callback. Subclasses that override ``setup``, ``on_fit_start``, ``on_fit_end`` or
+    ``on_load_checkpoint`` call ``super()``. Methods combine freely in one callbacks list.
+
+    Example:
+        A penalty pulling the weights towards those at the end of the previous experience
+        (the model's shape is fixed here; a growing head needs :func:`~lightning_cl.models.slice_to`):
+
+        >>> class L2ToOld(ContinualCallback):
+        ...     def __init__(self, strength: float = 1.0):
+        ...         self.strength, self.old = strength, {}
+        ...     def on_experience_end(self, trainer, module, experience):
+        ...         self.old = {n: p.detach().clone() for n, p in module.named_parameters()}
+        ...     def penalty(self, module, batch, logits):
+        ...         if not self.old:
+        ...             return None
+        ...         terms = [((p - self.old[n]) ** 2).sum() for n, p in module.named_parameters()]
+        ...         return self.strength * sum(terms)
+        ...     def state_dict(self):
+        ...         return {"old": self.old}
+        ...     def load_state_dict(self, state_dict):
+        ...         self.old = state_dict["old"]
+        >>> L2ToOld().name
+        'l2toold'
     """
 
-    @property
-    def name(self) -> str:
-        """Short name used in logged keys (``train/penalty/<name>``)."""
-        return type(self).__name__.lower()
-
-    def penalty(self, module: ContinualModule, batch: Batch, logits: Tensor) -> Tensor | None:
-        """A term to add to the training loss of this step, or ``None``.
-
-        Args:
-            module: the module being trained.
-            batch: the (merged) training batch ``(x, y, t)``.
-            logits: the module's output on ``x``.
-        """
-        return None
-
-    def train_dataloaders(self, experience: Experience, current: Sized) -> dict[str, Iterable[Any]]:
-        """Extra training loaders, by name, to iterate next to ``current`` (default: none).
-
-        Lightning combines them in ``max_size_cycle`` mode, so a loader with as many batches as
-        ``current`` adds one batch to every training step.
-        """
-        return {}
+    _state_restored = False
 
     def on_experience_start(
         self, trainer: L.Trainer, module: ContinualModule, experience: Experience
     ) -> None:
-        """Called before training on ``experience`` (from ``setup("fit")``)."""
+        """Called before training on ``experience`` (from ``setup("fit")``, before the optimizer exists)."""
 
     def on_experience_end(self, trainer: L.Trainer, module: ContinualModule, experience: Experience) -> None:
         """Called after training on ``experience`` finished (from ``on_fit_end``)."""
 
+    def on_state_restored(self, trainer: L.Trainer, module: ContinualModule, experience: Experience) -> None:
+        """Called once after Lightning restored this callback's state inside ``experience``.
+
+        Runs in ``on_fit_start``: the weights, the optimizer and every callback's state are
+        restored, no batch has run. The default does nothing.
+        """
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        from lightning_cl.models.module import ContinualModule
-
         if not isinstance(pl_module, ContinualModule):
             raise MisconfigurationException(
                 f"{type(self).__name__} is a continual-learning callback and needs a ContinualModule, "
                 f"got {type(pl_module).__name__}"
             )
-        experience = _experience_of(trainer)
-        self.on_experience_start(trainer, pl_module, experience)
+        check_new_trainer(trainer)
+        self._state_restored = False
+        self.on_experience_start(trainer, pl_module, _experience_of(trainer))
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning calls this right before `load_state_dict` when it restores a checkpoint.
+        self._state_restored = True
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._state_restored:
+            self._state_restored = False
+            self.on_state_restored(trainer, pl_module, _experience_of(trainer))  # type: ignore[arg-type]
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.on_experience_end(trainer, pl_module, _experience_of(trainer))  # type: ignore[arg-type]
@@ -99,6 +140,29 @@ def stream_seed(trainer: L.Trainer, seed: int | None) -> int:
     """
     value = seed if seed is not None else torch.initial_seed() % (2**31)
     return int(trainer.strategy.broadcast(value, src=0))
+
+
+def experience_generator(seed: int, experience_index: int) -> torch.Generator:
+    """A CPU generator for a method's random choices at the end of one experience.
+
+    Every rank that passes the same ``seed`` (from :func:`stream_seed`) and experience draws the
+    same numbers, and each experience draws its own.
+
+    Example:
+        >>> a = torch.rand(2, generator=experience_generator(1, 3))
+        >>> torch.equal(a, torch.rand(2, generator=experience_generator(1, 3)))
+        True
+    """
+    return torch.Generator().manual_seed(seed + EXPERIENCE_SEED_STRIDE * int(experience_index))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator for one optimizer step's draws (a memory sample), the same on every rank.
+
+    ``step`` counts optimizer steps over the whole stream (``ContinualModule.global_step_all``),
+    so a resumed run draws what the uninterrupted one drew.
+    """
+    return torch.Generator().manual_seed(seed + STEP_SEED_STRIDE * (int(step) + 1))
 
 
 def _experience_of(trainer: L.Trainer) -> Experience:

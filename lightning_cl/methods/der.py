@@ -9,9 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
-from lightning_cl.methods.base import Batch, ContinualCallback, stream_seed
+from lightning_cl.methods.base import (
+    Batch,
+    ContinualCallback,
+    experience_generator,
+    step_generator,
+    stream_seed,
+)
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
+from lightning_cl.models.heads import MASK_VALUE
 
 __all__ = ["DER"]
 
@@ -85,6 +93,7 @@ class DER(ContinualCallback):
         self.live = torch.zeros(0, 0, dtype=torch.bool)
         self._seed: int | None = None
         self._batch_size = 32
+        self._memory: DatasetView | None = None  # the memory as a view of the running experience's data
 
     @property
     def state_key(self) -> str:
@@ -96,15 +105,16 @@ class DER(ContinualCallback):
         return self._seed
 
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
-        if self.buffer.groups and self.buffer.base is None:
-            self.buffer.bind(experience.dataset)
+        self._memory = self.buffer.dataset(experience.dataset)
         self._batch_size = self.mem_batch_size or experience.batch_size
 
+    def on_state_restored(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        self.on_experience_start(trainer, module, experience)
+
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
-        seed = self._shared_seed(trainer) + 1_000_003 * experience.index
-        generator = torch.Generator().manual_seed(seed)
+        generator = experience_generator(self._shared_seed(trainer), experience.index)
         self.buffer.update(experience.dataset, experience.index, generator)
-        memory = self.buffer.dataset()
+        memory = self._memory = self.buffer.dataset(experience.dataset)
         kept = memory.indices if memory is not None else torch.zeros(0, dtype=torch.long)
         known = torch.isin(kept, self.logit_index)
         new_positions = (~known).nonzero().flatten()
@@ -120,7 +130,7 @@ class DER(ContinualCallback):
                         z = module(x, t).float().cpu()
                         rows_index.append(kept[chunk])
                         rows_logits.append(z)
-                        rows_live.append(z > -100.0)  # masked units of a dynamic head are -1000
+                        rows_live.append(z > MASK_VALUE / 2)  # units a dynamic head masks are MASK_VALUE
             finally:
                 module.train(was_training)
         stay = torch.isin(self.logit_index, kept)
@@ -133,13 +143,11 @@ class DER(ContinualCallback):
 
     def penalty(self, module: Any, batch: Batch, logits: Tensor) -> Tensor | None:
         trainer = module.trainer
-        if self.buffer.groups and self.buffer.base is None:  # a state restored inside an experience
-            self.buffer.bind(trainer.datamodule.dataset)
-        memory = self.buffer.dataset()
+        memory = self._memory
         if memory is None or (self.alpha == 0.0 and self.beta == 0.0):
             return None
         step = int(module.global_step_all)
-        generator = torch.Generator().manual_seed(self._shared_seed(trainer) + 7919 * (step + 1))
+        generator = step_generator(self._shared_seed(trainer), step)
         sample = torch.randperm(len(memory), generator=generator)[: self._batch_size * trainer.world_size]
         share = sample[trainer.global_rank :: trainer.world_size]
         x, y, t = (v.to(logits.device) for v in memory.__getitems__(share))

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
-from lightning_cl.methods.base import ContinualCallback, stream_seed
+from lightning_cl.methods.base import ContinualCallback, experience_generator, stream_seed
 from lightning_cl.methods.buffers import ReplayBuffer
 
 __all__ = ["EpisodicMemoryMethod", "flat_gradient", "set_flat_gradient"]
@@ -58,6 +58,9 @@ class EpisodicMemoryMethod(ContinualCallback):
         self.seed = seed
         self.buffer = ReplayBuffer(0, "experience_balanced")
         self._seed: int | None = None
+        # The memory as views of the running experience's dataset: all of it, and by experience.
+        self.memory: DatasetView | None = None
+        self.memory_groups: dict[int, DatasetView] = {}
 
     def shared_seed(self, trainer: L.Trainer) -> int:
         """The base seed of the memory, drawn on rank 0 once per stream (and checkpointed)."""
@@ -65,22 +68,28 @@ class EpisodicMemoryMethod(ContinualCallback):
             self._seed = stream_seed(trainer, self.seed)
         return self._seed
 
-    def bind(self, trainer: L.Trainer) -> None:
-        """Attach a restored memory to the stream's dataset (a state loaded inside an experience)."""
-        datamodule = getattr(trainer, "datamodule", None)
-        if self.buffer.groups and self.buffer.base is None and isinstance(datamodule, Experience):
-            self.buffer.bind(datamodule.dataset)
-
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
-        if self.buffer.groups and self.buffer.base is None:
-            self.buffer.bind(experience.dataset)
+        self.bind_memory(experience)
+
+    def on_state_restored(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        self.bind_memory(experience)
+
+    def bind_memory(self, experience: Experience) -> None:
+        """Build :attr:`memory` (and :attr:`memory_groups`) as views of ``experience``'s dataset."""
+        self.memory = self.buffer.dataset(experience.dataset)
+        self.memory_groups = {
+            key: view
+            for key in sorted(self.buffer.groups)
+            if (view := self.buffer.dataset(experience.dataset, [key])) is not None
+        }
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         seed = self.shared_seed(trainer)
         groups = set(self.buffer.groups) | {experience.index}
         self.buffer.mem_size = self.patterns_per_experience * len(groups)
-        generator = torch.Generator().manual_seed(seed + 1_000_003 * experience.index)
+        generator = experience_generator(seed, experience.index)
         self.buffer.update(experience.dataset, experience.index, generator)
+        self.bind_memory(experience)
 
     def memory_gradients(
         self,

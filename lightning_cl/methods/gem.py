@@ -93,6 +93,7 @@ class GEM(EpisodicMemoryMethod):
       share and the sums are all-reduced, so every rank projects alike.
     - One forward and backward pass per past experience at every step: the cost grows with the
       number of experiences, as in the paper. :class:`~lightning_cl.methods.AGEM` keeps one.
+    - GEM adds no loss term (its ``penalty`` is ``None``): it acts on the gradient only.
 
     Args:
         patterns_per_experience: samples of each experience kept in memory (> 0).
@@ -126,16 +127,11 @@ class GEM(EpisodicMemoryMethod):
 
     def memory_gradient_rows(self, trainer: L.Trainer, pl_module: Any, params: list[Tensor]) -> Tensor:
         """One row per past experience: the mean loss gradient on its whole memory."""
-        parts = []
-        for key in sorted(self.buffer.groups):
-            view = self.buffer.dataset([key])
-            if view is not None:
-                parts.append((view, torch.arange(len(view))))
+        parts = [(view, torch.arange(len(view))) for _, view in sorted(self.memory_groups.items())]
         return self.memory_gradients(trainer, pl_module, parts, params)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
-        self.bind(trainer)
-        if self.buffer.dataset() is None:
+        if self.memory is None:
             return
         params = [p for p in pl_module.parameters() if p.requires_grad]
         rows = self.memory_gradient_rows(trainer, pl_module, params)

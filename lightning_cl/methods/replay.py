@@ -6,10 +6,9 @@ from collections.abc import Iterable, Sized
 from typing import Any
 
 import lightning as L
-import torch
 
 from lightning_cl.data.experience import Experience
-from lightning_cl.methods.base import ContinualCallback, stream_seed
+from lightning_cl.methods.base import ContinualCallback, experience_generator, stream_seed
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
 
 __all__ = ["Replay"]
@@ -67,14 +66,8 @@ class Replay(ContinualCallback):
     def state_key(self) -> str:
         return self._generate_state_key(mem_size=self.buffer.mem_size, policy=self.buffer.policy)
 
-    def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
-        if self.buffer.groups and self.buffer.base is None:
-            self.buffer.bind(experience.dataset)
-
     def train_dataloaders(self, experience: Experience, current: Sized) -> dict[str, Iterable[Any]]:
-        # A state loaded by Lightning inside an experience arrives after `setup`: bind it here.
-        self.on_experience_start(experience.trainer, None, experience)  # type: ignore[arg-type]
-        memory = self.buffer.dataset()
+        memory = self.buffer.dataset(experience.dataset)
         if memory is None:
             return {}
         batch_size = self.mem_batch_size or experience.batch_size
@@ -85,7 +78,7 @@ class Replay(ContinualCallback):
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         if self._seed is None:
             self._seed = stream_seed(trainer, self.seed)
-        generator = torch.Generator().manual_seed(self._seed + 1_000_003 * experience.index)
+        generator = experience_generator(self._seed, experience.index)
         self.buffer.update(experience.dataset, experience.index, generator)
 
     def state_dict(self) -> dict[str, Any]:

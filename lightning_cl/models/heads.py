@@ -2,17 +2,99 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from copy import deepcopy
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MASK_VALUE", "DynamicModule", "IncrementalClassifier", "MultiHeadClassifier", "copy_at_state"]
+__all__ = [
+    "MASK_VALUE",
+    "DynamicModule",
+    "IncrementalClassifier",
+    "MultiHeadClassifier",
+    "copy_at_state",
+    "pad_to",
+    "slice_to",
+]
 
 MASK_VALUE = -1000.0
 """Logit given to output units of classes not seen yet (Avalanche's ``mask_value``)."""
+
+
+def _check_shapes(value: Tensor, shape: Sequence[int], larger: bool) -> tuple[int, ...]:
+    target = tuple(int(s) for s in shape)
+    fits = len(target) == value.ndim and all(
+        (s >= v) if larger else (s <= v) for s, v in zip(target, value.shape)
+    )
+    if not fits:
+        relation = "at least" if larger else "at most"
+        raise ValueError(
+            f"shape must have {value.ndim} dimensions, each {relation} the value's {tuple(value.shape)}, "
+            f"got {target}"
+        )
+    return target
+
+
+def pad_to(value: Tensor, shape: Sequence[int], fill: float | bool = 0) -> Tensor:
+    """``value`` grown to ``shape``: its entries at the leading positions, ``fill`` elsewhere.
+
+    The inverse of :func:`slice_to`: a tensor recorded when a head was smaller (an importance,
+    an anchor, recorded logits) brought to the parameter's or output's present shape. The new
+    entries are ``fill`` (0 for importances, so new units are free; :data:`MASK_VALUE` for
+    logits of classes the model cannot output yet). Differentiable; ``value`` itself is
+    returned when it has the shape already.
+
+    Args:
+        value: the tensor recorded earlier.
+        shape: the target shape, with as many dimensions, none smaller.
+        fill: the value of the new entries.
+
+    Returns:
+        A tensor of ``shape``, with ``value``'s dtype and device.
+
+    Raises:
+        ValueError: if ``shape`` has another number of dimensions or a smaller one.
+
+    Example:
+        >>> pad_to(torch.tensor([[1.0, 2.0]]), (2, 3))
+        tensor([[1., 2., 0.],
+                [0., 0., 0.]])
+        >>> pad_to(torch.tensor([[3.0]]), (1, 2), fill=MASK_VALUE)
+        tensor([[    3., -1000.]])
+    """
+    target = _check_shapes(value, shape, larger=True)
+    if tuple(value.shape) == target:
+        return value
+    out = value.new_full(target, fill)
+    out[tuple(slice(0, s) for s in value.shape)] = value
+    return out
+
+
+def slice_to(value: Tensor, shape: Sequence[int]) -> Tensor:
+    """The leading ``shape`` block of ``value``: a parameter or output as it was before a head grew.
+
+    A dynamic head keeps its old units first, so the units that existed when something was
+    recorded are the leading block. The result is a view (gradients flow to ``value``).
+
+    Args:
+        value: the present tensor (a parameter, logits).
+        shape: the earlier shape, with as many dimensions, none larger.
+
+    Returns:
+        A view of ``value`` of ``shape``.
+
+    Raises:
+        ValueError: if ``shape`` has another number of dimensions or a larger one.
+
+    Example:
+        >>> slice_to(torch.arange(6).view(2, 3), (2, 2))
+        tensor([[0, 1],
+                [3, 4]])
+    """
+    target = _check_shapes(value, shape, larger=False)
+    return value[tuple(slice(0, s) for s in target)]
 
 
 class DynamicModule(nn.Module):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import math
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, cast
 
@@ -11,22 +13,69 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_cl.data.batch import Batch
+from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.experience import Experience
 from lightning_cl.data.stream import Stream
 from lightning_cl.evaluation.accuracy_matrix import AccuracyMatrix, ContinualResults
-from lightning_cl.methods.base import Batch, ContinualCallback
 from lightning_cl.models.heads import MASK_VALUE, DynamicModule
+from lightning_cl.models.loss_term import LossTerm
 
-__all__ = ["OPTIMIZER_POLICIES", "ContinualModule", "merge_batch"]
+__all__ = [
+    "ON_NONFINITE",
+    "OPTIMIZER_POLICIES",
+    "ContinualModule",
+    "NonFiniteLossError",
+    "check_new_trainer",
+    "merge_batch",
+]
 
 OPTIMIZER_POLICIES = ("reset", "keep")
+ON_NONFINITE = ("raise", "warn")
 _SPAWNING = ("spawn", "fork", "forkserver")
+
+# The evaluation values this module logs are computed by torchmetrics, which has already
+# synchronised them across processes: the same number on every rank, so Lightning's advice to
+# reduce them again (`sync_dist=True`) does not apply to these keys.
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self.log\('((test|val|train)/.*|step|experience)'"
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step's task loss or a method's penalty is ``nan`` or ``inf``.
+
+    The message names the experience, the step and the term. Raised before the optimizer step,
+    so the weights are those of the last good step, and the per-experience checkpoints already
+    written are untouched.
+    """
+
+
+def check_new_trainer(trainer: L.Trainer) -> None:
+    """Refuse a ``Trainer`` that has already run a fit: one ``Trainer`` per experience.
+
+    A second ``trainer.fit`` on the same ``Trainer`` starts at the epoch where the first
+    stopped, so with the same ``max_epochs`` it trains nothing, while the CL methods would still
+    record the experience as trained.
+
+    Raises:
+        MisconfigurationException: if ``trainer`` has run optimizer steps or epochs before.
+    """
+    epoch = int(trainer.fit_loop.epoch_progress.current.completed)
+    steps = int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+    if epoch > 0 or steps > 0:
+        raise MisconfigurationException(
+            f"this Trainer has already run a fit ({epoch} epochs, {steps} steps): a second "
+            "trainer.fit would continue from there, not train the new experience; build a new "
+            "L.Trainer for each experience (or use fit_stream)"
+        )
 
 
 def merge_batch(batch: Batch | Mapping[str, Batch]) -> Batch:
@@ -75,9 +124,13 @@ class ContinualModule(L.LightningModule):
         optimizer_policy: at each new experience, ``"reset"`` builds a fresh optimizer (no
             state); ``"keep"`` carries the state (momentum, Adam moments) of every parameter that
             already existed with the same shape.
+        on_nonfinite: what a ``nan`` or ``inf`` task loss or penalty does: ``"raise"`` (default)
+            stops the run with :class:`NonFiniteLossError` naming the experience, the step and
+            the term, before the optimizer step; ``"warn"`` warns once per experience and goes on.
 
     Raises:
-        ValueError: for an unknown ``optimizer_policy``.
+        ValueError: for an unknown ``optimizer_policy`` or ``on_nonfinite``, or a ``model`` that
+            is not a ``torch.nn.Module``.
 
     Example:
         >>> from lightning_cl.models import MLP
@@ -93,12 +146,17 @@ class ContinualModule(L.LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         optimizer_policy: Literal["reset", "keep"] = "reset",
+        on_nonfinite: Literal["raise", "warn"] = "raise",
     ):
         super().__init__()
         if optimizer_policy not in OPTIMIZER_POLICIES:
             raise ValueError(
                 f"optimizer_policy must be one of {OPTIMIZER_POLICIES}, got {optimizer_policy!r}"
             )
+        if on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self._warned_nonfinite = False
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
@@ -117,6 +175,8 @@ class ContinualModule(L.LightningModule):
         self._eval_sizes: list[int] = []
         self.train_metrics: MetricCollection | None = None
         self.eval_metrics = nn.ModuleList()
+        self._penalty_sums: dict[str, Tensor] = {}
+        self._penalty_steps = 0
 
     # ------------------------------------------------------------------ forward and loss
     def forward(self, x: Tensor, task_labels: Tensor | None = None) -> Tensor:
@@ -129,12 +189,12 @@ class ContinualModule(L.LightningModule):
         """The accuracy matrix so far and the metrics derived from it."""
         return self.accuracy_matrix.results()
 
-    def cl_callbacks(self) -> list[ContinualCallback]:
-        """The CL callbacks of the attached trainer, in list order."""
+    def loss_terms(self) -> list[LossTerm]:
+        """The trainer callbacks that add a term to the loss (every CL method), in list order."""
         trainer = self._trainer
         if trainer is None:
             return []
-        return [c for c in trainer.callbacks if isinstance(c, ContinualCallback)]  # type: ignore[attr-defined]
+        return [c for c in trainer.callbacks if isinstance(c, LossTerm)]  # type: ignore[attr-defined]
 
     @property
     def global_step_all(self) -> int:
@@ -149,13 +209,18 @@ class ContinualModule(L.LightningModule):
         logits = self(x, t)
         loss = self.criterion(logits, y)
         n = len(y)
+        task_loss = loss
         penalties: dict[str, Tensor] = {}
-        for callback in self.cl_callbacks():
+        for callback in self.loss_terms():
             term = callback.penalty(self, (x, y, t), logits)
             if term is not None:
                 loss = loss + term
                 penalties[callback.name] = term.detach().float()
+        self._check_finite(loss, task_loss, penalties)
         assert self.train_metrics is not None
+        for name, term in penalties.items():
+            self._penalty_sums[name] = self._penalty_sums.get(name, 0.0) + term
+        self._penalty_steps += 1
         preds = logits.detach().argmax(dim=-1)
         # Epoch values: plain metric updates, logged once in `on_train_epoch_end`. Each `self.log`
         # call costs Lightning ~0.3 ms, so step values are logged only when something shows them.
@@ -174,6 +239,25 @@ class ContinualModule(L.LightningModule):
             self.log("step", float(self.global_step_all), on_step=True, on_epoch=False, batch_size=n)
         return loss
 
+    def _check_finite(self, loss: Tensor, task_loss: Tensor, penalties: dict[str, Tensor]) -> None:
+        if bool(torch.isfinite(loss.detach())):
+            return
+        terms = {
+            "task loss": task_loss.detach().float(),
+            **{f"penalty of {k}": v for k, v in penalties.items()},
+        }
+        bad = ", ".join(f"{k} = {float(v)}" for k, v in terms.items() if not math.isfinite(float(v)))
+        message = (
+            f"non-finite training loss in experience {self.current_experience}, step "
+            f"{self.global_step} of the experience ({self.global_step_all} over the stream): {bad}. "
+            "Lower the learning rate or the method's strength; ContinualModule(on_nonfinite='warn') goes on"
+        )
+        if self.on_nonfinite == "raise":
+            raise NonFiniteLossError(message)
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(message)
+
     def _step_values_shown(self) -> bool:
         """Whether this step's values reach anyone: a progress bar, or a logger at its cadence."""
         trainer = self.trainer
@@ -182,8 +266,14 @@ class ContinualModule(L.LightningModule):
         every = int(getattr(trainer, "log_every_n_steps", 50))
         return bool(trainer.loggers) and (trainer.global_step + 1) % every == 0
 
+    def on_train_epoch_start(self) -> None:
+        self._penalty_sums, self._penalty_steps = {}, 0
+
     def on_train_epoch_end(self) -> None:
         assert self.train_metrics is not None
+        for name, total in self._penalty_sums.items():
+            # The epoch's mean penalty, the same on every rank up to the data each one saw.
+            self.log(f"train/penalty/{name}_epoch", total / max(1, self._penalty_steps), on_epoch=True)
         self.log("train/acc_epoch", self.train_metrics["acc"], on_step=False, on_epoch=True)
         self.log("train/loss_epoch", self.train_metrics["loss"], on_step=False, on_epoch=True, prog_bar=True)
         # Epoch-level values are flushed after this hook: give them the stream-wide step too.
@@ -201,9 +291,12 @@ class ContinualModule(L.LightningModule):
         if not isinstance(experience, Experience):
             raise MisconfigurationException(
                 "ContinualModule trains one experience per fit: call "
-                "trainer.fit(module, datamodule=experience) with a lightning_cl Experience, "
+                "trainer.fit(module, datamodule=experience) with a lightning_cl Experience "
+                "(for experience in benchmark.train_stream: ...), or fit_stream(module, benchmark), "
                 f"got datamodule={type(experience).__name__}"
             )
+        check_new_trainer(self.trainer)
+        self._warned_nonfinite = False
         strategy = self.trainer.strategy
         if isinstance(strategy, DDPStrategy) and getattr(strategy, "_start_method", "popen") in _SPAWNING:
             raise MisconfigurationException(
@@ -246,6 +339,12 @@ class ContinualModule(L.LightningModule):
         try:
             with torch.no_grad():
                 width = self(x.to(self.device), t.to(self.device)).shape[-1]
+        except RuntimeError as err:
+            raise ValueError(
+                f"the model cannot take the inputs of experience {experience.index}: one sample has "
+                f"shape {tuple(x.shape[1:])} ({x[0].numel()} values) and the model failed on it with "
+                f"{err}. Build the model for these inputs (for MLP: input_size={x[0].numel()})"
+            ) from err
         finally:
             self.model.train(was_training)
         if width < needed:
@@ -262,9 +361,15 @@ class ContinualModule(L.LightningModule):
         elif isinstance(datamodule, Experience):
             columns, n_classes, sizes = [datamodule.index], datamodule.n_classes, [len(datamodule)]
         else:
+            hint = (
+                " (a Benchmark holds streams: pass benchmark.test_stream)"
+                if isinstance(datamodule, Benchmark)
+                else ""
+            )
             raise MisconfigurationException(
                 "ContinualModule evaluates a lightning_cl Stream or Experience: call "
-                f"trainer.test(module, datamodule=benchmark.test_stream), got {type(datamodule).__name__}"
+                "trainer.test(module, datamodule=benchmark.test_stream), "
+                f"got {type(datamodule).__name__}{hint}"
             )
         self._make_eval_metrics(columns, n_classes, sizes)
 

@@ -49,8 +49,7 @@ class _ConstraintProbe(L.Callback):
         self.dots: list[float] = []
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        memory = self.agem.buffer.dataset()
-        if memory is None:
+        if self.agem.memory is None:
             return
         params = [p for p in pl_module.parameters() if p.requires_grad]
         reference = self.agem.reference_gradient(trainer, pl_module, params)  # the same draw

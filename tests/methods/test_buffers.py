@@ -27,8 +27,9 @@ def test_experience_balanced_splits_memory_equally() -> None:
         buffer.update(_experience(base, classes), i, _gen(i))
     assert len(buffer) == 10
     assert buffer.quotas() == {0: 4, 1: 3, 2: 3}
-    memory = buffer.dataset()
+    memory = buffer.dataset(_experience(base, [0]))
     assert memory is not None
+    assert torch.equal(memory.indices, buffer.indices) and torch.equal(memory.targets, buffer.targets)
     # Every sample comes from its experience, without duplicates.
     assert len(set(memory.indices.tolist())) == 10
     per_exp = [int(torch.isin(memory.targets, torch.tensor(c)).sum()) for c in ([0, 1], [2, 3], [4, 5])]
@@ -39,9 +40,9 @@ def test_class_balanced_splits_memory_by_class() -> None:
     base = _base()
     buffer = ReplayBuffer(12, "class_balanced")
     buffer.update(_experience(base, [0, 1, 2]), 0, _gen(0))
-    assert torch.bincount(buffer.dataset().targets, minlength=6).tolist() == [4, 4, 4, 0, 0, 0]
+    assert torch.bincount(buffer.targets, minlength=6).tolist() == [4, 4, 4, 0, 0, 0]
     buffer.update(_experience(base, [3, 4, 5]), 1, _gen(1))
-    assert torch.bincount(buffer.dataset().targets, minlength=6).tolist() == [2] * 6
+    assert torch.bincount(buffer.targets, minlength=6).tolist() == [2] * 6
 
 
 def test_reservoir_keeps_a_uniform_subset_of_everything_seen() -> None:
@@ -52,7 +53,7 @@ def test_reservoir_keeps_a_uniform_subset_of_everything_seen() -> None:
         buffer.update(_experience(base, [0]), 0, _gen(2 * seed))
         buffer.update(_experience(base, [1]), 1, _gen(2 * seed + 1))
         assert len(buffer) == 50
-        counts += torch.bincount(buffer.dataset().targets, minlength=2)
+        counts += torch.bincount(buffer.targets, minlength=2)
     # Both experiences have 300 samples: on average, half the memory each.
     assert abs(float(counts[0] / counts.sum()) - 0.5) < 0.06
 
@@ -61,9 +62,9 @@ def test_shrinking_keeps_a_subset_of_what_was_kept() -> None:
     base = _base()
     buffer = ReplayBuffer(8)
     buffer.update(_experience(base, [0, 1]), 0, _gen(0))
-    first = set(buffer.dataset().indices.tolist())
+    first = set(buffer.indices.tolist())
     buffer.update(_experience(base, [2, 3]), 1, _gen(1))
-    kept = set(buffer.dataset().indices.tolist()) & set(_experience(base, [0, 1]).indices.tolist())
+    kept = set(buffer.indices.tolist()) & set(_experience(base, [0, 1]).indices.tolist())
     assert len(first) == 8 and len(kept) == 4 and kept <= first
 
 
@@ -72,7 +73,7 @@ def test_same_seed_same_content() -> None:
     a, b = ReplayBuffer(7), ReplayBuffer(7)
     for buffer in (a, b):
         buffer.update(_experience(base, [0, 1, 2]), 0, _gen(3))
-    assert torch.equal(a.dataset().indices, b.dataset().indices)
+    assert torch.equal(a.indices, b.indices)
 
 
 def test_state_dict_round_trip_holds_indices_only() -> None:
@@ -83,23 +84,28 @@ def test_state_dict_round_trip_holds_indices_only() -> None:
     assert all(g["indices"].dtype == torch.long for g in state["groups"].values())
     restored = ReplayBuffer(6)
     restored.load_state_dict(state)
-    restored.bind(_experience(base, [2, 3]))
-    assert torch.equal(restored.dataset().indices, buffer.dataset().indices)
+    view = restored.dataset(_experience(base, [2, 3]))
+    assert view is not None and torch.equal(view.indices, buffer.indices)
+    # The view reads the held samples from the dataset it is given.
+    assert torch.equal(view.__getitems__(torch.arange(len(view)))[0].flatten(), buffer.indices.float())
 
 
-def test_binding_to_a_different_dataset_is_refused() -> None:
+def test_a_different_dataset_is_refused() -> None:
     base = _base()
     buffer = ReplayBuffer(6)
     buffer.update(_experience(base, [0, 1]), 0, _gen(0))
     other = TensorClassificationDataset(torch.zeros(60, 1), (torch.arange(60) + 1) % 6)
     restored = ReplayBuffer(6)
     restored.load_state_dict(buffer.state_dict())
-    with pytest.raises(ValueError, match="different labels"):
-        restored.bind(_experience(other, [2, 3]))
+    with pytest.raises(ValueError, match="other labels"):
+        restored.dataset(_experience(other, [2, 3]))
+    with pytest.raises(ValueError, match="other labels"):
+        restored.update(_experience(other, [2, 3]), 1, _gen(1))
     small = _base(4, 2)
-    with pytest.raises(ValueError, match="another benchmark"):
-        restored.bind(_experience(small, [0]))
-    assert restored.base is None  # nothing was bound
+    with pytest.raises(ValueError, match="dataset of 60 samples"):
+        restored.dataset(_experience(small, [0]))
+    # Nothing changed: the state is the one loaded.
+    assert torch.equal(restored.indices, buffer.indices) and len(restored.groups) == 1
 
 
 def test_load_state_with_other_settings_is_refused() -> None:

@@ -34,7 +34,7 @@ def test_logits_are_recorded_when_samples_enter_and_kept_after() -> None:
     L.Trainer(**quiet_trainer_kwargs(max_epochs=2), callbacks=[der]).fit(
         module, datamodule=bench.train_stream[0]
     )
-    memory = der.buffer.dataset()
+    memory = der.buffer.dataset(bench.train_stream[0].dataset)
     assert memory is not None and torch.equal(der.logit_index, memory.indices.sort().values)
     x, _, t = memory.__getitems__(torch.arange(len(memory)))
     module.eval()
@@ -47,7 +47,7 @@ def test_logits_are_recorded_when_samples_enter_and_kept_after() -> None:
     L.Trainer(**quiet_trainer_kwargs(max_epochs=2), callbacks=[der]).fit(
         module, datamodule=bench.train_stream[1]
     )
-    memory = der.buffer.dataset()
+    memory = der.buffer.dataset(bench.train_stream[1].dataset)
     assert memory is not None and len(der.logit_index) == len(memory) == 60  # the ones that left are gone
     kept = [i for i in der.logit_index.tolist() if i in before]
     assert kept  # and those that stayed keep the logits of the model that stored them

@@ -67,7 +67,7 @@ class _ConstraintProbe(L.Callback):
         self.dots: list[float] = []
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        if self.gem.buffer.dataset() is None:
+        if self.gem.memory is None:
             return
         params = [p for p in pl_module.parameters() if p.requires_grad]
         rows = self.gem.memory_gradient_rows(trainer, pl_module, params)

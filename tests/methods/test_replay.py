@@ -31,7 +31,7 @@ class _BatchProbe(L.Callback):
 
 
 def test_replay_batches_mix_current_and_memory_samples() -> None:
-    bench = SplitDigits(n_experiences=5, seed=1, batch_size=32)
+    bench = SplitDigits(n_experiences=5, seed=1)
     module, replay = digits_module(), Replay(mem_size=100, mem_batch_size=16)
     probes = []
     for experience in bench.train_stream[:3]:
@@ -55,7 +55,7 @@ def test_replay_batches_mix_current_and_memory_samples() -> None:
 
 
 def test_memory_is_drawn_evenly_across_passes() -> None:
-    bench = SplitDigits(n_experiences=5, batch_size=32)
+    bench = SplitDigits(n_experiences=5)
     module, replay = digits_module(), Replay(mem_size=40, mem_batch_size=8)
     L.Trainer(**quiet_trainer_kwargs(), callbacks=[replay]).fit(module, datamodule=bench.train_stream[0])
     probe = _BatchProbe()
@@ -99,7 +99,7 @@ def test_seed_fixes_the_memory() -> None:
         L.Trainer(**quiet_trainer_kwargs(), callbacks=[replay]).fit(
             digits_module(), datamodule=bench.train_stream[0]
         )
-        contents.append(replay.buffer.dataset().indices)
+        contents.append(replay.buffer.indices)
     assert torch.equal(contents[0], contents[1])
 
 
@@ -115,7 +115,7 @@ def test_state_dict_round_trip() -> None:
         digits_module(), datamodule=bench.train_stream[1]
     )
     first_exp = set(bench.train_stream[0].dataset.indices.tolist())
-    assert len(set(restored.buffer.dataset().indices.tolist()) & first_exp) == 15
+    assert len(set(restored.buffer.indices.tolist()) & first_exp) == 15
 
 
 def naive_and_replay_results(epochs: int = 5) -> tuple[Any, Any]:

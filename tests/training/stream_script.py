@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_cl.data import SplitDigits
+from lightning_cl.data import LoaderSettings, SplitDigits
 from lightning_cl.methods import AGEM, DER, EWC, GEM, MAS, SI, LwF, Replay, output_sensitivity
 from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
@@ -57,24 +57,20 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
     out = {"weights": float(sum(p.detach().double().sum() for p in module.parameters()))}
     for cb in callbacks:
         if isinstance(cb, Replay):
-            memory = cb.buffer.dataset()
-            out["buffer"] = (
-                float(memory.indices.double().mul(torch.arange(len(memory)) + 1).sum()) if memory else 0.0
-            )
+            held = cb.buffer.indices
+            out["buffer"] = float(held.double().mul(torch.arange(len(held)) + 1).sum())
         if isinstance(cb, EWC):
             out["fisher"] = float(
                 sum(f.double().sum() for a in cb.anchors.values() for f in a["fisher"].values())
             )
         if isinstance(cb, DER):
-            memory = cb.buffer.dataset()
-            out["der_memory"] = float(memory.indices.double().sum()) if memory else 0.0
+            out["der_memory"] = float(cb.buffer.indices.double().sum())
             out["der_logits"] = float(cb.logits.double().sum())
         if isinstance(cb, LwF) and cb.teacher_state is not None:
             out["teacher"] = float(sum(v.double().sum() for v in cb.teacher_state.values()))
         if isinstance(cb, AGEM | GEM):
             name = type(cb).__name__.lower()
-            memory = cb.buffer.dataset()
-            out[f"{name}_memory"] = float(memory.indices.double().sum()) if memory else 0.0
+            out[f"{name}_memory"] = float(cb.buffer.indices.double().sum())
             out[f"{name}_projections"] = float(cb.projections)
         if isinstance(cb, SI | MAS):
             out["importance"] = float(sum(v.double().sum() for v in cb.importance.values()))
@@ -126,7 +122,7 @@ def main() -> None:
     rank = 0
     for method in args.methods.split(","):
         L.seed_everything(1)
-        bench = SplitDigits(n_experiences=5, seed=1, batch_size=args.batch_size)
+        bench = SplitDigits(n_experiences=5, seed=1, loader=LoaderSettings(batch_size=args.batch_size))
         module = ContinualModule(
             MLP(num_classes=10, input_size=64, hidden_size=256, drop_rate=0.0),
             optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
