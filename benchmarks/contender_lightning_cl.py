@@ -49,7 +49,7 @@ from torch.optim import SGD  # noqa: E402
 
 import lightning_cl  # noqa: E402
 from lightning_cl import EWC, MLP, Benchmark, ContinualModule, Replay, SplitMNIST, fit_stream  # noqa: E402
-from lightning_cl.data import TensorClassificationDataset  # noqa: E402
+from lightning_cl.data import LoaderSettings, TensorClassificationDataset  # noqa: E402
 from lightning_cl.data.scenarios import class_incremental  # noqa: E402
 
 TRAINER_KWARGS: dict[str, Any] = dict(
@@ -85,7 +85,12 @@ def batch_transform() -> Any:
 def benchmark(data_root: str | None, fraction: float, class_order: list[int]) -> tuple[Benchmark, str]:
     """``SplitMNIST`` on the full real data; otherwise the same split built by ``class_incremental``."""
     if fraction >= 1.0 and has_mnist(data_root):
-        bench = SplitMNIST(root=str(data_root), n_experiences=N_EXPERIENCES, seed=SEED, batch_size=BATCH_SIZE)
+        bench = SplitMNIST(
+            root=str(data_root),
+            n_experiences=N_EXPERIENCES,
+            seed=SEED,
+            loader=LoaderSettings(batch_size=BATCH_SIZE),
+        )
         if bench.class_order != class_order:
             raise ValueError(f"SplitMNIST's class order {bench.class_order} differs from {class_order}")
         return bench, "real"
@@ -93,7 +98,12 @@ def benchmark(data_root: str | None, fraction: float, class_order: list[int]) ->
     train = TensorClassificationDataset(data.train_x, data.train_y, transform=batch_transform())
     test = TensorClassificationDataset(data.test_x, data.test_y, transform=batch_transform())
     bench = class_incremental(
-        train, test, N_EXPERIENCES, class_order=class_order, batch_size=BATCH_SIZE, name="SplitMNIST"
+        train,
+        test,
+        N_EXPERIENCES,
+        class_order=class_order,
+        loader=LoaderSettings(batch_size=BATCH_SIZE),
+        name="SplitMNIST",
     )
     return bench, data.source
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_cl.data import Benchmark, PermutedMNIST, SplitMNIST
+from lightning_cl.data import Benchmark, LoaderSettings, PermutedMNIST, SplitMNIST
 from lightning_cl.data.domain_dataset import DomainDataset
 from lightning_cl.data.mnist import MNIST_MEAN, MNIST_STD
 from lightning_cl.data.transforms import PixelPermutation
@@ -102,9 +102,11 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     benches = {
-        "SplitMNIST (5 experiences)": SplitMNIST(args.root, n_experiences=5, batch_size=BATCH),
+        "SplitMNIST (5 experiences)": SplitMNIST(
+            args.root, n_experiences=5, loader=LoaderSettings(batch_size=BATCH)
+        ),
         "PermutedMNIST (10 experiences)": PermutedMNIST(
-            args.root, n_experiences=10, seed=0, batch_size=BATCH
+            args.root, n_experiences=10, seed=0, loader=LoaderSettings(batch_size=BATCH)
         ),
     }
     rows = []

@@ -27,7 +27,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_cl.data import PermutedMNIST
+from lightning_cl.data import LoaderSettings, PermutedMNIST
 from lightning_cl.methods import AGEM, EWC, GEM, MAS, SI, LwF, Replay
 from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
@@ -60,7 +60,7 @@ class FitClock(L.Callback):
 
 def run(root: str, make: Callable[[], list[L.Callback]]) -> tuple[float, Any]:
     L.seed_everything(1, verbose=False)
-    bench = PermutedMNIST(root, n_experiences=5, seed=1, batch_size=128)
+    bench = PermutedMNIST(root, n_experiences=5, seed=1, loader=LoaderSettings(batch_size=128))
     module = ContinualModule(
         MLP(num_classes=10, input_size=784, hidden_size=512, drop_rate=0.0),
         optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9),

@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.optim import SGD
 
 from lightning_cl import MLP, Benchmark, ContinualModule, Experience, Replay, Stream
+from lightning_cl.data import LoaderSettings
 from lightning_cl.data.dataset_view import DatasetView
 
 
@@ -97,7 +98,7 @@ def permuted_benchmark(
                 classes_in_this_experience=list(range(10)),
                 n_classes=10,
                 stream_name=name,
-                batch_size=BATCH_SIZE,
+                loader_settings=LoaderSettings(batch_size=BATCH_SIZE),
             )
             for k in range(n_experiences)
         ]

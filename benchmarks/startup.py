@@ -53,9 +53,15 @@ def run_lightning_cl(data_root: str | None, fraction: float, marks: dict[str, fl
     from common import BATCH_SIZE, N_EXPERIENCES, SEED, class_order_for_seed, has_mnist, load_mnist
 
     from lightning_cl import MLP, ContinualModule, SplitMNIST
+    from lightning_cl.data import LoaderSettings
 
     if fraction >= 1.0 and has_mnist(data_root):
-        bench = SplitMNIST(root=str(data_root), n_experiences=N_EXPERIENCES, seed=SEED, batch_size=BATCH_SIZE)
+        bench = SplitMNIST(
+            root=str(data_root),
+            n_experiences=N_EXPERIENCES,
+            seed=SEED,
+            loader=LoaderSettings(batch_size=BATCH_SIZE),
+        )
     else:
         from contender_lightning_cl import batch_transform
 
@@ -66,7 +72,11 @@ def run_lightning_cl(data_root: str | None, fraction: float, marks: dict[str, fl
         train = TensorClassificationDataset(data.train_x, data.train_y, transform=batch_transform())
         test = TensorClassificationDataset(data.test_x, data.test_y, transform=batch_transform())
         bench = class_incremental(
-            train, test, N_EXPERIENCES, class_order=class_order_for_seed(SEED), batch_size=BATCH_SIZE
+            train,
+            test,
+            N_EXPERIENCES,
+            class_order=class_order_for_seed(SEED),
+            loader=LoaderSettings(batch_size=BATCH_SIZE),
         )
     marks["data_s"] = time.perf_counter() - _START
     module = ContinualModule(MLP())

@@ -1,7 +1,8 @@
 """Data: experiences, streams, benchmarks and the scenario generators that build them."""
 
 from lightning_cl.data.batch import Batch
-from lightning_cl.data.benchmark import SCENARIOS, Benchmark
+from lightning_cl.data.batch_loader import BatchLoader
+from lightning_cl.data.benchmark import SCENARIOS, Benchmark, build_benchmark
 from lightning_cl.data.cifar import SplitCIFAR10, SplitCIFAR100, SplitCIFAR110, cifar_tensors
 from lightning_cl.data.concat_dataset import ConcatClassificationDataset
 from lightning_cl.data.core50 import CORe50
@@ -20,10 +21,11 @@ from lightning_cl.data.from_datasets import (
     tensors_benchmark,
 )
 from lightning_cl.data.image_files import ImageFilesDataset, read_filelist
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.mnist import PermutedMNIST, RotatedMNIST, SplitMNIST
 from lightning_cl.data.new_instances import new_instances, split_instances
 from lightning_cl.data.omniglot import SplitOmniglot
-from lightning_cl.data.online import split_online
+from lightning_cl.data.online import OnlineOrigin, split_online
 from lightning_cl.data.relabeled import RelabeledDataset
 from lightning_cl.data.scenarios import (
     class_incremental,
@@ -41,6 +43,7 @@ from lightning_cl.data.validation import benchmark_with_validation_stream, split
 __all__ = [
     "SCENARIOS",
     "Batch",
+    "BatchLoader",
     "Benchmark",
     "CORe50",
     "ConcatClassificationDataset",
@@ -48,6 +51,8 @@ __all__ = [
     "DomainDataset",
     "Experience",
     "ImageFilesDataset",
+    "LoaderSettings",
+    "OnlineOrigin",
     "PermutedMNIST",
     "RelabeledDataset",
     "RotatedMNIST",
@@ -65,6 +70,7 @@ __all__ = [
     "TensorClassificationDataset",
     "TrainDataSource",
     "benchmark_with_validation_stream",
+    "build_benchmark",
     "cifar_tensors",
     "class_incremental",
     "cumulative",

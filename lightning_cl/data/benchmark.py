@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from lightning_cl.data.stream import Stream
 
-__all__ = ["SCENARIOS", "Benchmark"]
+__all__ = ["SCENARIOS", "Benchmark", "build_benchmark"]
 
 SCENARIOS = (
     "class_incremental",
@@ -75,19 +77,6 @@ class Benchmark:
         """Number of training experiences."""
         return len(self.train_stream)
 
-    def _adopt(self, other: Benchmark) -> None:
-        """Take the streams and attributes of ``other`` (for subclasses built by a generator)."""
-        Benchmark.__init__(
-            self,
-            other.train_stream,
-            other.test_stream,
-            n_classes=other.n_classes,
-            class_order=other.class_order,
-            scenario=other.scenario,
-            valid_stream=other.valid_stream,
-            name=other.name,
-        )
-
     def __repr__(self) -> str:
         rows = [
             f"{self.name}: {self.scenario}, {self.n_experiences} experiences, {self.n_classes} classes",
@@ -103,3 +92,27 @@ class Benchmark:
         if not aligned:
             rows.append(f"  test: one experience of {len(self.test_stream[0])} samples")
         return "\n".join(rows)
+
+
+def build_benchmark(
+    out: Benchmark | None, train_stream: Stream, test_stream: Stream, **fields: Any
+) -> Benchmark:
+    """A new :class:`Benchmark` of these streams, or ``out`` initialised with them.
+
+    The scenario generators end here: a classic benchmark (``SplitMNIST``, a ``Benchmark``
+    subclass) passes itself as ``out``, so the generator fills it in place instead of building
+    a second benchmark to copy from.
+
+    Args:
+        out: the benchmark to initialise, or ``None`` for a new one.
+        train_stream: the training stream.
+        test_stream: the test stream.
+        fields: the other arguments of :class:`Benchmark`.
+
+    Returns:
+        ``out``, or the new benchmark.
+    """
+    if out is None:
+        return Benchmark(train_stream, test_stream, **fields)
+    Benchmark.__init__(out, train_stream, test_stream, **fields)
+    return out

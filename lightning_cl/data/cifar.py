@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.concat_dataset import ConcatClassificationDataset
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.relabeled import RelabeledDataset
 from lightning_cl.data.scenarios import class_incremental
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
@@ -128,9 +129,7 @@ class _SplitCIFAR(Benchmark):
         first_exp_with_half_classes: bool = False,
         augment: bool = True,
         download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=128),
         per_exp_classes: Sequence[int] | Mapping[int, int] | None = None,
         class_ids_from_zero_in_each_exp: bool = False,
     ):
@@ -141,22 +140,19 @@ class _SplitCIFAR(Benchmark):
             if per_exp_classes is not None:
                 raise ValueError("pass first_exp_with_half_classes or per_exp_classes, not both")
             per_exp_classes = {0: self.n_source_classes // 2}
-        self._adopt(
-            class_incremental(
-                train,
-                test,
-                n_experiences,
-                class_order=class_order,
-                seed=seed,
-                task_labels=task_labels,
-                per_exp_classes=per_exp_classes,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-                train_transform=cifar_augmentation(self.mean, self.std) if augment else None,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                name=type(self).__name__,
-            )
+        class_incremental(
+            train,
+            test,
+            n_experiences,
+            class_order=class_order,
+            seed=seed,
+            task_labels=task_labels,
+            per_exp_classes=per_exp_classes,
+            class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+            train_transform=cifar_augmentation(self.mean, self.std) if augment else None,
+            loader=loader,
+            name=type(self).__name__,
+            out=self,
         )
 
 
@@ -177,9 +173,7 @@ class SplitCIFAR10(_SplitCIFAR):
         first_exp_with_half_classes: the first experience holds 5 classes, the others share the rest.
         augment: augment the training batches (Avalanche's default); ``False`` only normalises.
         download: download the archive if absent.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size.
-        num_workers: data loader workers.
+        loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128).
         per_exp_classes: classes per experience.
         class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
 
@@ -198,25 +192,8 @@ class SplitCIFAR100(_SplitCIFAR):
 
     Avalanche's defaults: normalisation with mean (0.5071, 0.4865, 0.4409) and std (0.2673,
     0.2564, 0.2762); ``RandomCrop(32, padding=4)`` and a horizontal flip on training batches.
-
-    Args:
-        root: folder holding ``cifar-100-python``.
-        n_experiences: number of experiences (default 10).
-        seed: class-order shuffle seed (``None``: classes in order).
-        class_order: a fixed class order.
-        task_labels: task-incremental instead of class-incremental.
-        first_exp_with_half_classes: the first experience holds 50 classes.
-        augment: augment the training batches (Avalanche's default).
-        download: download the archive if absent.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size.
-        num_workers: data loader workers.
-        per_exp_classes: classes per experience.
-        class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
-
-    Raises:
-        ValueError: for an impossible split.
-        RuntimeError: if the files are absent and ``download`` is false.
+    Arguments and errors are :class:`SplitCIFAR10`'s, with ``root`` holding ``cifar-100-python``,
+    10 experiences by default, and 50 classes in the first with ``first_exp_with_half_classes``.
 
     Example:
         >>> SplitCIFAR100("data").n_experiences  # doctest: +SKIP
@@ -247,9 +224,7 @@ class SplitCIFAR110(Benchmark):
         class_order: order of the CIFAR-100 classes (ids 0..99).
         augment: augment the training batches.
         download: download the archives if absent.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size.
-        num_workers: data loader workers.
+        loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128).
 
     Raises:
         ValueError: for ``n_experiences - 1`` not dividing 100, or a bad class order.
@@ -268,9 +243,7 @@ class SplitCIFAR110(Benchmark):
         class_order: Sequence[int] | None = None,
         augment: bool = True,
         download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=128),
     ):
         if not isinstance(n_experiences, int) or n_experiences < 2:
             raise ValueError(
@@ -292,17 +265,14 @@ class SplitCIFAR110(Benchmark):
             ).tolist()
         else:
             order_100 = list(range(10, 110))
-        self._adopt(
-            class_incremental(
-                splits[0],
-                splits[1],
-                n_experiences,
-                class_order=list(range(10)) + order_100,
-                per_exp_classes={0: 10},
-                train_transform=cifar_augmentation(CIFAR100_MEAN, CIFAR100_STD) if augment else None,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                name="SplitCIFAR110",
-            )
+        class_incremental(
+            splits[0],
+            splits[1],
+            n_experiences,
+            class_order=list(range(10)) + order_100,
+            per_exp_classes={0: 10},
+            train_transform=cifar_augmentation(CIFAR100_MEAN, CIFAR100_STD) if augment else None,
+            loader=loader,
+            name="SplitCIFAR110",
+            out=self,
         )

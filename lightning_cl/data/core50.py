@@ -7,6 +7,7 @@ from pathlib import Path
 from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.from_datasets import paths_benchmark
 from lightning_cl.data.image_files import read_filelist
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.transforms import BatchRandomHorizontalFlip, normalize
 
 __all__ = ["CORE50_SCENARIOS", "IMAGENET_MEAN", "IMAGENET_STD", "CORe50"]
@@ -43,9 +44,8 @@ class CORe50(Benchmark):
         object_lvl: 50 object classes (else the 10 categories).
         mini: the 32x32 images instead of 128x128.
         augment: flip the training batches.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size.
-        num_workers: loader workers decoding images.
+        loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128,
+            4 workers decoding images).
 
     Raises:
         ValueError: for an unknown scenario or a run outside 0-9.
@@ -65,9 +65,7 @@ class CORe50(Benchmark):
         object_lvl: bool = True,
         mini: bool = False,
         augment: bool = True,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
+        loader: LoaderSettings = LoaderSettings(batch_size=128, num_workers=4),
     ):
         if scenario not in CORE50_SCENARIOS:
             raise ValueError(f"scenario must be one of {sorted(CORE50_SCENARIOS)}, got {scenario!r}")
@@ -81,23 +79,21 @@ class CORe50(Benchmark):
             raise RuntimeError(
                 f"CORe50 file lists missing: {missing[:3]}{' ...' if len(missing) > 3 else ''}"
             )
-        bench = paths_benchmark(
+        paths_benchmark(
             [read_filelist(f) for f in files],
             [read_filelist(folder / "test_filelist.txt")],
             root=Path(root) / ("core50_32x32" if mini else "core50_128x128"),
             transform=normalize(IMAGENET_MEAN, IMAGENET_STD),
             scenario=kind,
             train_transform=BatchRandomHorizontalFlip() if augment else None,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
+            loader=loader,
             name=f"CORe50-{scenario.upper()}",
+            out=self,
         )
         n_classes = 50 if object_lvl else 10
-        for stream in (bench.train_stream, bench.test_stream):
+        for stream in (self.train_stream, self.test_stream):
             for exp in stream:
                 exp.n_classes = n_classes
-        bench.n_classes = n_classes
+        self.n_classes = n_classes
         if kind != "class_incremental":
-            bench.class_order = sorted(bench.class_order)
-        self._adopt(bench)
+            self.class_order = sorted(self.class_order)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.image_files import ImageFilesDataset
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import class_incremental
 from lightning_cl.data.transforms import BatchRandomHorizontalFlip, normalize
 
@@ -89,9 +90,8 @@ class SplitCUB200(Benchmark):
         task_labels: task-incremental instead of class-incremental.
         size: ``(height, width)`` of the images.
         augment: flip the training batches.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size.
-        num_workers: loader workers decoding images.
+        loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 32,
+            4 workers decoding images).
 
     Raises:
         ValueError: for an impossible split.
@@ -112,24 +112,19 @@ class SplitCUB200(Benchmark):
         task_labels: bool = False,
         size: tuple[int, int] = (224, 224),
         augment: bool = True,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
+        loader: LoaderSettings = LoaderSettings(batch_size=32, num_workers=4),
     ):
         train, test = cub200_datasets(root, size)
-        self._adopt(
-            class_incremental(
-                train,
-                test,
-                n_experiences,
-                class_order=class_order,
-                seed=seed,
-                task_labels=task_labels,
-                per_exp_classes={0: classes_first_batch} if classes_first_batch is not None else None,
-                train_transform=BatchRandomHorizontalFlip() if augment else None,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                name="SplitCUB200",
-            )
+        class_incremental(
+            train,
+            test,
+            n_experiences,
+            class_order=class_order,
+            seed=seed,
+            task_labels=task_labels,
+            per_exp_classes={0: classes_first_batch} if classes_first_batch is not None else None,
+            train_transform=BatchRandomHorizontalFlip() if augment else None,
+            loader=loader,
+            name="SplitCUB200",
+            out=self,
         )

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import class_incremental
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
 
@@ -60,9 +61,7 @@ class SplitDigits(Benchmark):
         seed: class-order shuffle seed (``None``: classes 0..9 in order).
         class_order: a fixed class order instead of a shuffle.
         task_labels: task-incremental (experience ``i`` has task label ``i``) instead of class-incremental.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size (default: ``batch_size``).
-        num_workers: data loader workers.
+        loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 32).
 
     Example:
         >>> bench = SplitDigits(n_experiences=5, seed=1)
@@ -76,31 +75,20 @@ class SplitDigits(Benchmark):
         seed: int | None = None,
         class_order: Sequence[int] | None = None,
         task_labels: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(),
     ):
         images, labels = load_digits()
         train_idx, test_idx = _stratified_split(labels)
         train = TensorClassificationDataset(images[train_idx], labels[train_idx])
         test = TensorClassificationDataset(images[test_idx], labels[test_idx])
-        bench = class_incremental(
+        class_incremental(
             train,
             test,
             n_experiences,
             class_order=class_order,
             seed=seed,
             task_labels=task_labels,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
+            loader=loader,
             name="SplitDigits",
-        )
-        super().__init__(
-            bench.train_stream,
-            bench.test_stream,
-            n_classes=bench.n_classes,
-            class_order=bench.class_order,
-            scenario=bench.scenario,
-            name=bench.name,
+            out=self,
         )

@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.benchmark import Benchmark, build_benchmark
 from lightning_cl.data.domain_dataset import DomainDataset
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import stream_from_indices
 from lightning_cl.data.transforms import BatchTransform, PixelPermutation, Rotation
 
@@ -23,11 +24,9 @@ def domain_incremental(
     transform: BatchTransform | None = None,
     task_labels: bool = False,
     train_transform: BatchTransform | None = None,
-    batch_size: int = 32,
-    eval_batch_size: int | None = None,
-    num_workers: int = 0,
-    pin_memory: bool = False,
+    loader: LoaderSettings = LoaderSettings(),
     name: str = "benchmark",
+    out: Benchmark | None = None,
 ) -> Benchmark:
     """One experience per domain transform: experience ``i`` is all the data through ``domains[i]``.
 
@@ -42,11 +41,9 @@ def domain_incremental(
         transform: batched transform applied after the domain transform (normalisation).
         task_labels: give experience ``i`` task label ``i``.
         train_transform: batched augmentation of the training batches.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size (default: ``batch_size``).
-        num_workers: data loader workers.
-        pin_memory: pin batches in page-locked memory.
+        loader: the loader settings of every experience (:class:`LoaderSettings`).
         name: the benchmark's name.
+        out: a benchmark to initialise instead of a new one (see :func:`build_benchmark`).
 
     Returns:
         The :class:`Benchmark`, scenario ``"domain_incremental"``.
@@ -70,10 +67,7 @@ def domain_incremental(
     kwargs: dict[str, Any] = dict(
         n_classes=n_classes,
         task_labels=list(range(len(domains))) if task_labels else None,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
+        loader_settings=loader,
     )
     n = len(domains)
     train_stream = stream_from_indices(
@@ -87,7 +81,8 @@ def domain_incremental(
     test_stream = stream_from_indices(
         "test", test, [test.domain_indices(d) for d in range(n)], targets=test.targets, **kwargs
     )
-    return Benchmark(
+    return build_benchmark(
+        out,
         train_stream,
         test_stream,
         n_classes=n_classes,

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from lightning_cl.data.batch_loader import BatchLoader
-from lightning_cl.data.dataset_view import DatasetView, passthrough_collate
+from lightning_cl.data.dataset_view import DatasetView
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.train_data_source import TrainDataSource
 from lightning_cl.data.transforms import BatchTransform
 
-__all__ = ["AUGMENT_ON", "BatchAugmentation", "Experience", "TensorBatchSampler", "make_loader"]
+if TYPE_CHECKING:
+    from lightning_cl.data.online import OnlineOrigin
 
-AUGMENT_ON = ("auto", "loader", "device")
+__all__ = ["BatchAugmentation", "Experience", "make_loader"]
 
 # An experience without validation data returns no validation loaders; Lightning then skips
 # validation but warns about the empty list on every fit.
@@ -28,9 +30,9 @@ class BatchAugmentation:
     """Collate function that applies a batched transform to the inputs of an assembled batch.
 
     Used by the training loaders of experiences with a ``train_transform`` that augment in the
-    loader (on CPU; see ``augment_on`` of :class:`Experience`): the view has already gathered
-    (and normalised) the batch, so the augmentation is one call on ``(B, C, H, W)``. It runs
-    where the loader runs: in the worker processes when there are any.
+    loader (on CPU; see :attr:`LoaderSettings.augment_on`): the view has already gathered (and
+    normalised) the batch, so the augmentation is one call on ``(B, C, H, W)``. It runs where the
+    loader reads: in the worker processes when there are any.
 
     Args:
         transform: the batched augmentation.
@@ -49,42 +51,6 @@ class BatchAugmentation:
         return (self.transform(x), *rest)
 
 
-class TensorBatchSampler(BatchSampler):
-    """A ``BatchSampler`` that yields each batch of positions as one ``long`` tensor.
-
-    Datasets read through ``__getitems__`` (a :class:`DatasetView`) then index with the tensor
-    directly, with no list of Python ints built and converted per batch. For the default
-    samplers (sequential, or random without replacement) the whole epoch's order is one
-    ``arange`` / ``randperm``; any other sampler (a ``DistributedSampler`` that Lightning puts
-    in, a replay memory's ``RandomSampler(num_samples=...)``) is drawn once per epoch and cut
-    into batches. Its signature is ``BatchSampler``'s, so Lightning can rebuild it around
-    another sampler.
-
-    Args:
-        sampler: yields positions in the dataset.
-        batch_size: positions per batch.
-        drop_last: drop the last incomplete batch.
-
-    Example:
-        >>> from torch.utils.data import SequentialSampler
-        >>> [b.tolist() for b in TensorBatchSampler(SequentialSampler(range(5)), 2, False)]
-        [[0, 1], [2, 3], [4]]
-    """
-
-    def __iter__(self) -> Iterator[list[int]]:
-        sampler = self.sampler
-        if type(sampler) is SequentialSampler:
-            order = torch.arange(len(sampler))
-        elif type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
-            order = torch.randperm(len(sampler.data_source), generator=sampler.generator)
-        else:
-            order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
-        batches = order.split(self.batch_size)
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches = batches[:-1]
-        return iter(batches)  # type: ignore[arg-type]
-
-
 def make_loader(
     dataset: DatasetView,
     batch_size: int,
@@ -93,34 +59,30 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
-    sampler: torch.utils.data.Sampler | None = None,
     transform: BatchTransform | None = None,
     num_samples: int | None = None,
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
-) -> Iterable[Any]:
+) -> BatchLoader:
     """A loader over a :class:`DatasetView` that reads whole batches at once.
 
-    In the main process (``num_workers=0``, no pinning, no custom ``sampler``) it is a
-    :class:`~lightning_cl.data.batch_loader.BatchLoader`, which shards itself by ``rank`` and
-    ``world_size``. Otherwise it is a standard ``DataLoader`` whose batches the view assembles
-    from whatever indices the sampler yields; Lightning shards it under DDP (``rank`` and
-    ``world_size`` are then ignored).
+    A :class:`~lightning_cl.data.BatchLoader`: sharded by ``rank`` and ``world_size`` the way
+    ``DistributedSampler`` shards, stateful, and the same batches whether it reads in the main
+    process or, with ``num_workers`` or ``pin_memory``, through a ``DataLoader``.
 
     Args:
         dataset: the view to read.
         batch_size: samples per batch.
-        shuffle: reshuffle every epoch (ignored when ``sampler`` is given).
+        shuffle: reshuffle every epoch.
         num_workers: worker processes (0: read in the main process, fastest for in-memory data).
         pin_memory: pin batches in page-locked memory.
         drop_last: drop the last incomplete batch.
-        sampler: a sampler of positions in ``dataset`` (forces a ``DataLoader``).
         transform: a batched augmentation applied to every batch's inputs.
         num_samples: samples per epoch, drawn in whole reshuffled passes (needs ``shuffle``).
-        seed: base seed of the shuffled orders of the main-process loader (the same on every rank).
-        rank: this process's rank, for the main-process loader.
-        world_size: number of processes, for the main-process loader.
+        seed: base seed of the shuffled orders (the same on every rank).
+        rank: this process's rank.
+        world_size: number of processes.
 
     Returns:
         The loader; its batches are ``(x, y, t)``.
@@ -134,34 +96,24 @@ def make_loader(
         >>> tuple(x.shape), tuple(y.shape), tuple(t.shape)
         ((16, 1, 8, 8), (16,), (16,))
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size}")
-    collate = passthrough_collate if transform is None else BatchAugmentation(transform)
-    if num_workers == 0 and not pin_memory and sampler is None:
-        return BatchLoader(
-            dataset,
-            batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_samples=num_samples,
-            transform=None if transform is None else collate,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-        )
-    if sampler is None:
-        if shuffle:
-            sampler = RandomSampler(dataset, num_samples=num_samples)
-        else:
-            sampler = SequentialSampler(dataset)
-    return DataLoader(
+    return BatchLoader(
         dataset,
-        batch_sampler=TensorBatchSampler(sampler, batch_size, drop_last),
+        batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_samples=num_samples,
+        transform=None if transform is None else BatchAugmentation(transform),
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        collate_fn=collate,  # type: ignore[arg-type]
-        persistent_workers=num_workers > 0,
     )
+
+
+def _constructor_fields(cls: type) -> tuple[str, ...]:
+    """The keyword names of ``cls.__init__``: what :meth:`Experience.replace` copies."""
+    return tuple(inspect.signature(cls).parameters)
 
 
 def _shared_seed(trainer: L.Trainer) -> int:
@@ -174,8 +126,8 @@ class Experience(L.LightningDataModule):
     """The data of one experience: ``trainer.fit(module, datamodule=experience)`` trains on it.
 
     Batches are ``(x, y, t)``: inputs, class targets and task labels. The training loader
-    shuffles the experience's data; CL callbacks that add data of their own (a replay buffer)
-    contribute further loaders through
+    shuffles the experience's data; trainer callbacks that add data of their own (a replay
+    buffer) contribute further loaders through
     :meth:`~lightning_cl.data.TrainDataSource.train_dataloaders`, and the training batch is
     then a dict ``{"current": (x, y, t), "replay": (x, y, t), ...}`` that
     :class:`~lightning_cl.models.ContinualModule` concatenates.
@@ -186,33 +138,20 @@ class Experience(L.LightningDataModule):
         classes_in_this_experience: the classes present in ``dataset``.
         n_classes: number of classes in the whole benchmark.
         stream_name: name of the stream the experience belongs to (``"train"``, ``"test"``, ...).
-        batch_size: batch size of the training loader.
-        eval_batch_size: batch size of the evaluation loaders (default: ``batch_size``).
-        num_workers: loader workers; in-memory data is fastest with 0.
-        pin_memory: pin batches for faster host-to-GPU copies.
+        loader_settings: batch sizes, workers, pinning and where augmentation runs (see
+            :class:`LoaderSettings`); replay loaders built through :meth:`loader` follow them too.
         val_dataset: optional validation data of this experience.
         train_transform: batched augmentation of the training batches only (random crop, flip);
-            evaluation batches are never augmented. Replay loaders built through
-            :meth:`loader` with ``train=True`` are augmented too.
-        augment_on: where ``train_transform`` runs: ``"loader"`` (on CPU, in the loader or its
-            workers), ``"device"`` (in :meth:`on_after_batch_transfer`, on the batch Lightning has
-            moved to the training device), or ``"auto"``: the device when the trainer trains on an
-            accelerator, the loader on CPU.
-        origin_experience: for a mini-experience of an online stream, the experience it was cut from.
-        access_task_boundaries: whether methods may know where the origin experiences begin and
-            end (``True`` for ordinary experiences; a flag for online streams).
-        is_first_subexp: first mini-experience of its origin experience.
-        is_last_subexp: last mini-experience of its origin experience.
-        sub_stream_length: number of mini-experiences cut from the origin experience.
-
-    Raises:
-        ValueError: for a batch size below 1 or a negative number of workers.
+            evaluation batches are never augmented. Replay loaders built through :meth:`loader`
+            with ``train=True`` are augmented too.
+        online: for a mini-experience of an online stream, where it was cut from (see
+            :func:`~lightning_cl.data.split_online`); ``None`` for an ordinary experience.
 
     Example:
         >>> from lightning_cl.data import SplitDigits
         >>> exp = SplitDigits(n_experiences=5).train_stream[0]
-        >>> exp.index, exp.classes_in_this_experience, exp.task_labels
-        (0, [0, 1], [0])
+        >>> exp.index, exp.classes_in_this_experience, exp.task_labels, exp.batch_size
+        (0, [0, 1], [0], 32)
     """
 
     def __init__(
@@ -223,45 +162,25 @@ class Experience(L.LightningDataModule):
         classes_in_this_experience: Sequence[int],
         n_classes: int,
         stream_name: str = "train",
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        loader_settings: LoaderSettings = LoaderSettings(),
         val_dataset: DatasetView | None = None,
         train_transform: BatchTransform | None = None,
-        augment_on: str = "auto",
-        origin_experience: Experience | None = None,
-        access_task_boundaries: bool = True,
-        is_first_subexp: bool = True,
-        is_last_subexp: bool = True,
-        sub_stream_length: int = 1,
+        online: OnlineOrigin | None = None,
     ):
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size}")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be a positive int or None, got {eval_batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if augment_on not in AUGMENT_ON:
-            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
+        if not isinstance(loader_settings, LoaderSettings):
+            raise ValueError(
+                f"loader_settings must be a LoaderSettings, got {type(loader_settings).__name__}"
+            )
         self.dataset = dataset
-        self.val_dataset = val_dataset
         self.index = int(index)
         self.classes_in_this_experience = sorted(int(c) for c in classes_in_this_experience)
         self.n_classes = int(n_classes)
         self.stream_name = stream_name
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        self.loader_settings = loader_settings
+        self.val_dataset = val_dataset
         self.train_transform = train_transform
-        self.augment_on = augment_on
-        self.origin_experience = origin_experience
-        self.access_task_boundaries = bool(access_task_boundaries)
-        self.is_first_subexp = bool(is_first_subexp)
-        self.is_last_subexp = bool(is_last_subexp)
-        self.sub_stream_length = int(sub_stream_length)
+        self.online = online
         # Loaders with worker processes are built once per experience and reused.
         self._cached_loaders: dict[str, Iterable[Any]] = {}
         # Augmentations deferred to the device, by key of the training batch (None: not a dict).
@@ -271,39 +190,45 @@ class Experience(L.LightningDataModule):
         """A copy of this experience with some constructor arguments changed.
 
         Args:
-            changes: constructor arguments (``dataset``, ``index``, ``val_dataset``, ...).
+            changes: constructor arguments (``dataset``, ``index``, ``loader_settings``, ...).
 
         Returns:
             The new experience; unchanged arguments are shared with this one.
 
+        Raises:
+            TypeError: for a name that is not a constructor argument.
+
         Example:
-            >>> from lightning_cl.data import SplitDigits
+            >>> from lightning_cl.data import LoaderSettings, SplitDigits
             >>> exp = SplitDigits().train_stream[1]
-            >>> exp.replace(index=7).index, exp.replace(batch_size=8).classes_in_this_experience
-            (7, [2, 3])
+            >>> other = exp.replace(index=7, loader_settings=LoaderSettings(batch_size=8))
+            >>> other.index, other.batch_size, other.classes_in_this_experience
+            (7, 8, [2, 3])
         """
-        kwargs: dict[str, Any] = dict(
-            dataset=self.dataset,
-            index=self.index,
-            classes_in_this_experience=self.classes_in_this_experience,
-            n_classes=self.n_classes,
-            stream_name=self.stream_name,
-            batch_size=self.batch_size,
-            eval_batch_size=self.eval_batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            val_dataset=self.val_dataset,
-            train_transform=self.train_transform,
-            augment_on=self.augment_on,
-            origin_experience=self.origin_experience,
-            access_task_boundaries=self.access_task_boundaries,
-            is_first_subexp=self.is_first_subexp,
-            is_last_subexp=self.is_last_subexp,
-            sub_stream_length=self.sub_stream_length,
-        )
-        kwargs.update(changes)
-        dataset = kwargs.pop("dataset")
-        return Experience(dataset, **kwargs)
+        fields = _constructor_fields(type(self))
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise TypeError(
+                f"Experience.replace() got unknown fields {unknown}; the fields are {list(fields)}"
+            )
+        kwargs = {name: changes.get(name, getattr(self, name)) for name in fields}
+        return type(self)(kwargs.pop("dataset"), **kwargs)
+
+    @property
+    def batch_size(self) -> int:
+        """The training batch size (``loader_settings.batch_size``)."""
+        return self.loader_settings.batch_size
+
+    @property
+    def eval_batch_size(self) -> int:
+        """The evaluation batch size (``loader_settings.eval_batch_size``, else ``batch_size``)."""
+        return self.loader_settings.eval_size
+
+    @property
+    def access_task_boundaries(self) -> bool:
+        """Whether methods may know where experiences begin and end (``False`` only for online
+        streams cut without it)."""
+        return self.online is None or self.online.access_task_boundaries
 
     @property
     def task_labels(self) -> list[int]:
@@ -338,16 +263,17 @@ class Experience(L.LightningDataModule):
 
         Returns:
             A loader whose batches are ``(x, y, t)``. A training loader whose augmentation runs on
-            the device (see ``augment_on``) yields the batches unaugmented and carries the
+            the device (see :attr:`LoaderSettings.augment_on`) yields the batches unaugmented and carries the
             augmentation as its ``device_transform`` attribute; :meth:`train_dataloader` hands
             it to :meth:`on_after_batch_transfer`.
         """
         trainer = trainer if trainer is not None else self.trainer
+        settings = self.loader_settings
         kwargs: dict[str, Any] = dict(
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            num_workers=settings.num_workers,
+            pin_memory=settings.pin_memory,
             transform=self.train_transform if train else None,
         )
         if trainer is not None:
@@ -364,16 +290,18 @@ class Experience(L.LightningDataModule):
         return loader
 
     def augments_on_device(self, trainer: L.Trainer | None = None) -> bool:
-        """Whether ``train_transform`` runs on the batches moved to the device (see ``augment_on``)."""
-        if self.augment_on != "auto":
-            return self.augment_on == "device"
+        """Whether ``train_transform`` runs on the batches moved to the device (see
+        :attr:`LoaderSettings.augment_on`)."""
+        augment_on = self.loader_settings.augment_on
+        if augment_on != "auto":
+            return augment_on == "device"
         trainer = trainer if trainer is not None else self.trainer
         return trainer is not None and trainer.strategy.root_device.type != "cpu"
 
     def _own_loader(
         self, key: str, dataset: DatasetView, train: bool, trainer: L.Trainer | None = None
     ) -> Iterable[Any]:
-        if self.num_workers == 0:
+        if self.loader_settings.num_workers == 0:
             return self.loader(dataset, train=train, trainer=trainer)
         if key not in self._cached_loaders:
             self._cached_loaders[key] = self.loader(dataset, train=train, trainer=trainer)

@@ -19,22 +19,7 @@ class SplitFMNIST(_SplitIDX):
     normalisation is Avalanche's (mean 0.2860, std 0.3530), no augmentation. 60,000 train and
     10,000 test images of 10 classes, held as ``uint8`` tensors.
 
-    Args:
-        root: the data folder.
-        n_experiences: number of experiences; must divide 10 unless ``per_exp_classes`` is given.
-        seed: class-order shuffle seed (``None``: classes in order).
-        class_order: a fixed class order.
-        task_labels: task-incremental instead of class-incremental.
-        download: download the files if absent.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size.
-        num_workers: data loader workers.
-        per_exp_classes: classes per experience.
-        class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
-
-    Raises:
-        ValueError: for an impossible split.
-        RuntimeError: if the files are absent and ``download`` is false.
+    Arguments, defaults and errors are :class:`~lightning_cl.data.SplitMNIST`'s.
 
     Example:
         >>> SplitFMNIST("data", n_experiences=5).n_classes  # doctest: +SKIP
@@ -52,22 +37,7 @@ class SplitKMNIST(_SplitIDX):
     training-set statistics for normalisation (mean 0.1918, std 0.3483). Loads through
     :class:`torchvision.datasets.KMNIST` (``root/KMNIST/raw``).
 
-    Args:
-        root: the data folder.
-        n_experiences: number of experiences; must divide 10 unless ``per_exp_classes`` is given.
-        seed: class-order shuffle seed (``None``: classes in order).
-        class_order: a fixed class order.
-        task_labels: task-incremental instead of class-incremental.
-        download: download the files if absent.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size.
-        num_workers: data loader workers.
-        per_exp_classes: classes per experience.
-        class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
-
-    Raises:
-        ValueError: for an impossible split.
-        RuntimeError: if the files are absent and ``download`` is false.
+    Arguments, defaults and errors are :class:`~lightning_cl.data.SplitMNIST`'s.
 
     Example:
         >>> SplitKMNIST("data", n_experiences=2).n_experiences  # doctest: +SKIP

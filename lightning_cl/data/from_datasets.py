@@ -10,9 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.benchmark import Benchmark, build_benchmark
 from lightning_cl.data.concat_dataset import ConcatClassificationDataset
 from lightning_cl.data.image_files import ImageFilesDataset, read_filelist
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import stream_from_indices
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
 from lightning_cl.data.transforms import BatchTransform
@@ -26,18 +27,19 @@ def _parts_benchmark(
     test: Any,
     test_parts: list[Tensor],
     *,
-    task_labels: bool,
-    scenario: str | None,
-    train_transform: BatchTransform | None,
-    name: str,
-    loader_kwargs: dict[str, Any],
+    task_labels: bool = False,
+    scenario: str | None = None,
+    train_transform: BatchTransform | None = None,
+    loader: LoaderSettings = LoaderSettings(),
+    name: str = "benchmark",
+    out: Benchmark | None = None,
 ) -> Benchmark:
     targets = torch.cat([train.targets, test.targets])
     n_classes = int(targets.max()) + 1 if len(targets) else 0
     kwargs: dict[str, Any] = dict(
         n_classes=n_classes,
         task_labels=list(range(len(train_parts))) if task_labels else None,
-        **loader_kwargs,
+        loader_settings=loader,
     )
     train_stream = stream_from_indices(
         "train", train, train_parts, targets=train.targets, train_transform=train_transform, **kwargs
@@ -51,8 +53,8 @@ def _parts_benchmark(
             ("task_incremental" if task_labels else "class_incremental") if disjoint else "domain_incremental"
         )
     order = list(dict.fromkeys(order))
-    return Benchmark(
-        train_stream, test_stream, n_classes=n_classes, class_order=order, scenario=scenario, name=name
+    return build_benchmark(
+        out, train_stream, test_stream, n_classes=n_classes, class_order=order, scenario=scenario, name=name
     )
 
 
@@ -73,11 +75,9 @@ def dataset_benchmark(
     task_labels: bool = False,
     scenario: str | None = None,
     train_transform: BatchTransform | None = None,
-    batch_size: int = 32,
-    eval_batch_size: int | None = None,
-    num_workers: int = 0,
-    pin_memory: bool = False,
+    loader: LoaderSettings = LoaderSettings(),
     name: str = "benchmark",
+    out: Benchmark | None = None,
 ) -> Benchmark:
     """One experience per dataset: experience ``i`` trains on ``train_datasets[i]``.
 
@@ -91,11 +91,9 @@ def dataset_benchmark(
         scenario: the scenario kind (default: class- or task-incremental when the experiences'
             classes are disjoint, else domain-incremental).
         train_transform: batched augmentation of the training batches.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size (default: ``batch_size``).
-        num_workers: data loader workers.
-        pin_memory: pin batches in page-locked memory.
+        loader: the loader settings of every experience (:class:`LoaderSettings`).
         name: the benchmark's name.
+        out: a benchmark to initialise instead of a new one (see :func:`build_benchmark`).
 
     Returns:
         The :class:`Benchmark`.
@@ -121,13 +119,9 @@ def dataset_benchmark(
         task_labels=task_labels,
         scenario=scenario,
         train_transform=train_transform,
+        loader=loader,
         name=name,
-        loader_kwargs=dict(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-        ),
+        out=out,
     )
 
 
@@ -171,20 +165,7 @@ def tensors_benchmark(
 
     train, train_parts = join(train_tensors)
     test, test_parts = join(test_tensors)
-    loader_keys = ("batch_size", "eval_batch_size", "num_workers", "pin_memory")
-    loader_kwargs = {k: kwargs.pop(k) for k in loader_keys if k in kwargs}
-    return _parts_benchmark(
-        train,
-        train_parts,
-        test,
-        test_parts,
-        task_labels=kwargs.pop("task_labels", False),
-        scenario=kwargs.pop("scenario", None),
-        train_transform=kwargs.pop("train_transform", None),
-        name=kwargs.pop("name", "benchmark"),
-        loader_kwargs=loader_kwargs,
-        **kwargs,
-    )
+    return _parts_benchmark(train, train_parts, test, test_parts, **kwargs)
 
 
 def paths_benchmark(
@@ -195,7 +176,7 @@ def paths_benchmark(
     size: tuple[int, int] | None = None,
     mode: str = "RGB",
     transform: BatchTransform | None = None,
-    num_workers: int = 2,
+    loader: LoaderSettings = LoaderSettings(num_workers=2),
     **kwargs: Any,
 ) -> Benchmark:
     """One experience per list of ``(image path, label)`` pairs; images are decoded by loader workers.
@@ -207,7 +188,7 @@ def paths_benchmark(
         size: resize every image to ``(height, width)``.
         mode: PIL mode, ``"RGB"`` or ``"L"``.
         transform: batched transform of each ``uint8`` batch (normalisation).
-        num_workers: loader workers, each decoding whole batches.
+        loader: the loader settings (default: 2 workers, each decoding whole batches).
         kwargs: further arguments of :func:`dataset_benchmark`.
 
     Returns:
@@ -233,21 +214,7 @@ def paths_benchmark(
 
     train, train_parts = join(train_lists)
     test, test_parts = join(test_lists)
-    loader_keys = ("batch_size", "eval_batch_size", "pin_memory")
-    loader_kwargs: dict[str, Any] = {k: kwargs.pop(k) for k in loader_keys if k in kwargs}
-    loader_kwargs["num_workers"] = num_workers
-    return _parts_benchmark(
-        train,
-        train_parts,
-        test,
-        test_parts,
-        task_labels=kwargs.pop("task_labels", False),
-        scenario=kwargs.pop("scenario", None),
-        train_transform=kwargs.pop("train_transform", None),
-        name=kwargs.pop("name", "benchmark"),
-        loader_kwargs=loader_kwargs,
-        **kwargs,
-    )
+    return _parts_benchmark(train, train_parts, test, test_parts, loader=loader, **kwargs)
 
 
 def filelist_benchmark(

@@ -10,6 +10,7 @@ from torchvision.transforms import v2
 
 from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.domain_incremental import permuted, rotated
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import class_incremental
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
 from lightning_cl.data.transforms import normalize
@@ -85,9 +86,7 @@ class _SplitIDX(Benchmark):
         class_order: Sequence[int] | None = None,
         task_labels: bool = False,
         download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=128),
         per_exp_classes: Sequence[int] | Mapping[int, int] | None = None,
         class_ids_from_zero_in_each_exp: bool = False,
     ):
@@ -95,21 +94,18 @@ class _SplitIDX(Benchmark):
             idx_tensors(self.dataset_class, root, train, download, normalize(self.mean, self.std))
             for train in (True, False)
         ]
-        self._adopt(
-            class_incremental(
-                splits[0],
-                splits[1],
-                n_experiences,
-                class_order=class_order,
-                seed=seed,
-                task_labels=task_labels,
-                per_exp_classes=per_exp_classes,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                name=type(self).__name__,
-            )
+        class_incremental(
+            splits[0],
+            splits[1],
+            n_experiences,
+            class_order=class_order,
+            seed=seed,
+            task_labels=task_labels,
+            per_exp_classes=per_exp_classes,
+            class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+            loader=loader,
+            name=type(self).__name__,
+            out=self,
         )
 
 
@@ -127,9 +123,7 @@ class SplitMNIST(_SplitIDX):
         class_order: a fixed class order instead of a shuffle.
         task_labels: task-incremental instead of class-incremental.
         download: download the files if absent.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size (default: ``batch_size``).
-        num_workers: data loader workers.
+        loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128).
         per_exp_classes: classes per experience (see :func:`~lightning_cl.data.class_incremental`).
         class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
 
@@ -169,9 +163,7 @@ class PermutedMNIST(Benchmark):
         seed: the permutations' seed (``None``: torch's global generator).
         task_labels: give experience ``i`` task label ``i``.
         download: download the files if absent.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size (default: ``batch_size``).
-        num_workers: data loader workers.
+        loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128).
 
     Raises:
         ValueError: for ``n_experiences < 1``.
@@ -190,24 +182,19 @@ class PermutedMNIST(Benchmark):
         seed: int | None = 0,
         task_labels: bool = False,
         download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=128),
     ):
         train, test = _raw_mnist(root, download)
-        self._adopt(
-            permuted(
-                train,
-                test,
-                n_experiences,
-                seed=seed,
-                transform=mnist_batch_transform(),
-                task_labels=task_labels,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                name="PermutedMNIST",
-            )
+        permuted(
+            train,
+            test,
+            n_experiences,
+            seed=seed,
+            transform=mnist_batch_transform(),
+            task_labels=task_labels,
+            loader=loader,
+            name="PermutedMNIST",
+            out=self,
         )
 
 
@@ -225,9 +212,7 @@ class RotatedMNIST(Benchmark):
         rotations_list: the angles in degrees, one per experience.
         task_labels: give experience ``i`` task label ``i``.
         download: download the files if absent.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size (default: ``batch_size``).
-        num_workers: data loader workers.
+        loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128).
 
     Raises:
         ValueError: for angles outside [-180, 180] or not one per experience.
@@ -247,23 +232,18 @@ class RotatedMNIST(Benchmark):
         rotations_list: Sequence[float] | None = None,
         task_labels: bool = False,
         download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=128),
     ):
         train, test = _raw_mnist(root, download)
-        self._adopt(
-            rotated(
-                train,
-                test,
-                n_experiences,
-                angles=rotations_list,
-                seed=seed,
-                transform=mnist_batch_transform(),
-                task_labels=task_labels,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                name="RotatedMNIST",
-            )
+        rotated(
+            train,
+            test,
+            n_experiences,
+            angles=rotations_list,
+            seed=seed,
+            transform=mnist_batch_transform(),
+            task_labels=task_labels,
+            loader=loader,
+            name="RotatedMNIST",
+            out=self,
         )

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.dataset_view import targets_of
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import stream_from_indices
 from lightning_cl.data.transforms import BatchTransform
 
@@ -72,10 +73,7 @@ def new_instances(
     seed: int | None = 0,
     task_labels: bool = False,
     train_transform: BatchTransform | None = None,
-    batch_size: int = 32,
-    eval_batch_size: int | None = None,
-    num_workers: int = 0,
-    pin_memory: bool = False,
+    loader: LoaderSettings = LoaderSettings(),
     name: str = "benchmark",
 ) -> Benchmark:
     """New instances (NI): every experience draws new samples of the same classes.
@@ -92,10 +90,7 @@ def new_instances(
         seed: the split's seed (``None``: torch's global generator).
         task_labels: give experience ``i`` task label ``i``.
         train_transform: batched augmentation of the training batches.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size (default: ``batch_size``).
-        num_workers: data loader workers.
-        pin_memory: pin batches in page-locked memory.
+        loader: the loader settings of every experience (:class:`LoaderSettings`).
         name: the benchmark's name.
 
     Returns:
@@ -115,9 +110,6 @@ def new_instances(
     groups = split_instances(train_targets, n_experiences, balance_experiences=balance_experiences, seed=seed)
     classes = sorted(torch.unique(train_targets).tolist())
     n_classes = max(classes + torch.unique(test_targets).tolist()) + 1
-    loader_kwargs: dict[str, Any] = dict(
-        batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, pin_memory=pin_memory
-    )
     train = stream_from_indices(
         "train",
         train_dataset,
@@ -126,7 +118,7 @@ def new_instances(
         task_labels=list(range(n_experiences)) if task_labels else None,
         targets=train_targets,
         train_transform=train_transform,
-        **loader_kwargs,
+        loader_settings=loader,
     )
     test = stream_from_indices(
         "test",
@@ -134,7 +126,7 @@ def new_instances(
         [torch.arange(len(test_targets))],
         n_classes=n_classes,
         targets=test_targets,
-        **loader_kwargs,
+        loader_settings=loader,
     )
     return Benchmark(
         train, test, n_classes=n_classes, class_order=classes, scenario="new_instances", name=name

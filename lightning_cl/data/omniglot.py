@@ -12,6 +12,7 @@ from torch import Tensor
 from torchvision import datasets
 
 from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import class_incremental
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
 from lightning_cl.data.transforms import normalize
@@ -90,9 +91,7 @@ class SplitOmniglot(Benchmark):
         background: use the background set (else the evaluation set).
         test_fraction: fraction of each character's drawings held out for testing.
         download: download the archive if absent.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size.
-        num_workers: data loader workers.
+        loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128).
         per_exp_classes: classes per experience.
         class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
 
@@ -115,9 +114,7 @@ class SplitOmniglot(Benchmark):
         background: bool = True,
         test_fraction: float = 0.2,
         download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        loader: LoaderSettings = LoaderSettings(batch_size=128),
         per_exp_classes: Sequence[int] | dict[int, int] | None = None,
         class_ids_from_zero_in_each_exp: bool = False,
     ):
@@ -126,19 +123,16 @@ class SplitOmniglot(Benchmark):
         images, labels, self.class_names = omniglot_tensors(root, background, download)
         train_idx, test_idx = _per_class_split(labels, test_fraction, 0)
         norm = normalize(OMNIGLOT_MEAN, OMNIGLOT_STD)
-        self._adopt(
-            class_incremental(
-                TensorClassificationDataset(images[train_idx], labels[train_idx], norm),
-                TensorClassificationDataset(images[test_idx], labels[test_idx], norm),
-                n_experiences,
-                class_order=class_order,
-                seed=seed,
-                task_labels=task_labels,
-                per_exp_classes=per_exp_classes,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                name="SplitOmniglot",
-            )
+        class_incremental(
+            TensorClassificationDataset(images[train_idx], labels[train_idx], norm),
+            TensorClassificationDataset(images[test_idx], labels[test_idx], norm),
+            n_experiences,
+            class_order=class_order,
+            seed=seed,
+            task_labels=task_labels,
+            per_exp_classes=per_exp_classes,
+            class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+            loader=loader,
+            name="SplitOmniglot",
+            out=self,
         )

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lightning_cl.data.experience import Experience
 from lightning_cl.data.stream import Stream
 
-__all__ = ["split_online"]
+__all__ = ["OnlineOrigin", "split_online"]
+
+
+@dataclass(frozen=True)
+class OnlineOrigin:
+    """Where a mini-experience of an online stream was cut from (Avalanche's names).
+
+    ``Experience.online`` holds it for the mini-experiences that :func:`split_online` makes
+    (``None`` for ordinary experiences).
+
+    Args:
+        origin_experience: the experience the mini-experience was cut from.
+        is_first_subexp: first mini-experience of its origin experience.
+        is_last_subexp: last mini-experience of its origin experience.
+        sub_stream_length: number of mini-experiences cut from the origin experience.
+        access_task_boundaries: whether methods may know where the origin experiences begin and
+            end (Avalanche's flag; methods read it, the data does not change).
+    """
+
+    origin_experience: Experience
+    is_first_subexp: bool
+    is_last_subexp: bool
+    sub_stream_length: int
+    access_task_boundaries: bool = False
 
 
 def split_online(
@@ -22,9 +47,9 @@ def split_online(
     """Cut every experience of ``stream`` into mini-experiences of ``experience_size`` samples.
 
     Mini-experiences are views of the origin experience's data (nothing copied) and are
-    numbered ``0, 1, ...`` over the whole online stream. Each records its
-    ``origin_experience``, whether it is the first or last of its origin
-    (``is_first_subexp``, ``is_last_subexp``), ``sub_stream_length``, and
+    numbered ``0, 1, ...`` over the whole online stream. Each records, as its ``online``
+    (an :class:`OnlineOrigin`), its ``origin_experience``, whether it is the first or last of its
+    origin (``is_first_subexp``, ``is_last_subexp``), ``sub_stream_length``, and
     ``access_task_boundaries``: whether methods may use the boundaries between origin
     experiences (Avalanche's flag of the same name; methods read it, the data does not change).
 
@@ -45,7 +70,7 @@ def split_online(
     Example:
         >>> from lightning_cl.data import SplitDigits
         >>> online = split_online(SplitDigits(n_experiences=5).train_stream, 100)
-        >>> len(online), online[0].origin_experience.index, online[2].is_last_subexp
+        >>> len(online), online[0].online.origin_experience.index, online[2].online.is_last_subexp
         (15, 0, True)
     """
     if not isinstance(experience_size, int) or isinstance(experience_size, bool) or experience_size < 1:
@@ -66,11 +91,13 @@ def split_online(
                     index=len(minis),
                     classes_in_this_experience=torch.unique(view.targets).tolist(),
                     val_dataset=None,
-                    origin_experience=exp,
-                    access_task_boundaries=access_task_boundaries,
-                    is_first_subexp=k == 0,
-                    is_last_subexp=k == len(chunks) - 1,
-                    sub_stream_length=len(chunks),
+                    online=OnlineOrigin(
+                        origin_experience=exp,
+                        is_first_subexp=k == 0,
+                        is_last_subexp=k == len(chunks) - 1,
+                        sub_stream_length=len(chunks),
+                        access_task_boundaries=access_task_boundaries,
+                    ),
                 )
             )
     if not minis:

@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.benchmark import Benchmark, build_benchmark
 from lightning_cl.data.dataset_view import DatasetView, targets_of
 from lightning_cl.data.experience import Experience
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.relabeled import RelabeledDataset
 from lightning_cl.data.stream import Stream
 from lightning_cl.data.transforms import BatchTransform
@@ -153,7 +154,8 @@ def stream_from_indices(
         task_labels: one task label per experience (default: all 0).
         classes: the classes of each experience (default: those present in its targets).
         targets: the labels of ``dataset`` if already known.
-        experience_kwargs: loader settings of :class:`Experience` (``batch_size``, ``train_transform``, ...).
+        experience_kwargs: further arguments of :class:`Experience` (``loader_settings``,
+            ``train_transform``, ...).
 
     Returns:
         The :class:`Stream`.
@@ -195,11 +197,9 @@ def class_incremental(
     class_ids_from_zero_in_each_exp: bool = False,
     class_ids_from_zero_from_first_exp: bool = False,
     train_transform: BatchTransform | None = None,
-    batch_size: int = 32,
-    eval_batch_size: int | None = None,
-    num_workers: int = 0,
-    pin_memory: bool = False,
+    loader: LoaderSettings = LoaderSettings(),
     name: str = "benchmark",
+    out: Benchmark | None = None,
 ) -> Benchmark:
     """Split a dataset by class into ``n_experiences`` experiences.
 
@@ -222,11 +222,9 @@ def class_incremental(
             class-order position); usual with task labels and multi-head models.
         class_ids_from_zero_from_first_exp: relabel the classes ``0..n-1`` in class order.
         train_transform: batched augmentation of the training batches.
-        batch_size: training batch size of every experience.
-        eval_batch_size: evaluation batch size (default: ``batch_size``).
-        num_workers: data loader workers.
-        pin_memory: pin batches in page-locked memory.
+        loader: the loader settings of every experience (:class:`LoaderSettings`).
         name: the benchmark's name.
+        out: a benchmark to initialise instead of a new one (see :func:`build_benchmark`).
 
     Returns:
         The :class:`Benchmark`. Its ``class_order`` lists the original class ids;
@@ -274,17 +272,16 @@ def class_incremental(
         n_classes=n_classes,
         task_labels=list(range(len(groups))) if task_labels else None,
         classes=seen,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
+        loader_settings=loader,
     )
     train = stream_from_indices(
         "train", train_dataset, _by_class(train_targets, groups), train_transform=train_transform, **kwargs
     )
     test = stream_from_indices("test", test_dataset, _by_class(test_targets, groups), **kwargs)
     scenario = "task_incremental" if task_labels else "class_incremental"
-    return Benchmark(train, test, n_classes=n_classes, class_order=order, scenario=scenario, name=name)
+    return build_benchmark(
+        out, train, test, n_classes=n_classes, class_order=order, scenario=scenario, name=name
+    )
 
 
 def _by_class(targets: Tensor, groups: list[list[int]]) -> list[Tensor]:

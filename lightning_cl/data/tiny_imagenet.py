@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.image_files import ImageFilesDataset
+from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import class_incremental
 from lightning_cl.data.transforms import BatchRandomHorizontalFlip, normalize
 
@@ -74,9 +75,8 @@ class SplitTinyImageNet(Benchmark):
         task_labels: task-incremental instead of class-incremental.
         class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
         augment: flip the training batches.
-        batch_size: training batch size.
-        eval_batch_size: evaluation batch size.
-        num_workers: loader workers decoding images.
+        loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128,
+            4 workers decoding images).
 
     Raises:
         ValueError: for an impossible split.
@@ -97,24 +97,19 @@ class SplitTinyImageNet(Benchmark):
         task_labels: bool = False,
         class_ids_from_zero_in_each_exp: bool = False,
         augment: bool = True,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
+        loader: LoaderSettings = LoaderSettings(batch_size=128, num_workers=4),
     ):
         train, test = tiny_imagenet_datasets(root)
-        self._adopt(
-            class_incremental(
-                train,
-                test,
-                n_experiences,
-                class_order=class_order,
-                seed=None if class_order is not None else seed,
-                task_labels=task_labels,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-                train_transform=BatchRandomHorizontalFlip() if augment else None,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                num_workers=num_workers,
-                name="SplitTinyImageNet",
-            )
+        class_incremental(
+            train,
+            test,
+            n_experiences,
+            class_order=class_order,
+            seed=None if class_order is not None else seed,
+            task_labels=task_labels,
+            class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+            train_transform=BatchRandomHorizontalFlip() if augment else None,
+            loader=loader,
+            name="SplitTinyImageNet",
+            out=self,
         )

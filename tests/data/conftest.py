@@ -166,3 +166,49 @@ def core50_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "\n".join(entry(s, o, cat) for s in test_sessions for o in range(1, 11)) + "\n"
             )
     return root
+
+
+@pytest.fixture
+def make_view():
+    """Factory of a view over ``n`` samples whose input and target are both the sample's position."""
+    import torch
+
+    from lightning_cl.data import DatasetView, TensorClassificationDataset
+
+    def make(n: int = 10, task_labels: int = 0):
+        ds = TensorClassificationDataset(torch.arange(n).float().unsqueeze(1), torch.arange(n))
+        return DatasetView(ds, range(n), task_labels)
+
+    return make
+
+
+@pytest.fixture
+def make_experience():
+    """Factory of experience 2 over 10 samples ``(1, 1, 2)`` of classes 0 and 1, task label 3."""
+    import torch
+
+    from lightning_cl.data import DatasetView, Experience, LoaderSettings, TensorClassificationDataset
+
+    def make(train_transform=None, **settings):
+        ds = TensorClassificationDataset(torch.arange(20.0).reshape(10, 1, 1, 2), torch.arange(10) % 2)
+        return Experience(
+            DatasetView(ds, range(10), 3),
+            index=2,
+            classes_in_this_experience=[1, 0],
+            n_classes=2,
+            loader_settings=LoaderSettings(**settings),
+            train_transform=train_transform,
+        )
+
+    return make
+
+
+def ids(loader) -> list[int]:
+    """The targets of every batch of one pass over ``loader``, in order."""
+    return [int(v) for batch in loader for v in batch[1]]
+
+
+@pytest.fixture
+def batch_ids():
+    """:func:`ids` as a fixture: the targets of one pass over a loader."""
+    return ids

@@ -2,52 +2,48 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
-from lightning_cl.data import DatasetView, SplitDigits, TensorClassificationDataset
-from lightning_cl.data.batch_loader import BatchLoader
-from lightning_cl.data.experience import make_loader
-
-
-def _view(n: int = 10) -> DatasetView:
-    return DatasetView(
-        TensorClassificationDataset(torch.arange(n).float().unsqueeze(1), torch.arange(n)), range(n)
-    )
+from lightning_cl.data import BatchLoader, DatasetView, SplitDigits, TensorClassificationDataset, make_loader
 
 
-def _ids(loader: BatchLoader) -> list[int]:
-    return [int(v) for batch in loader for v in batch[1]]
-
-
-def test_batches_are_gathered_views_with_task_labels() -> None:
-    batches = list(BatchLoader(_view(), 4))
+def test_batches_are_gathered_views_with_task_labels(make_view) -> None:
+    batches = list(BatchLoader(make_view(), 4))
     assert [b[1].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert all(len(b) == 3 and torch.equal(b[0].squeeze(1), b[1].float()) for b in batches)
-    assert len(BatchLoader(_view(), 4)) == 3 and len(BatchLoader(_view(), 4, drop_last=True)) == 2
-    assert [len(b[1]) for b in BatchLoader(_view(), 4, drop_last=True)] == [4, 4]
+    assert len(BatchLoader(make_view(), 4)) == 3 and len(BatchLoader(make_view(), 4, drop_last=True)) == 2
+    assert [len(b[1]) for b in BatchLoader(make_view(), 4, drop_last=True)] == [4, 4]
 
 
 @pytest.mark.parametrize("n", [10, 11])
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_ranks_share_the_data_like_a_distributed_sampler(n: int, shuffle: bool) -> None:
-    loaders = [BatchLoader(_view(n), 3, shuffle=shuffle, seed=7, rank=r, world_size=2) for r in range(2)]
-    parts = [_ids(loader) for loader in loaders]
-    assert len(parts[0]) == len(parts[1]) == -(-n // 2)  # equal shares, padded
-    assert len(loaders[0]) == len(loaders[1])
-    assert set(parts[0]) | set(parts[1]) == set(range(n))  # together: every sample
-    if n % 2 == 0:
-        assert not set(parts[0]) & set(parts[1])  # and no sample twice
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_share_the_data_like_a_distributed_sampler(
+    make_view, batch_ids, n, shuffle, world_size
+) -> None:
+    view = make_view(n)
+    for rank in range(world_size):
+        loader = BatchLoader(view, 3, shuffle=shuffle, seed=7, rank=rank, world_size=world_size)
+        sampler = DistributedSampler(view, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=7)
+        for epoch in range(3):  # every pass, as Lightning's sampler after set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            assert batch_ids(loader) == list(sampler)
+        assert len(loader) == -(-len(sampler) // 3)
 
 
-def test_shuffled_orders_depend_on_seed_and_epoch_only() -> None:
-    a, b = BatchLoader(_view(50), 8, shuffle=True, seed=3), BatchLoader(_view(50), 8, shuffle=True, seed=3)
-    first_a, first_b = _ids(a), _ids(b)
+def test_shuffled_orders_depend_on_seed_and_epoch_only(make_view, batch_ids) -> None:
+    a, b = (
+        BatchLoader(make_view(50), 8, shuffle=True, seed=3),
+        BatchLoader(make_view(50), 8, shuffle=True, seed=3),
+    )
+    first_a, first_b = batch_ids(a), batch_ids(b)
     assert first_a == first_b and sorted(first_a) == list(range(50))
-    assert _ids(a) != first_a  # the next pass is reshuffled
-    assert _ids(BatchLoader(_view(50), 8, shuffle=True, seed=4)) != first_a
+    assert batch_ids(a) != first_a  # the next pass is reshuffled
+    assert batch_ids(BatchLoader(make_view(50), 8, shuffle=True, seed=4)) != first_a
 
 
-def test_num_samples_draws_whole_passes() -> None:
-    ids = _ids(BatchLoader(_view(10), 4, shuffle=True, num_samples=25))
+def test_num_samples_draws_whole_passes(make_view, batch_ids) -> None:
+    ids = batch_ids(BatchLoader(make_view(10), 4, shuffle=True, num_samples=25))
     counts = torch.bincount(torch.tensor(ids), minlength=10)
     assert len(ids) == 25 and int(counts.min()) == 2 and int(counts.max()) == 3
 
@@ -58,20 +54,63 @@ def test_num_samples_draws_whole_passes() -> None:
         (dict(batch_size=0), "batch_size"),
         (dict(batch_size=2, num_samples=5), "needs shuffle=True"),
         (dict(batch_size=2, rank=2, world_size=2), "rank must lie in"),
+        (dict(batch_size=2, num_workers=-1), "num_workers must be an int >= 0"),
     ],
 )
-def test_bad_arguments(kwargs: dict, match: str) -> None:
+def test_bad_arguments(make_view, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        BatchLoader(_view(), **kwargs)
+        BatchLoader(make_view(), **kwargs)
 
 
-def test_make_loader_uses_a_dataloader_for_workers_and_pinning() -> None:
+@pytest.mark.parametrize("settings", [dict(num_workers=1), dict(pin_memory=True), dict(num_workers=2)])
+def test_workers_and_pinning_give_the_batches_of_the_main_process(settings) -> None:
     view = SplitDigits().train_stream[0].dataset
-    assert isinstance(make_loader(view, 8), BatchLoader)
+    kwargs = dict(shuffle=True, num_samples=300, seed=5, rank=1, world_size=2, drop_last=True)
+    main, other = BatchLoader(view, 16, **kwargs), BatchLoader(view, 16, **kwargs, **settings)
+    assert len(main) == len(other) == 150 // 16
+    for _epoch in range(2):
+        a, b = list(main), list(other)
+        assert len(a) == len(b) == len(main)
+        for u, v in zip(a, b):
+            assert all(torch.equal(p, q.cpu()) for p, q in zip(u, v))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+@pytest.mark.parametrize("stop", [0, 3, 7])
+def test_state_dict_resumes_the_pass_in_the_same_order(make_view, batch_ids, num_workers, stop) -> None:
+    def loader(seed: int = 11):
+        return BatchLoader(make_view(30), 4, shuffle=True, seed=seed, num_workers=num_workers)
+
+    reference = loader()
+    first, second = batch_ids(reference), batch_ids(reference)  # two passes, never stopped
+    interrupted = loader()
+    batches = iter(interrupted)
+    seen = [int(v) for _ in range(stop) for v in next(batches)[1]]
+    state = interrupted.state_dict()
+    assert (state["epoch"], state["position"]) == (1 if stop else 0, stop)
+    resumed = loader(seed=99)  # a fresh loader with another seed, as in a new process
+    resumed.load_state_dict(state)
+    rest = batch_ids(resumed)
+    assert seen + rest == first if stop else rest == first
+    assert batch_ids(resumed) == second
+
+
+def test_state_dict_restores_the_random_states(make_view) -> None:
+    loader = BatchLoader(make_view(), 4)
+    state = loader.state_dict()
+    expected = torch.rand(3)
+    torch.rand(5)
+    BatchLoader(make_view(), 4).load_state_dict(state)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_make_loader_reads_in_the_main_process_or_through_workers(make_view, batch_ids) -> None:
+    view = SplitDigits().train_stream[0].dataset
     loader = make_loader(view, 8, num_workers=1)
-    assert isinstance(loader, torch.utils.data.DataLoader)
+    assert isinstance(loader, BatchLoader) and not isinstance(loader, torch.utils.data.DataLoader)
     x, y, t = next(iter(loader))
     assert x.shape == (8, 1, 8, 8) and y.shape == t.shape == (8,)
+    assert batch_ids(make_loader(view, 8, num_workers=1)) == batch_ids(make_loader(view, 8))
 
 
 class _NoDirect(BatchLoader):

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from lightning_cl.data import SplitCIFAR10, SplitCIFAR100, SplitCIFAR110, cifar_tensors
+from lightning_cl.data import LoaderSettings, SplitCIFAR10, SplitCIFAR100, SplitCIFAR110, cifar_tensors
 
 
 def test_cifar10_train_batches_augmented_eval_not(cifar_root):
-    bench = SplitCIFAR10(cifar_root, n_experiences=5, batch_size=10)
+    bench = SplitCIFAR10(cifar_root, n_experiences=5, loader=LoaderSettings(batch_size=10))
     assert sum(len(e) for e in bench.train_stream) == 50 and sum(len(e) for e in bench.test_stream) == 20
     exp = bench.train_stream[0]
     assert exp.dataset.base.inputs.dtype == torch.uint8

@@ -3,6 +3,7 @@ import torch
 
 from lightning_cl.data import (
     ImageFilesDataset,
+    LoaderSettings,
     TensorClassificationDataset,
     dataset_benchmark,
     filelist_benchmark,
@@ -29,7 +30,7 @@ def test_dataset_list_one_experience_each():
 
 def test_tensors():
     parts = [(torch.zeros(3, 2), torch.tensor([0, 1, 0])), (torch.ones(2, 2), torch.tensor([2, 3]))]
-    bench = tensors_benchmark(parts, parts, batch_size=2, transform=lambda x: x + 1)
+    bench = tensors_benchmark(parts, parts, loader=LoaderSettings(batch_size=2), transform=lambda x: x + 1)
     assert [len(e) for e in bench.train_stream] == [3, 2] and bench.n_classes == 4
     x, _, _ = next(iter(bench.train_stream[1].train_dataloader()))
     assert (x == 2).all()
@@ -61,7 +62,9 @@ def write_images(root, n_classes=3, per_class=2):
 
 def test_paths_filelists_and_folder(tmp_path):
     pairs = write_images(tmp_path)
-    bench = paths_benchmark([pairs[:2], pairs[2:]], [pairs], root=tmp_path, size=(6, 8), num_workers=0)
+    bench = paths_benchmark(
+        [pairs[:2], pairs[2:]], [pairs], root=tmp_path, size=(6, 8), loader=LoaderSettings()
+    )
     assert [e.classes_in_this_experience for e in bench.train_stream] == [[0], [1, 2]]
     x, _y, _ = next(iter(bench.train_stream[1].test_dataloader()))
     assert x.shape == (4, 3, 6, 8) and x.dtype == torch.uint8
@@ -70,7 +73,7 @@ def test_paths_filelists_and_folder(tmp_path):
         f = tmp_path / f"train_{i}.txt"
         f.write_text("\n".join(f"{p} {c}" for p, c in chunk))
         lists.append(f)
-    fl = filelist_benchmark(tmp_path, lists, lists[:1], size=(6, 8), num_workers=0)
+    fl = filelist_benchmark(tmp_path, lists, lists[:1], size=(6, 8), loader=LoaderSettings())
     assert [len(e) for e in fl.train_stream] == [3, 3]
     folder = ImageFilesDataset.from_folder(tmp_path, size=(6, 6), mode="L")
     assert folder.classes == ["class0", "class1", "class2"] and folder.targets.tolist() == [0, 0, 1, 1, 2, 2]

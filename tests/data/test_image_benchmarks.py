@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from lightning_cl.data import CORe50, SplitCUB200, SplitOmniglot, SplitTinyImageNet
+from lightning_cl.data import CORe50, LoaderSettings, SplitCUB200, SplitOmniglot, SplitTinyImageNet
 
 
 def test_tiny_imagenet(tiny_imagenet_root):
-    bench = SplitTinyImageNet(tiny_imagenet_root, n_experiences=2, num_workers=0, batch_size=4)
+    bench = SplitTinyImageNet(tiny_imagenet_root, n_experiences=2, loader=LoaderSettings(batch_size=4))
     assert bench.n_classes == 4 and sum(len(e) for e in bench.train_stream) == 12
     assert sum(len(e) for e in bench.test_stream) == 8
     x, _y, _t = next(iter(bench.train_stream[0].train_dataloader()))
@@ -15,7 +15,9 @@ def test_tiny_imagenet(tiny_imagenet_root):
 
 
 def test_tiny_imagenet_with_a_worker(tiny_imagenet_root):
-    bench = SplitTinyImageNet(tiny_imagenet_root, n_experiences=2, num_workers=1, batch_size=4)
+    bench = SplitTinyImageNet(
+        tiny_imagenet_root, n_experiences=2, loader=LoaderSettings(batch_size=4, num_workers=1)
+    )
     exp = bench.test_stream[1]
     assert exp.test_dataloader() is exp.test_dataloader()
     ys = torch.cat([b[1] for b in exp.test_dataloader()])
@@ -23,7 +25,9 @@ def test_tiny_imagenet_with_a_worker(tiny_imagenet_root):
 
 
 def test_cub200(cub_root):
-    bench = SplitCUB200(cub_root, n_experiences=3, classes_first_batch=2, size=(16, 16), num_workers=0)
+    bench = SplitCUB200(
+        cub_root, n_experiences=3, classes_first_batch=2, size=(16, 16), loader=LoaderSettings()
+    )
     assert [len(e.classes_in_this_experience) for e in bench.train_stream] == [2, 1, 1]
     assert sum(len(e) for e in bench.train_stream) == 8 and sum(len(e) for e in bench.test_stream) == 4
     x, _, _ = next(iter(bench.test_stream[0].test_dataloader()))
@@ -45,7 +49,7 @@ def test_omniglot(omniglot_root):
     [("ni", 8, "new_instances"), ("nc", 9, "class_incremental"), ("nic", 79, "new_instances_and_classes")],
 )
 def test_core50(core50_root, scenario, n_exp, kind):
-    bench = CORe50(core50_root, scenario=scenario, num_workers=0)
+    bench = CORe50(core50_root, scenario=scenario, loader=LoaderSettings())
     assert bench.n_experiences == n_exp and bench.scenario == kind and bench.n_classes == 50
     assert len(bench.test_stream) == 1 and len(bench.test_stream[0]) == 30
     if scenario == "ni":
@@ -57,7 +61,7 @@ def test_core50(core50_root, scenario, n_exp, kind):
 
 
 def test_core50_categories_and_errors(core50_root, tmp_path):
-    bench = CORe50(core50_root, scenario="ni", object_lvl=False, num_workers=0)
+    bench = CORe50(core50_root, scenario="ni", object_lvl=False, loader=LoaderSettings())
     assert bench.n_classes == 10 and bench.train_stream[0].classes_in_this_experience == [0, 1]
     with pytest.raises(ValueError, match="scenario must be one of"):
         CORe50(core50_root, scenario="xy")

@@ -9,11 +9,16 @@ def test_online_mini_experiences():
     sizes = [len(e) for e in online]
     assert sum(sizes) == sum(len(e) for e in stream) and max(sizes) == 100
     assert online.indices == list(range(len(online)))
-    first = [e for e in online if e.origin_experience is stream[0]]
+    first = [e.online for e in online if e.online.origin_experience is stream[0]]
     assert [e.is_first_subexp for e in first] == [True, False, False]
     assert [e.is_last_subexp for e in first] == [False, False, True]
     assert all(e.sub_stream_length == 3 and not e.access_task_boundaries for e in first)
-    covered = sorted(i for e in first for i in e.dataset.indices.tolist())
+    assert (
+        not online[0].access_task_boundaries and stream[0].online is None and stream[0].access_task_boundaries
+    )
+    covered = sorted(
+        i for e in online if e.online.origin_experience is stream[0] for i in e.dataset.indices.tolist()
+    )
     assert covered == sorted(stream[0].dataset.indices.tolist())
     x, _y, _t = next(iter(online[0].train_dataloader()))
     assert x.shape[1:] == (1, 8, 8)

@@ -1,10 +1,10 @@
 import pytest
 
-from lightning_cl.data import SplitDigits, Stream
+from lightning_cl.data import LoaderSettings, SplitDigits, Stream
 
 
 def test_slicing_keeps_indices_and_test_loaders():
-    stream = SplitDigits(n_experiences=5, batch_size=64).test_stream
+    stream = SplitDigits(n_experiences=5, loader=LoaderSettings(batch_size=64)).test_stream
     part = stream[1:4:2]
     assert isinstance(part, Stream) and part.indices == [1, 3] and part.name == "test"
     loaders = part.test_dataloader()

@@ -4,7 +4,7 @@ import lightning as L
 import torch
 
 from lightning_cl import MLP, ContinualModule, Replay
-from lightning_cl.data import SplitDigits, domain_incremental, split_online
+from lightning_cl.data import LoaderSettings, SplitDigits, domain_incremental, split_online
 from lightning_cl.data.domain_dataset import DomainDataset
 from lightning_cl.data.transforms import PixelPermutation
 
@@ -27,7 +27,7 @@ def test_domain_incremental_with_replay_replays_old_domains():
     digits = SplitDigits(n_experiences=1).train_stream[0].dataset.base
     g = torch.Generator().manual_seed(0)
     perms = [PixelPermutation(torch.arange(64)), PixelPermutation(torch.randperm(64, generator=g))]
-    bench = domain_incremental(digits, digits, perms, batch_size=64)
+    bench = domain_incremental(digits, digits, perms, loader=LoaderSettings(batch_size=64))
     replay = Replay(mem_size=50, seed=0)
     module = ContinualModule(MLP(num_classes=10, input_size=64, hidden_size=32, drop_rate=0.0))
     fit(module, bench.train_stream, bench.test_stream, [replay])
@@ -39,7 +39,7 @@ def test_domain_incremental_with_replay_replays_old_domains():
 
 
 def test_online_stream_trains():
-    bench = SplitDigits(n_experiences=5, batch_size=32)
+    bench = SplitDigits(n_experiences=5)
     online = split_online(bench.train_stream[:2], 200)
     module = ContinualModule(MLP(num_classes=10, input_size=64, hidden_size=32, drop_rate=0.0))
     fit(module, online, bench.test_stream[:2], [Replay(mem_size=40, seed=0)])
@@ -63,9 +63,10 @@ class _Batches(L.Callback):
 
 def _augmented_run(augment_on: str, seed: int = 0):
     L.seed_everything(seed, verbose=False)
-    bench = SplitDigits(n_experiences=5, batch_size=32)
+    bench = SplitDigits(n_experiences=5)
     flip = lambda x: x.flip(-1) + 100.0  # noqa: E731  deterministic, and visible in every batch
-    stream = [exp.replace(train_transform=flip, augment_on=augment_on) for exp in bench.train_stream[:2]]
+    settings = LoaderSettings(augment_on=augment_on)
+    stream = [exp.replace(train_transform=flip, loader_settings=settings) for exp in bench.train_stream[:2]]
     module = ContinualModule(MLP(num_classes=10, input_size=64, hidden_size=32, drop_rate=0.0))
     batches = _Batches()
     fit(module, stream, bench.test_stream[:2], [Replay(mem_size=40, seed=0), batches])
@@ -90,8 +91,8 @@ def test_augmentation_on_the_device_matches_the_loader() -> None:
 
 def test_auto_augments_in_the_loader_on_cpu() -> None:
     exp = SplitDigits().train_stream[0].replace(train_transform=lambda x: x + 100.0)
-    assert exp.augment_on == "auto" and not exp.augments_on_device()
+    assert exp.loader_settings.augment_on == "auto" and not exp.augments_on_device()
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     assert not exp.augments_on_device(trainer)
     assert float(next(iter(exp.loader(exp.dataset, train=True, trainer=trainer)))[0].min()) >= 50
-    assert exp.replace(augment_on="device").augments_on_device(trainer)
+    assert exp.replace(loader_settings=LoaderSettings(augment_on="device")).augments_on_device(trainer)

@@ -6,7 +6,7 @@ from typing import Any
 
 import lightning as L
 
-from lightning_cl.data import Benchmark, SplitDigits, permuted
+from lightning_cl.data import Benchmark, LoaderSettings, SplitDigits, permuted
 from lightning_cl.training import fit_stream
 from tests.conftest import stream_trainer_kwargs
 from tests.methods.test_replay import digits_module
@@ -16,7 +16,7 @@ def permuted_digits(n_experiences: int = 4, batch_size: int = 32) -> Benchmark:
     """Each experience is all ten digits under its own pixel permutation (seeded)."""
     digits = SplitDigits(n_experiences=1, seed=1)
     train, test = digits.train_stream[0].dataset.base, digits.test_stream[0].dataset.base
-    return permuted(train, test, n_experiences, seed=0, batch_size=batch_size)
+    return permuted(train, test, n_experiences, seed=0, loader=LoaderSettings(batch_size=batch_size))
 
 
 def run_permuted(callbacks: list[Any], max_epochs: int = 5) -> Any:

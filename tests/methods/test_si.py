@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_cl.data import SplitDigits
+from lightning_cl.data import LoaderSettings, SplitDigits
 from lightning_cl.methods import SI
 from lightning_cl.models import MLP, ContinualModule
 from tests.conftest import quiet_trainer_kwargs
@@ -51,7 +51,7 @@ def test_the_path_integral_is_the_loss_decrease() -> None:
     # along the training path (to first order: full-batch gradient descent, small steps). On the
     # second experience the loss includes SI's penalty, and omega still tracks the task loss alone.
     L.seed_everything(0)
-    bench = SplitDigits(n_experiences=5, seed=1, batch_size=10_000)
+    bench = SplitDigits(n_experiences=5, seed=1, loader=LoaderSettings(batch_size=10_000))
     module = ContinualModule(
         MLP(num_classes=10, input_size=64, hidden_size=32, drop_rate=0.0),
         optimizer=partial(torch.optim.SGD, lr=0.02),

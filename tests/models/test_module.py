@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_cl.data import SplitDigits
+from lightning_cl.data import LoaderSettings, SplitDigits
 from lightning_cl.methods import ContinualCallback
 from lightning_cl.models import MLP, ContinualModule, merge_batch
 from tests.conftest import quiet_trainer_kwargs
@@ -161,7 +161,7 @@ def test_cl_callback_needs_a_continual_module() -> None:
 
 
 def test_logged_steps_never_collide_across_experiences(tmp_path: Any) -> None:
-    bench = SplitDigits(n_experiences=5, batch_size=64)
+    bench = SplitDigits(n_experiences=5, loader=LoaderSettings(batch_size=64))
     module = _module()
     logger = CSVLogger(tmp_path, name="run")
     steps_per_exp = []

@@ -18,7 +18,7 @@ from tests.conftest import stream_trainer_kwargs
 @pytest.mark.slow
 def test_naive_split_mnist_final_average_accuracy_is_about_one_fifth(data_root: Path) -> None:
     L.seed_everything(1)
-    bench = SplitMNIST(root=data_root, n_experiences=5, seed=1, batch_size=128)
+    bench = SplitMNIST(root=data_root, n_experiences=5, seed=1)
     module = ContinualModule(MLP(num_classes=10), optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9))
     results = fit_stream(module, bench, logger=False, trainer_kwargs=stream_trainer_kwargs(max_epochs=1))
     # Each experience is learned, then forgotten: only the last one is remembered.
