@@ -89,6 +89,12 @@ class MetricResults:
             self.stream = [math.nan] * len(self.trained)
         if not self.initial:
             self.initial = [math.nan] * len(self.tested)
+        if len(self.stream) != len(self.trained):
+            raise ValueError(f"stream needs one value per row ({len(self.trained)}), got {len(self.stream)}")
+        if len(self.initial) != len(self.tested):
+            raise ValueError(
+                f"initial needs one value per tested column ({len(self.tested)}), got {len(self.initial)}"
+            )
 
     # ------------------------------------------------------------------ views
     @property
@@ -179,7 +185,7 @@ class MetricResults:
             "initial": [_none_if_nan(v) for v in self.initial],
             "trained_on": None if self.trained_on is None else [list(c) for c in self.trained_on],
             "per_class": [[_none_if_nan(v) for v in row] for row in self.per_class],
-            "pairing": self.pairing_source,
+            "pairing_source": self.pairing_source,
         }
         for name in DERIVED:
             value = getattr(self, name)

@@ -109,3 +109,16 @@ def test_empty_results_have_empty_accuracy() -> None:
     empty = ContinualResults()
     assert empty.accuracy_matrix == [] and empty.trained == [] and math.isnan(empty.average_accuracy)
     assert ContinualResults.from_json(empty.to_json()) == empty
+
+
+def test_inconsistent_fields_are_refused() -> None:
+    with pytest.raises(ValueError, match="matrix has 1 rows but trained names 2"):
+        MetricResults("accuracy", [[0.1]], [0, 1], [0])
+    with pytest.raises(ValueError, match="stream needs one value per row \\(1\\), got 2"):
+        MetricResults("accuracy", [[0.1]], [0], [0], stream=[0.1, 0.2])
+    with pytest.raises(ValueError, match="initial needs one value per tested column \\(1\\), got 2"):
+        MetricResults("accuracy", [[0.1]], [0], [0], initial=[0.1, 0.2])
+    with pytest.raises(ValueError, match="trained_on needs one entry per row \\(1\\), got 0"):
+        MetricResults("accuracy", [[0.1]], [0], [0], trained_on=[])
+    with pytest.raises(ValueError, match="metric 'f1' must be a MetricResults, got dict"):
+        ContinualResults({"f1": {}})  # type: ignore[dict-item]
