@@ -44,7 +44,9 @@ class MetricResults:
     recorder was told with ``mark_trained``); otherwise, when every row's experience index is
     also a column's, row ``i`` trained column ``i`` (train and test streams aligned, as in
     class- and domain-incremental benchmarks, also mid-stream); otherwise ``"unknown"`` (online
-    and new-instances streams recorded without ``mark_trained``: more rows than columns).
+    and new-instances streams recorded without ``mark_trained``: more rows than columns). An online
+    stream recorded without ``mark_trained`` pairs by index as long as its rows are no more than
+    the test experiences, which is wrong for it: online recorders should call ``mark_trained``.
 
     Attributes:
         name: the metric's name (``"accuracy"``, ``"loss"``, ``"f1"``, ...).
