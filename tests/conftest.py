@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+
+from lightning_cl.models import MLP, ContinualModule
 
 DATA_ENV = "LIGHTNING_CL_DATA"
 
@@ -24,6 +28,13 @@ def quiet_trainer_kwargs(**overrides: Any) -> dict[str, Any]:
     )
     kwargs.update(overrides)
     return kwargs
+
+
+def digits_module(**module_kwargs: Any) -> ContinualModule:
+    """The tests' SplitDigits model: MLP 64-256-10 without dropout, SGD lr 0.05 momentum 0.9."""
+    module_kwargs.setdefault("optimizer", partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    model = MLP(num_classes=10, input_size=64, hidden_size=256, drop_rate=0.0)
+    return ContinualModule(model, **module_kwargs)
 
 
 def stream_trainer_kwargs(**overrides: Any) -> dict[str, Any]:

@@ -77,6 +77,24 @@ class Benchmark:
         """Number of training experiences."""
         return len(self.train_stream)
 
+    def on_exception(self, exception: BaseException) -> None:
+        """Lightning's hook when a fit or test fails on its datamodule: a Benchmark is not one.
+
+        ``trainer.fit(module, datamodule=benchmark)`` fails inside Lightning before any hook of
+        lightning_cl runs; Lightning then calls this hook, which says what to pass instead.
+
+        Raises:
+            MisconfigurationException: always, naming what to pass instead.
+        """
+        from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+        raise MisconfigurationException(
+            f"a Benchmark ({self.name}) is not a datamodule: train on one experience at a time "
+            "(for experience in benchmark.train_stream: trainer.fit(module, datamodule=experience)), "
+            "test on a stream (trainer.test(module, datamodule=benchmark.test_stream)), or call "
+            "fit_stream(module, benchmark)"
+        ) from None
+
     def __repr__(self) -> str:
         rows = [
             f"{self.name}: {self.scenario}, {self.n_experiences} experiences, {self.n_classes} classes",

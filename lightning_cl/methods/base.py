@@ -56,8 +56,8 @@ class ContinualCallback(L.Callback, TrainDataSource, LossTerm):
       trainer.
 
     Any Lightning hook (``on_before_optimizer_step`` for gradient surgery, ...) works as in any
-    callback. Subclasses that override ``setup``, ``on_fit_start``, ``on_fit_end`` or
-    ``on_load_checkpoint`` call ``super()``. Methods combine freely in one callbacks list.
+    callback. Subclasses that override ``setup``, ``on_fit_start``, ``on_train_start``,
+    ``on_fit_end`` or ``on_load_checkpoint`` call ``super()``. Methods combine freely in one callbacks list.
 
     Example:
         A penalty pulling the weights towards those at the end of the previous experience
@@ -94,8 +94,9 @@ class ContinualCallback(L.Callback, TrainDataSource, LossTerm):
     def on_state_restored(self, trainer: L.Trainer, module: ContinualModule, experience: Experience) -> None:
         """Called once after Lightning restored this callback's state inside ``experience``.
 
-        Runs in ``on_fit_start``: the weights, the optimizer and every callback's state are
-        restored, no batch has run. The default does nothing.
+        Runs in ``on_fit_start`` (or, for strategies that restore after their own set-up, in
+        ``on_train_start``): the weights and every callback's state are restored, no batch has
+        run. The default does nothing.
         """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -117,6 +118,13 @@ class ContinualCallback(L.Callback, TrainDataSource, LossTerm):
         self._state_restored = True
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._dispatch_restored(trainer, pl_module)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Strategies that restore checkpoints after their own set-up do so after `on_fit_start`.
+        self._dispatch_restored(trainer, pl_module)
+
+    def _dispatch_restored(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._state_restored:
             self._state_restored = False
             self.on_state_restored(trainer, pl_module, _experience_of(trainer))  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from lightning_cl.data import (
 )
 from lightning_cl.training import fit_stream
 from tests.conftest import stream_trainer_kwargs
-from tests.methods.test_replay import digits_module
+from tests.conftest import digits_module
 
 
 def test_cumulative_experiences_hold_everything_so_far() -> None:

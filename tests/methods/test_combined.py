@@ -13,7 +13,7 @@ from lightning_cl.methods import AGEM, EWC, GEM, SI, LwF, Replay
 from lightning_cl.models import merge_batch
 from lightning_cl.training import fit_stream
 from tests.conftest import stream_trainer_kwargs
-from tests.methods.test_replay import digits_module
+from tests.conftest import digits_module
 
 
 class _Recorder(L.Callback):

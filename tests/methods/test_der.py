@@ -10,7 +10,7 @@ from lightning_cl.data import SplitDigits
 from lightning_cl.methods import DER, Replay
 from tests.conftest import quiet_trainer_kwargs
 from tests.methods.permuted_digits import run_permuted
-from tests.methods.test_replay import digits_module
+from tests.conftest import digits_module
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Any
 
 import lightning as L
@@ -10,16 +9,8 @@ import torch
 
 from lightning_cl.data import SplitDigits
 from lightning_cl.methods import Replay
-from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
-from tests.conftest import quiet_trainer_kwargs, stream_trainer_kwargs
-
-
-def digits_module() -> ContinualModule:
-    return ContinualModule(
-        MLP(num_classes=10, input_size=64, hidden_size=256, drop_rate=0.0),
-        optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
-    )
+from tests.conftest import digits_module, quiet_trainer_kwargs, stream_trainer_kwargs
 
 
 class _BatchProbe(L.Callback):

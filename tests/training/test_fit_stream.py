@@ -10,7 +10,7 @@ from lightning_cl.data import SplitDigits
 from lightning_cl.methods import Replay
 from lightning_cl.training import RESULTS_FILE, fit_stream
 from tests.conftest import stream_trainer_kwargs
-from tests.methods.test_replay import digits_module
+from tests.conftest import digits_module
 
 
 def test_fit_stream_trains_every_experience_and_writes_results(tmp_path: Path) -> None:

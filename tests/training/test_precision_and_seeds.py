@@ -15,7 +15,7 @@ from lightning_cl.methods import AGEM, EWC, GEM, MAS, SI, LwF, Replay
 from lightning_cl.training import fit_stream
 from lightning_cl.training.cli import main
 from tests.conftest import stream_trainer_kwargs
-from tests.methods.test_replay import digits_module
+from tests.conftest import digits_module
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 from lightning_cl.training.checkpoint import checkpoint_name
 from tests.conftest import stream_trainer_kwargs
-from tests.methods.test_replay import digits_module
+from tests.conftest import digits_module
 
 SCRIPT = Path(__file__).with_name("stream_script.py")
 METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "mas", "agem", "gem", "der", "all")
