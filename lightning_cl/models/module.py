@@ -318,6 +318,10 @@ class ContinualModule(L.LightningModule):
         self._check_output_width(experience, max(experience.classes_in_this_experience) + 1)
         self.seen_classes = self.seen_classes | set(experience.classes_in_this_experience)
         self.current_experience = experience.index
+        online = getattr(experience, "online", None)
+        if online is not None:
+            # A mini-experience trains on its origin experience's data: the matrix's pairing.
+            self.accuracy_matrix.mark_trained(experience.index, online.origin_experience.index)
         self._fit_finished = False
         if self.train_metrics is None:
             self.train_metrics = MetricCollection(

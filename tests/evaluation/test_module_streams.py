@@ -37,8 +37,11 @@ def test_online_stream_has_one_column_per_test_experience() -> None:
     assert all(len(row) == 5 for row in results.accuracy_matrix)
     assert results.average_accuracy == pytest.approx(sum(results.accuracy_matrix[-1]) / 5)
     assert 0.0 < results.average_accuracy < 0.35  # fine-tuning ends on the last origin's classes
-    assert results["accuracy"].pairing_source == "unknown"
-    assert not math.isnan(results.forgetting) and results.bwt == pytest.approx(-results.forgetting)
+    # Each mini-experience marks its origin experience: the pairing is known.
+    assert results["accuracy"].pairing_source == "marked"
+    # Fine-tuning forgets the four origin experiences trained before the last one.
+    assert sorted(results["accuracy"].forgetting_per_experience) == [0, 1, 2, 3]
+    assert not math.isnan(results.forgetting) and results.forgetting > 0.5 and results.bwt < -0.5
 
 
 def test_new_instances_stream_has_one_column() -> None:
