@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -111,6 +111,13 @@ def make_loader(
     )
 
 
+@runtime_checkable
+class _Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
 def _constructor_fields(cls: type) -> tuple[str, ...]:
     """The keyword names of ``cls.__init__``: what :meth:`Experience.replace` copies."""
     return tuple(inspect.signature(cls).parameters)
@@ -185,6 +192,9 @@ class Experience(L.LightningDataModule):
         self._cached_loaders: dict[str, Iterable[Any]] = {}
         # Augmentations deferred to the device, by key of the training batch (None: not a dict).
         self._device_transforms: dict[str | None, BatchTransform] = {}
+        # The training loaders of the current fit, and loader states a checkpoint gave for the next one.
+        self._train_loaders: list[_Stateful] = []
+        self._loader_states_to_load: list[dict[str, Any]] | None = None
 
     def replace(self, **changes: Any) -> Experience:
         """A copy of this experience with some constructor arguments changed.
@@ -327,7 +337,36 @@ class Experience(L.LightningDataModule):
             for key, loader in loaders.items()
             if getattr(loader, "device_transform", None) is not None
         }
+        self._train_loaders = [loader for loader in loaders.values() if isinstance(loader, _Stateful)]
+        pending, self._loader_states_to_load = self._loader_states_to_load, None
+        if pending is not None:
+            if len(pending) != len(self._train_loaders):
+                raise ValueError(
+                    f"the checkpoint holds the state of {len(pending)} training loaders of experience "
+                    f"{self.index}, but {len(self._train_loaders)} were built: resume with the callbacks "
+                    "that wrote it"
+                )
+            for loader, state in zip(self._train_loaders, pending):
+                loader.load_state_dict(state)
         return current if not extra else {"current": current, **extra}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state of the training loaders (seed, pass, position, random states), for checkpoints.
+
+        Lightning restores a loader's state itself only when a checkpoint was written in the
+        middle of an epoch; the experience's own state covers a checkpoint written at the end of an
+        epoch too, so that a resumed fit continues with the next pass in the uninterrupted order.
+        """
+        return (
+            {"train_loaders": [loader.state_dict() for loader in self._train_loaders]}
+            if self._train_loaders
+            else {}
+        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the loader states of a checkpoint for the training loaders the next fit builds."""
+        if "train_loaders" in state_dict:
+            self._loader_states_to_load = list(state_dict["train_loaders"])
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Augment training batches on the device, where ``augment_on`` puts the augmentation there."""
