@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--strategy", default="auto")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--precision", default="32-true")
     args = parser.parse_args()
@@ -122,7 +123,11 @@ def main() -> None:
     rank = 0
     for method in args.methods.split(","):
         L.seed_everything(1)
-        bench = SplitDigits(n_experiences=5, seed=1, loader=LoaderSettings(batch_size=args.batch_size))
+        bench = SplitDigits(
+            n_experiences=5,
+            seed=1,
+            loader=LoaderSettings(batch_size=args.batch_size, num_workers=args.num_workers),
+        )
         module = ContinualModule(
             MLP(num_classes=10, input_size=64, hidden_size=256, drop_rate=0.0),
             optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
