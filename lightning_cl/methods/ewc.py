@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call, grad, vmap
 
-from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback
-from lightning_cl.methods.per_sample import add_linear_per_sample, linear_layers
+from lightning_cl.methods.distributed import all_reduce_tensors, rank_shard
+from lightning_cl.methods.per_sample import ESTIMATORS, SupportsGetItems, per_sample_gradient_sums
+from lightning_cl.models.heads import pad_to, slice_to
 
 __all__ = ["EWC", "EWC_MODES", "FISHER_ESTIMATORS", "fisher_information"]
 
 EWC_MODES = ("separate", "online")
-FISHER_ESTIMATORS = ("per_sample", "minibatch")
-
-
-def _shard(n: int, trainer: L.Trainer) -> Tensor:
-    return torch.arange(trainer.global_rank, n, trainer.world_size)
+FISHER_ESTIMATORS = ESTIMATORS
 
 
 def _nll(logits: Tensor, targets: Tensor) -> Tensor:
@@ -32,7 +29,7 @@ def _nll(logits: Tensor, targets: Tensor) -> Tensor:
 
 def fisher_information(
     module: torch.nn.Module,
-    data: DatasetView,
+    data: SupportsGetItems,
     positions: Tensor,
     *,
     batch_size: int,
@@ -41,60 +38,40 @@ def fisher_information(
     r"""Sums of squared log-likelihood gradients over ``data[positions]``, and how many terms.
 
     ``per_sample`` (the paper's empirical Fisher): :math:`\sum_n (\nabla_\theta \log p(y_n|x_n))^2`,
-    one gradient per sample, computed with ``torch.func.vmap``. ``minibatch`` (Avalanche's):
-    :math:`\sum_b (\nabla_\theta \bar\ell_b)^2` over minibatches of ``batch_size``, whose values
-    are about ``batch_size`` times smaller. Divide by the count for the mean. The module runs
-    in eval mode (no dropout, frozen batch-norm statistics) and is left in its former mode.
+    one gradient per sample. ``minibatch`` (Avalanche's): :math:`\sum_b (\nabla_\theta \bar\ell_b)^2`
+    over minibatches of ``batch_size``, whose values are about ``batch_size`` times smaller.
+    Divide by the count for the mean. The module runs in eval mode (no dropout, frozen
+    batch-norm statistics) and is left in its former mode.
 
-    When every trainable parameter belongs to an ``nn.Linear`` that sees one 2-d input per
-    forward (MLPs, linear and dynamic heads), ``per_sample`` uses the closed form: a linear
-    layer's per-sample gradient is the outer product :math:`g_n a_n^\top` of the gradient at its
-    output and its input, so :math:`\sum_n (g_n a_n^\top)^2 = (g^2)^\top a^2`: one backward pass
-    per batch, no per-sample gradient in memory. Other models use ``torch.func.vmap``.
+    :func:`~lightning_cl.methods.per_sample.per_sample_gradient_sums` with the negative
+    log-likelihood and ``reduction="square"``: in closed form when every trainable parameter
+    belongs to an ``nn.Linear`` (MLPs, linear and dynamic heads; a linear layer's per-sample
+    gradient is the outer product :math:`g_n a_n^\top`, so
+    :math:`\sum_n (g_n a_n^\top)^2 = (g^2)^\top a^2`), else with ``torch.func.vmap``.
+
+    Args:
+        module: called as ``module(x, t)``.
+        data: gives ``(x, y, t)`` for a tensor of positions (a ``DatasetView``).
+        positions: the samples to use.
+        batch_size: samples per forward pass (and per term, for ``minibatch``).
+        estimator: ``"per_sample"`` or ``"minibatch"``.
+
+    Returns:
+        The sums by trainable parameter name (float32), and the number of terms (samples, or
+        batches for ``minibatch``).
+
+    Raises:
+        ValueError: for an unknown estimator or ``batch_size < 1``.
     """
-    params = {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
-    buffers = {n: b.detach() for n, b in module.named_buffers()}
-    sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-    device = next(iter(params.values())).device
-    count = 0
-
-    def sample_loss(p: dict[str, Tensor], x: Tensor, y: Tensor, t: Tensor) -> Tensor:
-        logits = functional_call(module, (p, buffers), (x.unsqueeze(0), t))
-        return F.cross_entropy(logits.float(), y.unsqueeze(0))
-
-    per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0, None))
-    linears = linear_layers(module, params) if estimator == "per_sample" else None
-    was_training = module.training
-    module.eval()
-    try:
-        for chunk in positions.split(batch_size):
-            x, y, t = (v.to(device) for v in data.__getitems__(chunk))
-            nll = partial(_nll, targets=y)
-            if linears is not None and add_linear_per_sample(module, linears, nll, x, t, sums, "square"):
-                count += len(chunk)
-                continue
-            linears = None  # the closed form does not apply to this model: vmap from here on
-            if estimator == "minibatch":
-                live = [p for p in module.parameters() if p.requires_grad]
-                with torch.enable_grad():
-                    loss = F.cross_entropy(module(x, t).float(), y)
-                    grads = torch.autograd.grad(loss, live, allow_unused=True)
-                for (name, _), g in zip(
-                    ((n, p) for n, p in module.named_parameters() if p.requires_grad), grads
-                ):
-                    if g is not None:
-                        sums[name] += g.float().pow(2)
-                count += 1
-                continue
-            for task in torch.unique(t).tolist():
-                mask = t == task
-                g = per_sample_grads(params, x[mask], y[mask], t[mask][:1])
-                for name, value in g.items():
-                    sums[name] += value.float().pow(2).sum(0)
-            count += len(chunk)
-    finally:
-        module.train(was_training)
-    return sums, count
+    return per_sample_gradient_sums(
+        module,
+        data,
+        positions,
+        batch_size=batch_size,
+        per_sample_loss=_nll,
+        reduction="square",
+        estimator=estimator,
+    )
 
 
 class EWC(ContinualCallback):
@@ -122,7 +99,10 @@ class EWC(ContinualCallback):
       rank estimates on its shard and the sums are all-reduced, so every rank holds the same
       Fisher.
     - Parameters that grew (a dynamic head) are anchored on the slice that existed.
-    - The penalty is computed in float32 whatever the training precision.
+    - The penalty is computed in float32 whatever the training precision. It is cached in its
+      consolidated form, keyed on a version of the anchors (bumped when an experience's anchor
+      is set or replaced, as when the same experience is trained again, and when the state is
+      loaded) and on the tensors' in-place versions.
 
     Args:
         ewc_lambda: penalty strength :math:`\lambda \geq 0`.
@@ -165,26 +145,76 @@ class EWC(ContinualCallback):
         self.fisher = fisher
         self.fisher_batch_size = fisher_batch_size
         # experience index -> {"params": {name: tensor}, "fisher": {name: tensor}}
-        self.anchors: dict[int, dict[str, dict[str, Tensor]]] = {}
-        self._cache: tuple[Any, Any] | None = None
+        self._anchors: dict[int, dict[str, dict[str, Tensor]]] = {}
+        self._version = 0  # bumped at every change of the anchors: the key of the consolidated penalty
+        self._cache: tuple[Any, tuple[dict[str, Tensor], dict[str, Tensor], float]] | None = None
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(ewc_lambda=self.ewc_lambda, mode=self.mode)
 
+    @property
+    def anchors(self) -> Mapping[int, Mapping[str, Mapping[str, Tensor]]]:
+        r"""The anchored weights and Fisher of each past experience, read-only.
+
+        ``anchors[k]["params"][name]`` is :math:`\theta^*_k`, ``anchors[k]["fisher"][name]``
+        :math:`F_k` (the mean, float32). One entry in ``"online"`` mode. Assigning a new mapping
+        replaces them all (and is checked); the entries cannot be assigned one by one.
+        """
+        return MappingProxyType(
+            {
+                k: MappingProxyType({part: MappingProxyType(v) for part, v in anchor.items()})
+                for k, anchor in self._anchors.items()
+            }
+        )
+
+    @anchors.setter
+    def anchors(self, value: Mapping[int, Mapping[str, Mapping[str, Tensor]]]) -> None:
+        anchors: dict[int, dict[str, dict[str, Tensor]]] = {}
+        for k, anchor in value.items():
+            params, fisher = dict(anchor["params"]), dict(anchor["fisher"])
+            mismatch = [n for n, f in fisher.items() if n not in params or params[n].shape != f.shape]
+            if mismatch:
+                raise ValueError(
+                    f"anchors[{k}] needs a 'params' tensor of the Fisher's shape for every Fisher "
+                    f"entry; missing or of another shape: {mismatch}"
+                )
+            anchors[int(k)] = {"params": params, "fisher": fisher}
+        self._anchors = anchors
+        self._version += 1
+
     def penalty(self, module: Any, batch: Batch, logits: Tensor) -> Tensor | None:
-        if not self.anchors or self.ewc_lambda == 0.0:
+        r"""EWC's term :math:`\frac{\lambda}{2} \sum_k \sum_i F_{k,i} (\theta_i - \theta^*_{k,i})^2`.
+
+        A sum over the parameters' entries and the past experiences (not a mean; it does not
+        depend on the batch, so it weighs the same whatever the batch size): a float32 scalar on
+        the parameters' device, whatever the training precision; ``None`` before the first
+        experience ended. Computed from the consolidated quadratic of all past experiences (one
+        term per parameter, whatever their number).
+        """
+        if not self._anchors or self.ewc_lambda == 0.0:
             return None
-        importance, centre, constant = self._consolidated(logits.device)
-        total = logits.new_full((), constant, dtype=torch.float32)
+        device = next(module.parameters()).device
+        importance, centre, constant = self._consolidated(device)
+        total = torch.full((), constant, dtype=torch.float32, device=device)
         for name, param in module.named_parameters():
             a = importance.get(name)
             if a is None:
                 continue
-            if param.shape != a.shape:  # a grown head: anchored on the units that existed
-                param = param[tuple(slice(0, s) for s in a.shape)]
-            total = total + (a * (param.float() - centre[name]).pow(2)).sum()
+            # a grown head: anchored on the units that existed
+            total = total + (a * (slice_to(param, a.shape).float() - centre[name]).pow(2)).sum()
         return 0.5 * self.ewc_lambda * total
+
+    def _cache_key(self, device: torch.device) -> tuple[Any, ...]:
+        # The anchors' own version, and each tensor's in-place version counter: a Fisher changed
+        # in place (zeroed, copied into) is a change of the anchors too. Never ``id()``.
+        versions = tuple(
+            -1 if t.is_inference() else t._version  # inference tensors cannot change outside inference mode
+            for anchor in self._anchors.values()
+            for part in (anchor["fisher"], anchor["params"])
+            for t in part.values()
+        )
+        return (self._version, str(device), versions)
 
     def _consolidated(self, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor], float]:
         r"""The separate-mode sum as one quadratic, so a step costs the same after any number of experiences.
@@ -192,32 +222,28 @@ class EWC(ContinualCallback):
         :math:`\sum_k F_k (\theta - \theta^*_k)^2 = A (\theta - \mu)^2 + c` with
         :math:`A = \sum_k F_k`, :math:`\mu = \sum_k F_k \theta^*_k / A` and
         :math:`c = \sum_k F_k {\theta^*_k}^2 - A \mu^2 \geq 0`: the same value and gradient.
-        Computed once per change of the anchors, in float64.
+        Computed once per change of the anchors (their version, bumped at every change, and the
+        tensors' in-place versions), in float64.
         """
-        key = (id(self.anchors), tuple(self.anchors), device)
+        key = self._cache_key(device)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         importance: dict[str, Tensor] = {}
         weighted: dict[str, Tensor] = {}
         constant = 0.0
-        for anchor in self.anchors.values():
+        for anchor in self._anchors.values():
             for name, fisher in anchor["fisher"].items():
                 f = fisher.to(device, torch.float64)
                 theta = anchor["params"][name].to(device, torch.float64)
-                shape = (
-                    tuple(max(a, b) for a, b in zip(importance[name].shape, f.shape))
-                    if name in importance
-                    else f.shape
-                )
-                for store in (importance, weighted):
-                    if name in store and store[name].shape != shape:
-                        grown = torch.zeros(shape, dtype=torch.float64, device=device)
-                        grown[tuple(slice(0, s) for s in store[name].shape)] = store[name]
-                        store[name] = grown
-                    store.setdefault(name, torch.zeros(shape, dtype=torch.float64, device=device))
-                region = tuple(slice(0, s) for s in f.shape)
-                importance[name][region] += f
-                weighted[name][region] += f * theta
+                if name in importance:  # a head that grew between the experiences
+                    shape = tuple(max(a, b) for a, b in zip(importance[name].shape, f.shape))
+                    importance[name] = pad_to(importance[name], shape)
+                    weighted[name] = pad_to(weighted[name], shape)
+                else:
+                    importance[name] = torch.zeros(f.shape, dtype=torch.float64, device=device)
+                    weighted[name] = torch.zeros(f.shape, dtype=torch.float64, device=device)
+                slice_to(importance[name], f.shape).add_(f)
+                slice_to(weighted[name], f.shape).add_(f * theta)
                 constant += float((f * theta.pow(2)).sum())
         centre = {}
         for name, a in importance.items():
@@ -233,33 +259,27 @@ class EWC(ContinualCallback):
         data = experience.dataset
         batch_size = self.fisher_batch_size or experience.eval_batch_size
         sums, count = fisher_information(
-            module, data, _shard(len(data), trainer), batch_size=batch_size, estimator=self.fisher
+            module, data, rank_shard(trainer, len(data)), batch_size=batch_size, estimator=self.fisher
         )
-        names = list(sums)
-        flat = torch.cat(
-            [sums[n].flatten() for n in names] + [torch.tensor([float(count)], device=sums[names[0]].device)]
-        )
-        flat = trainer.strategy.reduce(flat, reduce_op="sum")
-        total = float(flat[-1])
-        fisher, offset = {}, 0
-        for n in names:
-            k = sums[n].numel()
-            fisher[n] = (flat[offset : offset + k] / max(total, 1.0)).view_as(sums[n])
-            offset += k
+        sums = all_reduce_tensors(trainer, sums)
+        device = next(iter(sums.values())).device
+        total = all_reduce_tensors(trainer, {"count": torch.tensor(float(count), device=device)})["count"]
+        fisher = {n: s / max(float(total), 1.0) for n, s in sums.items()}
         params = {n: p.detach().float().clone() for n, p in module.named_parameters() if n in fisher}
-        if self.mode == "online" and self.anchors:
-            (previous,) = self.anchors.values()
+        anchors = dict(self._anchors)
+        if self.mode == "online" and anchors:
+            (previous,) = anchors.values()
             for n, f in fisher.items():
                 old = previous["fisher"].get(n)
                 if old is not None:
-                    grown = torch.zeros_like(f)
-                    grown[tuple(slice(0, s) for s in old.shape)] = old.to(f.device)
-                    fisher[n] = self.decay_factor * grown + f
-            self.anchors = {}
-        self.anchors[experience.index] = {"params": params, "fisher": fisher}
+                    fisher[n] = self.decay_factor * pad_to(old.to(f.device), f.shape) + f
+            anchors = {}
+        # The same experience trained again (``stream + stream``) replaces its anchor.
+        anchors[experience.index] = {"params": params, "fisher": fisher}
+        self.anchors = anchors
 
     def state_dict(self) -> dict[str, Any]:
-        return {"anchors": self.anchors}
+        return {"anchors": {k: {part: dict(v) for part, v in a.items()} for k, a in self._anchors.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.anchors = {int(k): v for k, v in state_dict["anchors"].items()}
+        self.anchors = state_dict["anchors"]

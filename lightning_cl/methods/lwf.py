@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,28 @@ def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> T
     return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
 
 
+def _is_weight(value: Any) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    )
+
+
+def _alphas(alpha: Any) -> list[float]:
+    """``alpha`` as a non-empty list of finite numbers >= 0, one per experience; else a ``ValueError``."""
+    if _is_weight(alpha):
+        return [float(alpha)]
+    if isinstance(alpha, Sequence) and not isinstance(alpha, str) and alpha:
+        bad = [(i, a) for i, a in enumerate(alpha) if not _is_weight(a)]
+        if not bad:
+            return [float(a) for a in alpha]
+        i, a = bad[0]
+        raise ValueError(
+            f"alpha must be a number >= 0 or a non-empty list of them, got {alpha!r} "
+            f"(alpha[{i}] = {a!r} is not a finite number >= 0)"
+        )
+    raise ValueError(f"alpha must be a number >= 0 or a non-empty list of them, got {alpha!r}")
+
+
 class LwF(ContinualCallback):
     r"""Learning without Forgetting: distil the previous model's outputs into the current one.
 
@@ -56,8 +79,9 @@ class LwF(ContinualCallback):
     - KL divergence rather than the paper's cross-entropy: the two differ by a constant, so
       the gradients are the same. No :math:`T^2` factor, as in the paper and Avalanche's
       ``LwFPlugin``, so ``alpha`` and ``temperature`` carry over from Avalanche unchanged.
-    - ``alpha`` may be a list, one value per experience (index = experience trained, from 0);
-      experiences past its end use its last value.
+    - ``alpha`` may be a list, one value per experience (index = experience trained, from 0,
+      as in the published SplitMNIST set-up ``[0, 0.5, 1.33, 2.25, 3.2]``); experiences past
+      its end use its last value (no error: a stream may be longer than the list).
     - The teacher's weights are part of the callback's checkpointed state (one copy of the
       model); under DDP every rank holds the same teacher, since the weights are synchronised.
 
@@ -66,7 +90,8 @@ class LwF(ContinualCallback):
         temperature: softmax temperature :math:`T > 0`.
 
     Raises:
-        ValueError: for a negative ``alpha``, an empty list, or ``temperature <= 0``.
+        ValueError: for an ``alpha`` that is not a finite number >= 0 or a non-empty list of
+            them, or ``temperature <= 0``.
 
     Example:
         >>> lwf = LwF(alpha=[0.0, 0.5, 1.0], temperature=2.0)
@@ -75,9 +100,7 @@ class LwF(ContinualCallback):
     """
 
     def __init__(self, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0):
-        alphas = [alpha] if isinstance(alpha, int | float) else list(alpha)
-        if not alphas or any(not isinstance(a, int | float) or a < 0 for a in alphas):
-            raise ValueError(f"alpha must be a number >= 0 or a non-empty list of them, got {alpha!r}")
+        alphas = _alphas(alpha)
         if not isinstance(temperature, int | float) or temperature <= 0:
             raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
         self.alpha = [float(a) for a in alphas]
@@ -94,7 +117,15 @@ class LwF(ContinualCallback):
         return self._generate_state_key(alpha=self.alpha, temperature=self.temperature)
 
     def alpha_for(self, experience_index: int) -> float:
-        """The distillation weight while training experience ``experience_index``."""
+        """The distillation weight while training experience ``experience_index``.
+
+        ``alpha[experience_index]``, or the list's last value past its end.
+
+        Raises:
+            ValueError: for a negative ``experience_index``.
+        """
+        if experience_index < 0:
+            raise ValueError(f"experience_index must be >= 0, got {experience_index}")
         return self.alpha[min(experience_index, len(self.alpha) - 1)]
 
     @property
@@ -126,6 +157,14 @@ class LwF(ContinualCallback):
             return self._teacher(x, t) if self._teacher_takes_tasks else self._teacher(x)
 
     def penalty(self, module: Any, batch: Batch, logits: Tensor) -> Tensor | None:
+        r"""LwF's term: ``alpha_for(experience)`` times the distillation loss on the batch.
+
+        A mean over the batch's samples of the KL divergence summed over the teacher's classes
+        (:func:`distillation_loss`); with a multi-head model, the sum over the earlier tasks of
+        one such mean each. A float32 scalar on the parameters' device (the logits'), whatever
+        the training precision; ``None`` before the first experience ended or when the weight
+        of this experience is 0.
+        """
         if self._teacher is None and self.teacher_state is not None:  # restored from a checkpoint
             self._set_teacher(module.model, self.teacher_state)
         if self._teacher is None or not self.seen_classes:

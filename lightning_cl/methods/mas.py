@@ -7,22 +7,27 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad, vmap
 
-from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback
-from lightning_cl.methods.penalties import pad_to, quadratic_penalty
-from lightning_cl.methods.per_sample import add_linear_per_sample, linear_layers
+from lightning_cl.methods.distributed import all_reduce_tensors, rank_shard
+from lightning_cl.methods.penalties import quadratic_penalty
+from lightning_cl.methods.per_sample import ESTIMATORS, SupportsGetItems, per_sample_gradient_sums
+from lightning_cl.models.heads import pad_to
 
 __all__ = ["MAS", "MAS_ESTIMATORS", "output_sensitivity"]
 
-MAS_ESTIMATORS = ("per_sample", "minibatch")
+MAS_ESTIMATORS = ESTIMATORS
+
+
+def _squared_norm(logits: Tensor, targets: Tensor) -> Tensor:
+    # Masked units of a dynamic head are a constant: they add nothing to the gradient.
+    return logits.pow(2).sum(-1)
 
 
 def output_sensitivity(
     module: torch.nn.Module,
-    data: DatasetView,
+    data: SupportsGetItems,
     positions: Tensor,
     *,
     batch_size: int,
@@ -30,58 +35,40 @@ def output_sensitivity(
 ) -> tuple[dict[str, Tensor], int]:
     r"""Sums of :math:`|\nabla_\theta \|f(x)\|_2^2|` over ``data[positions]``, and how many terms.
 
-    ``per_sample`` (the paper): one gradient per sample, its absolute value summed; in closed
-    form for models whose trainable parameters are all linear layers
-    (:func:`~lightning_cl.methods.per_sample.add_linear_per_sample`), else with
-    ``torch.func.vmap``. ``minibatch`` (Avalanche's ``MASPlugin``): the absolute gradient of the
-    batch mean, one term per batch. Divide by the count for the mean. :math:`f` is the module's output (the
-    logits; masked units of a dynamic head are constants and add no gradient). The module runs
-    in eval mode and is left in its former mode.
+    ``per_sample`` (the paper): one gradient per sample, its absolute value summed.
+    ``minibatch`` (Avalanche's ``MASPlugin``): the absolute gradient of the batch mean, one term
+    per batch. Divide by the count for the mean. :math:`f` is the module's output (the logits;
+    masked units of a dynamic head are constants and add no gradient). The module runs in eval
+    mode and is left in its former mode.
+
+    :func:`~lightning_cl.methods.per_sample.per_sample_gradient_sums` with the squared output
+    norm and ``reduction="abs"``: in closed form for models whose trainable parameters are all
+    linear layers, else with ``torch.func.vmap``.
+
+    Args:
+        module: called as ``module(x, t)``.
+        data: gives ``(x, y, t)`` for a tensor of positions (a ``DatasetView``); the labels are
+            not used.
+        positions: the samples to use.
+        batch_size: samples per forward pass (and per term, for ``minibatch``).
+        estimator: ``"per_sample"`` or ``"minibatch"``.
+
+    Returns:
+        The sums by trainable parameter name (float32), and the number of terms (samples, or
+        batches for ``minibatch``).
+
+    Raises:
+        ValueError: for an unknown estimator or ``batch_size < 1``.
     """
-    params = {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
-    buffers = {n: b.detach() for n, b in module.named_buffers()}
-    sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-    device = next(iter(params.values())).device
-
-    def squared_norm(logits: Tensor) -> Tensor:
-        # Masked units of a dynamic head are a constant: they add nothing to the gradient.
-        return logits.float().pow(2).sum(-1)
-
-    def sample_norm(p: dict[str, Tensor], x: Tensor, t: Tensor) -> Tensor:
-        return squared_norm(functional_call(module, (p, buffers), (x.unsqueeze(0), t)))[0]
-
-    per_sample = vmap(grad(sample_norm), in_dims=(None, 0, None))
-    linears = linear_layers(module, params) if estimator == "per_sample" else None
-    count = 0
-    was_training = module.training
-    module.eval()
-    try:
-        for chunk in positions.split(batch_size):
-            x, _, t = (v.to(device) for v in data.__getitems__(chunk))
-            if linears is not None and add_linear_per_sample(
-                module, linears, squared_norm, x, t, sums, "abs"
-            ):
-                count += len(chunk)
-                continue
-            linears = None  # the closed form does not apply to this model: vmap from here on
-            if estimator == "minibatch":
-                with torch.enable_grad():
-                    value = squared_norm(module(x, t)).mean()
-                    live = [p for p in module.parameters() if p.requires_grad]
-                    grads = torch.autograd.grad(value, live, allow_unused=True)
-                for name, g in zip(params, grads):
-                    if g is not None:
-                        sums[name] += g.float().abs()
-                count += 1
-                continue
-            for task in torch.unique(t).tolist():
-                mask = t == task
-                for name, g in per_sample(params, x[mask], t[mask][:1]).items():
-                    sums[name] += g.float().abs().sum(0)
-            count += len(chunk)
-    finally:
-        module.train(was_training)
-    return sums, count
+    return per_sample_gradient_sums(
+        module,
+        data,
+        positions,
+        batch_size=batch_size,
+        per_sample_loss=_squared_norm,
+        reduction="abs",
+        estimator=estimator,
+    )
 
 
 class MAS(ContinualCallback):
@@ -158,23 +145,18 @@ class MAS(ContinualCallback):
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         data = experience.dataset
-        shard = torch.arange(trainer.global_rank, len(data), trainer.world_size)
         sums, count = output_sensitivity(
             module,
             data,
-            shard,
+            rank_shard(trainer, len(data)),
             batch_size=self.batch_size or experience.eval_batch_size,
             estimator=self.estimator,
         )
-        names = list(sums)
-        device = sums[names[0]].device
-        flat = torch.cat([sums[n].flatten() for n in names] + [torch.tensor([float(count)], device=device)])
-        flat = trainer.strategy.reduce(flat, reduce_op="sum")
-        total, offset = max(float(flat[-1]), 1.0), 0
-        for name in names:
-            k = sums[name].numel()
-            new = (flat[offset : offset + k] / total).view_as(sums[name])
-            offset += k
+        sums = all_reduce_tensors(trainer, sums)
+        device = next(iter(sums.values())).device
+        total = all_reduce_tensors(trainer, {"count": torch.tensor(float(count), device=device)})["count"]
+        for name, value in sums.items():
+            new = value / max(float(total), 1.0)
             if name in self.importance:
                 old = pad_to(self.importance[name].to(device), new.shape)
                 new = self.alpha * old + (1 - self.alpha) * new
@@ -183,9 +165,16 @@ class MAS(ContinualCallback):
         self.anchor = {n: weights[n].detach().float().clone() for n in self.importance}
 
     def penalty(self, module: Any, batch: Batch, logits: Tensor) -> Tensor | None:
+        r"""MAS's term :math:`\lambda \sum_i \Omega_i (\theta_i - \theta^*_i)^2`.
+
+        A sum over the parameters' entries (not a mean; it does not depend on the batch): a
+        float32 scalar on the parameters' device, whatever the training precision
+        (:func:`~lightning_cl.methods.penalties.quadratic_penalty`); ``None`` before the first
+        experience ended.
+        """
         if not self.importance or self.lambda_reg == 0.0:
             return None
-        return self.lambda_reg * quadratic_penalty(module, self.importance, self.anchor).to(logits.device)
+        return self.lambda_reg * quadratic_penalty(module, self.importance, self.anchor)
 
     def state_dict(self) -> dict[str, Any]:
         return {"importance": self.importance, "anchor": self.anchor}

@@ -1,4 +1,9 @@
-"""The anchored quadratic penalty that importance-based methods (SI, MAS) add to the loss."""
+"""The anchored quadratic penalty that importance-based methods (SI, MAS) add to the loss.
+
+:func:`pad_to` and :func:`slice_to` (defined in :mod:`lightning_cl.models.heads`, next to the
+heads that grow) are re-exported here for method authors: a value recorded before a head grew
+is padded to the parameter's present shape, a parameter sliced to the recorded shape.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["pad_to", "quadratic_penalty"]
+from lightning_cl.models.heads import pad_to, slice_to
 
-
-def pad_to(value: Tensor, shape: torch.Size) -> Tensor:
-    """``value`` zero-padded to ``shape`` (a parameter that grew since it was recorded)."""
-    if value.shape == shape:
-        return value
-    out = value.new_zeros(shape)
-    out[tuple(slice(0, s) for s in value.shape)] = value
-    return out
+__all__ = ["pad_to", "quadratic_penalty", "slice_to"]
 
 
 def quadratic_penalty(module: Any, importance: dict[str, Tensor], anchor: dict[str, Tensor]) -> Tensor:
-    r""":math:`\sum_i \Omega_i (\theta_i - \theta^*_i)^2` over the named parameters of ``module``, in float32.
+    r""":math:`\sum_i \Omega_i (\theta_i - \theta^*_i)^2` over the named parameters of ``module``.
 
-    Parameters that grew since the anchor was taken (a dynamic head) are penalised on the slice
-    that existed. ``importance`` and ``anchor`` are moved to the parameters' device the first
-    time (in place, so once per device, not per step).
+    A sum over the parameters' entries (no mean, and no dependence on the batch): a float32
+    scalar on the parameters' device, whatever the training precision, with its gradient
+    :math:`2 \Omega (\theta - \theta^*)`. Parameters without an importance are not penalised;
+    parameters that grew since the anchor was taken (a dynamic head) are penalised on the slice
+    that existed (:func:`slice_to`). ``importance`` and ``anchor`` are moved to the parameters'
+    device the first time (in place, so once per device, not per step).
+
+    Args:
+        module: its ``named_parameters()`` are penalised.
+        importance: :math:`\Omega` by parameter name (float32).
+        anchor: :math:`\theta^*` by parameter name, the same shapes as ``importance``.
+
+    Returns:
+        The penalty, a scalar (0 when no parameter has an importance).
 
     Example:
         >>> layer = torch.nn.Linear(1, 1, bias=False)
@@ -35,17 +44,17 @@ def quadratic_penalty(module: Any, importance: dict[str, Tensor], anchor: dict[s
         8.0
     """
     total: Tensor | None = None
+    device = None
     for name, param in module.named_parameters():
+        device = param.device
         omega = importance.get(name)
         if omega is None:
             continue
         if omega.device != param.device:
             importance[name] = omega = omega.to(param.device)
             anchor[name] = anchor[name].to(param.device)
-        if param.shape != omega.shape:
-            param = param[tuple(slice(0, s) for s in omega.shape)]
-        term = (omega * (param.float() - anchor[name]).pow(2)).sum()
+        term = (omega * (slice_to(param, omega.shape).float() - anchor[name]).pow(2)).sum()
         total = term if total is None else total + term
     if total is None:
-        return torch.zeros(())
+        return torch.zeros((), device=device)
     return total

@@ -1,16 +1,156 @@
-"""Sums of per-sample gradients (squared or absolute) of linear layers, in closed form."""
+"""Sums of per-sample gradients, squared or absolute: the importance estimates of EWC and MAS.
+
+:func:`per_sample_gradient_sums` is the one loop both share (and any importance method may
+use): in closed form for linear layers (:func:`add_linear_per_sample`), with
+``torch.func.vmap`` for other models, or over minibatches.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+from torch.func import functional_call, grad, vmap
 
-__all__ = ["add_linear_per_sample", "linear_layers"]
+__all__ = [
+    "ESTIMATORS",
+    "REDUCTIONS",
+    "SupportsGetItems",
+    "add_linear_per_sample",
+    "linear_layers",
+    "per_sample_gradient_sums",
+]
 
 REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {"square": lambda v: v.pow(2), "abs": torch.abs}
+"""How a gradient becomes an importance: squared (EWC's Fisher) or absolute (MAS)."""
+ESTIMATORS = ("per_sample", "minibatch")
+"""One gradient per sample (the papers), or one per minibatch mean (Avalanche)."""
+
+
+class SupportsGetItems(Protocol):
+    """A dataset that gathers a batch ``(x, y, t)`` from a tensor of positions (a ``DatasetView``)."""
+
+    def __getitems__(self, positions: Any) -> Any: ...
+
+
+def per_sample_gradient_sums(
+    module: torch.nn.Module,
+    data: SupportsGetItems,
+    positions: Tensor,
+    *,
+    batch_size: int,
+    per_sample_loss: Callable[[Tensor, Tensor], Tensor],
+    reduction: str = "square",
+    estimator: str = "per_sample",
+) -> tuple[dict[str, Tensor], int]:
+    r"""Sums of :math:`r(
+    abla_	heta \ell_n)` over ``data[positions]``, by parameter, and how many terms.
+
+        ``estimator="per_sample"``: :math:`\sum_n r(
+    abla_	heta \ell(f(x_n), y_n))`, one gradient
+        per sample; the count is the number of samples. ``"minibatch"``:
+        :math:`\sum_b r(
+    abla_	heta rac{1}{|b|}\sum_{n \in b} \ell_n)` over minibatches of
+        ``batch_size``; the count is the number of batches. Divide by the count for the mean. With
+        :math:`r(v) = v^2` and :math:`\ell` the negative log-likelihood this is EWC's Fisher; with
+        :math:`r(v) = |v|` and :math:`\ell = \|f(x)\|_2^2`, MAS's sensitivity.
+
+        How ``per_sample`` is computed: when every trainable parameter belongs to an ``nn.Linear``
+        that sees one 2-d input per forward (MLPs, linear and dynamic heads), in closed form
+        (:func:`add_linear_per_sample`: one backward pass per batch); otherwise with
+        ``torch.func.vmap`` over the samples of each task label in the batch. Both give the same
+        sums. The module runs in eval mode (no dropout, frozen batch-norm statistics; samples do not
+        interact) and is left in its former mode. Sums are float32, on the parameters' device.
+
+        Args:
+            module: called as ``module(x, t)``; its trainable parameters are the ones summed.
+            data: gives ``(x, y, t)`` for a tensor of positions (a ``DatasetView``).
+            positions: the samples to use (a rank's shard under DDP).
+            batch_size: samples per forward pass (and per term, for ``minibatch``).
+            per_sample_loss: maps float32 logits ``(B, C)`` and targets ``(B,)`` to one loss per
+                sample ``(B,)``; samples must not interact.
+            reduction: ``"square"`` or ``"abs"``.
+            estimator: ``"per_sample"`` or ``"minibatch"``.
+
+        Returns:
+            The sums by parameter name (the module's trainable parameters, their shapes), and the
+            number of terms.
+
+        Raises:
+            ValueError: for an unknown reduction or estimator, ``batch_size < 1``, or a module
+                without trainable parameters.
+
+        Example:
+            >>> from lightning_cl.data import DatasetView, TensorClassificationDataset
+            >>> class Net(torch.nn.Linear):
+            ...     def forward(self, x, t):
+            ...         return super().forward(x)
+            >>> net = Net(1, 1, bias=False)
+            >>> with torch.no_grad():
+            ...     _ = net.weight.fill_(1.0)
+            >>> base = TensorClassificationDataset(torch.tensor([[1.0], [2.0]]), torch.tensor([0, 0]))
+            >>> data = DatasetView(base, torch.arange(2), 0)
+            >>> squared_output = lambda z, y: z.pow(2).sum(-1)  # gradient 2 w x^2: 2 and 8
+            >>> sums, count = per_sample_gradient_sums(
+            ...     net, data, torch.arange(2), batch_size=2, per_sample_loss=squared_output, reduction="abs"
+            ... )
+            >>> sums["weight"], count
+            (tensor([[10.]]), 2)
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    params = {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError(f"the module has no trainable parameters: {type(module).__name__}")
+    live = [p for p in module.parameters() if p.requires_grad]
+    buffers = {n: b.detach() for n, b in module.named_buffers()}
+    sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    device = next(iter(params.values())).device
+    reduce = REDUCTIONS[reduction]
+
+    def sample_loss(p: dict[str, Tensor], x: Tensor, y: Tensor, t: Tensor) -> Tensor:
+        logits = functional_call(module, (p, buffers), (x.unsqueeze(0), t))
+        return per_sample_loss(logits.float(), y.unsqueeze(0))[0]
+
+    per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0, None))
+    linears = linear_layers(module, params) if estimator == "per_sample" else None
+    count = 0
+    was_training = module.training
+    module.eval()
+    try:
+        for chunk in positions.split(batch_size):
+            x, y, t = (v.to(device) for v in data.__getitems__(chunk))
+
+            def loss_of(logits: Tensor, y: Tensor = y) -> Tensor:
+                return per_sample_loss(logits, y)
+
+            if linears is not None and add_linear_per_sample(module, linears, loss_of, x, t, sums, reduction):
+                count += len(chunk)
+                continue
+            linears = None  # the closed form does not apply to this model: vmap from here on
+            if estimator == "minibatch":
+                with torch.enable_grad():
+                    loss = per_sample_loss(module(x, t).float(), y).mean()
+                    grads = torch.autograd.grad(loss, live, allow_unused=True)
+                for name, g in zip(params, grads):
+                    if g is not None:
+                        sums[name] += reduce(g.float())
+                count += 1
+                continue
+            for task in torch.unique(t).tolist():
+                mask = t == task
+                for name, g in per_sample_grads(params, x[mask], y[mask], t[mask][:1]).items():
+                    sums[name] += reduce(g.float()).sum(0)
+            count += len(chunk)
+    finally:
+        module.train(was_training)
+    return sums, count
 
 
 def linear_layers(module: torch.nn.Module, params: dict[str, Tensor]) -> dict[str, torch.nn.Linear] | None:

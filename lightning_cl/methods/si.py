@@ -10,7 +10,8 @@ from torch import Tensor
 
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback
-from lightning_cl.methods.penalties import pad_to, quadratic_penalty
+from lightning_cl.methods.penalties import quadratic_penalty
+from lightning_cl.models.heads import pad_to, slice_to
 
 __all__ = ["SI", "SI_GRADIENTS"]
 
@@ -121,11 +122,8 @@ class SI(ContinualCallback):
 
     def _penalty_grad(self, name: str, param: Tensor) -> Tensor:
         importance = self.importance[name].to(param.device)
-        region = tuple(slice(0, s) for s in importance.shape)
-        out = torch.zeros_like(param, dtype=torch.float32)
-        offset = param.detach()[region].float() - self.anchor[name].to(param.device)
-        out[region] = 2 * self.si_lambda * importance * offset
-        return out
+        offset = slice_to(param.detach(), importance.shape).float() - self.anchor[name].to(param.device)
+        return pad_to(2 * self.si_lambda * importance * offset, param.shape)  # units that grew: free
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -153,9 +151,16 @@ class SI(ContinualCallback):
         self.omega, self.start, self._step = {}, {}, None
 
     def penalty(self, module: Any, batch: Batch, logits: Tensor) -> Tensor | None:
+        r"""SI's term :math:`c \sum_i \Omega_i (\theta_i - \theta^*_i)^2`.
+
+        A sum over the parameters' entries (not a mean; it does not depend on the batch): a
+        float32 scalar on the parameters' device, whatever the training precision
+        (:func:`~lightning_cl.methods.penalties.quadratic_penalty`); ``None`` before the first
+        experience ended.
+        """
         if not self.importance or self.si_lambda == 0.0:
             return None
-        return self.si_lambda * quadratic_penalty(module, self.importance, self.anchor).to(logits.device)
+        return self.si_lambda * quadratic_penalty(module, self.importance, self.anchor)
 
     def state_dict(self) -> dict[str, Any]:
         names = ("importance", "anchor", "omega", "start")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lightning_cl.data import DatasetView, SplitDigits, TensorClassificationDataset
 from lightning_cl.methods import EWC, fisher_information
 from lightning_cl.models import CNN, MLP, ContinualModule
+from lightning_cl.models.heads import slice_to
 from tests.conftest import quiet_trainer_kwargs
 
 
@@ -203,16 +204,18 @@ def test_consolidated_penalty_equals_the_sum_over_experiences() -> None:
     head = module.model.head
     g = torch.Generator().manual_seed(0)
     ewc = EWC(ewc_lambda=3.0)
+    batch = (torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     for k, classes in enumerate(([0, 1], [2, 3], [4])):
         head.adaptation(classes, torch.zeros(len(classes), dtype=torch.long), torch.tensor(classes))
         with torch.no_grad():
             for p in module.parameters():
                 p.add_(torch.randn(p.shape, generator=g))
-        ewc.anchors[k] = {
+        anchor = {
             "params": {n: p.detach().clone() for n, p in module.named_parameters()},
             "fisher": {n: torch.rand(p.shape, generator=g) for n, p in module.named_parameters()},
         }
-        ewc.anchors = dict(ewc.anchors)  # a new mapping: the consolidated form is rebuilt
+        ewc.anchors = {**ewc.anchors, k: anchor}
+        ewc.penalty(module, batch, torch.zeros(1, 5))  # the consolidated form is cached, then rebuilt
     with torch.no_grad():
         for p in module.parameters():
             p.add_(torch.randn(p.shape, generator=g))
@@ -220,9 +223,8 @@ def test_consolidated_penalty_equals_the_sum_over_experiences() -> None:
     for anchor in ewc.anchors.values():
         for name, p in module.named_parameters():
             old = anchor["params"][name]
-            current = p.detach()[tuple(slice(0, s) for s in old.shape)].double()
+            current = slice_to(p.detach(), old.shape).double()
             expected += (anchor["fisher"][name].double() * (current - old.double()).pow(2)).sum()
-    batch = (torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     value = ewc.penalty(module, batch, torch.zeros(1, 5))
     assert float(value) == pytest.approx(0.5 * 3.0 * float(expected), rel=1e-5)
     # The gradient is the separate-mode gradient too.
@@ -231,6 +233,80 @@ def test_consolidated_penalty_equals_the_sum_over_experiences() -> None:
         manual = torch.zeros_like(p, dtype=torch.float64)
         for anchor in ewc.anchors.values():
             old, f = anchor["params"][name], anchor["fisher"][name]
-            region = tuple(slice(0, s) for s in old.shape)
-            manual[region] += 3.0 * f.double() * (p.detach()[region].double() - old.double())
+            slice_to(manual, old.shape).add_(
+                3.0 * f.double() * (slice_to(p.detach(), old.shape).double() - old.double())
+            )
         assert torch.allclose(p.grad.double(), manual, rtol=1e-4, atol=1e-5), name
+
+
+def _separate_sum(ewc: EWC, module: ContinualModule) -> float:
+    """The separate-mode penalty written out from the anchors, experience by experience."""
+    total = 0.0
+    for anchor in ewc.anchors.values():
+        for name, p in module.named_parameters():
+            old = anchor["params"][name]
+            diff = slice_to(p.detach(), old.shape).double() - old.double()
+            total += float((anchor["fisher"][name].double() * diff.pow(2)).sum())
+    return 0.5 * ewc.ewc_lambda * total
+
+
+def _moved(module: ContinualModule) -> ContinualModule:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05)
+    return module
+
+
+def test_an_experience_trained_again_replaces_its_anchor_and_the_penalty_follows() -> None:
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module = ContinualModule(MLP(input_size=64, hidden_size=16, drop_rate=0.0))
+    ewc = EWC(ewc_lambda=10.0)
+    batch = (torch.zeros(1, 64), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    first: dict[str, torch.Tensor] = {}
+    for step, experience in enumerate(bench.train_stream[:2] + bench.train_stream[:2]):
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[ewc]).fit(module, datamodule=experience)
+        if step == 0:
+            first = {n: p.clone() for n, p in ewc.anchors[0]["params"].items()}
+        # After every experience, the one penalty EWC adds is the sum over the anchors it holds.
+        value = float(ewc.penalty(_moved(module), batch, torch.zeros(1, 10)).detach())
+        assert value == pytest.approx(_separate_sum(ewc, module), rel=1e-4)
+    assert sorted(ewc.anchors) == [0, 1]  # experience 0 trained twice: one anchor, the latest
+    assert any(not torch.equal(first[n], p) for n, p in ewc.anchors[0]["params"].items())
+
+
+def test_a_fisher_zeroed_after_the_penalty_was_cached_gives_zero() -> None:
+    bench = SplitDigits(n_experiences=5)
+    module = ContinualModule(MLP(input_size=64, hidden_size=16, drop_rate=0.0))
+    ewc = EWC(ewc_lambda=100.0)
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[ewc]).fit(module, datamodule=bench.train_stream[0])
+    batch = (torch.zeros(1, 64), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    assert float(ewc.penalty(_moved(module), batch, torch.zeros(1, 10)).detach()) > 1e-3  # cached now
+    # Zeroed through a loaded state (the same experience index, the same keys) ...
+    state = ewc.state_dict()
+    zeroed = {0: {"params": state["anchors"][0]["params"], "fisher": {}}}
+    zeroed[0]["fisher"] = {n: torch.zeros_like(f) for n, f in state["anchors"][0]["fisher"].items()}
+    restored = EWC(ewc_lambda=100.0)
+    restored.load_state_dict(state)
+    assert float(restored.penalty(module, batch, torch.zeros(1, 10)).detach()) > 1e-3
+    restored.load_state_dict({"anchors": zeroed})
+    assert float(restored.penalty(module, batch, torch.zeros(1, 10)).detach()) == 0.0
+    # ... and in place.
+    for f in ewc.anchors[0]["fisher"].values():
+        f.zero_()
+    assert float(ewc.penalty(module, batch, torch.zeros(1, 10)).detach()) == 0.0
+
+
+def test_anchors_are_replaced_whole_and_checked() -> None:
+    module, ewc = _tiny_module(), EWC()
+    params = {n: p.detach().clone() for n, p in module.named_parameters()}
+    fisher = {n: torch.ones_like(p) for n, p in params.items()}
+    with pytest.raises(TypeError):
+        ewc.anchors[0] = {"params": params, "fisher": fisher}  # type: ignore[index]
+    with pytest.raises(ValueError, match=r"anchors\[3\] needs a 'params' tensor .*: \['model.head.bias'\]"):
+        ewc.anchors = {3: {"params": {**params, "model.head.bias": torch.zeros(7)}, "fisher": fisher}}
+    ewc.anchors = {0: {"params": params, "fisher": fisher}}
+    batch = (torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    assert float(ewc.penalty(_moved(module), batch, torch.zeros(1, 3)).detach()) == pytest.approx(
+        0.5 * sum(0.05**2 * p.numel() for p in params.values()), rel=1e-4
+    )

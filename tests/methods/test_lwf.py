@@ -20,6 +20,11 @@ from tests.methods.permuted_digits import run_permuted
     [
         (dict(alpha=-0.5), r"alpha must be a number >= 0 or a non-empty list of them, got -0.5"),
         (dict(alpha=[]), r"alpha must be .*, got \[\]"),
+        (dict(alpha=None), r"alpha must be a number >= 0 or a non-empty list of them, got None"),
+        (dict(alpha="0.5"), r"alpha must be .*, got '0.5'"),
+        (dict(alpha=True), r"alpha must be .*, got True"),
+        (dict(alpha=[0.5, -1.0]), r"got \[0.5, -1.0\] \(alpha\[1\] = -1.0 is not a finite number >= 0\)"),
+        (dict(alpha=[0.0, float("nan")]), r"\(alpha\[1\] = nan is not a finite number >= 0\)"),
         (dict(temperature=0), "temperature must be a number > 0, got 0"),
     ],
 )
@@ -115,3 +120,34 @@ def test_lwf_reduces_forgetting_on_permuted_digits() -> None:
     lwf = run_permuted([LwF(alpha=1.0)])
     assert lwf.matrix[-1, 0] > naive.matrix[-1, 0] + 0.15  # the first permutation, after the last
     assert lwf.average_accuracy > naive.average_accuracy
+
+
+def test_alpha_per_experience_weighs_the_distillation_of_each_experience() -> None:
+    # The published SplitMNIST set-up: one weight per experience, the last one for any later.
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5)
+    alphas = [0, 0.5, 1.33, 2.25, 3.2]
+    module, lwf = _module("incremental"), LwF(alpha=alphas, temperature=2.0)
+    assert lwf.alpha == [0.0, 0.5, 1.33, 2.25, 3.2]
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[lwf])
+    trainer.fit(module, datamodule=bench.train_stream[0])
+    module.model.head.adaptation(range(10))
+    with torch.no_grad():  # the student moves away from its teacher
+        weight = module.model.features[1].weight
+        weight.add_(0.3 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    x, y, t = bench.train_stream[1].dataset.__getitems__(torch.arange(32))
+    logits = module(x, t)
+    old = lwf.teacher(x)  # type: ignore[misc]
+    distillation = float(distillation_loss(logits[:, :2], old[:, :2], 2.0).detach())
+    assert distillation > 1e-3
+    for k, experience in enumerate(bench.train_stream):
+        lwf.on_experience_start(trainer, module, experience)
+        value = lwf.penalty(module, (x, y, t), logits)
+        if k == 0:
+            assert value is None  # weight 0: no term
+        else:
+            assert value is not None and value.dtype == torch.float32
+            assert float(value.detach()) == pytest.approx(alphas[k] * distillation, rel=1e-5)
+    assert lwf.alpha_for(4) == lwf.alpha_for(7) == 3.2
+    with pytest.raises(ValueError, match="experience_index must be >= 0, got -1"):
+        lwf.alpha_for(-1)
