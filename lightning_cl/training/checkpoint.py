@@ -11,9 +11,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.methods.base import ContinualCallback
 from lightning_cl.models.module import ContinualModule
 
 __all__ = [
@@ -21,7 +23,10 @@ __all__ = [
     "StreamCheckpointInfo",
     "apply_stream_checkpoint",
     "benchmark_fingerprint",
+    "check_callback_states",
     "checkpoint_name",
+    "cl_state_keys",
+    "latest_checkpoint",
     "load_stream_checkpoint",
     "rng_state",
     "set_rng_state",
@@ -34,6 +39,28 @@ STREAM_KEY = "lightning_cl_stream"
 def checkpoint_name(experience: int) -> str:
     """File name of the checkpoint saved after ``experience`` was trained and tested."""
     return f"experience_{experience:03d}.ckpt"
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest per-experience checkpoint (``experience_<i>.ckpt``) anywhere under ``directory``.
+
+    Newest by modification time, then by experience index; ``None`` when there is none.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     for i in range(3):
+        ...         _ = (Path(d) / checkpoint_name(i)).write_bytes(b"")
+        ...     latest_checkpoint(d).name
+        'experience_002.ckpt'
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found = [p for p in directory.rglob("experience_*.ckpt") if p.is_file()]
+    if not found:
+        return None
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
 def benchmark_fingerprint(benchmark: Benchmark) -> dict[str, Any]:
@@ -85,7 +112,9 @@ class StreamCheckpointInfo(L.Callback):
     """Adds the benchmark's fingerprint and the RNG states to every checkpoint of a stream run.
 
     :func:`~lightning_cl.training.fit_stream` adds it to each experience's trainer, so its own
-    checkpoints and any ``ModelCheckpoint`` saved mid-experience carry them.
+    checkpoints and any ``ModelCheckpoint`` saved mid-experience carry them. It also records the
+    ``state_key`` of every CL callback of the trainer, so that a resume can tell a callback left
+    out from one that had no state.
     """
 
     def __init__(self, fingerprint: dict[str, Any]):
@@ -95,7 +124,63 @@ class StreamCheckpointInfo(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint[STREAM_KEY] = {"fingerprint": self.fingerprint, "rng": rng_state()}
+        cl_keys = [c.state_key for c in trainer.callbacks if isinstance(c, ContinualCallback)]  # type: ignore[attr-defined]
+        checkpoint[STREAM_KEY] = {
+            "fingerprint": self.fingerprint,
+            "rng": rng_state(),
+            "cl_callbacks": cl_keys,
+        }
+
+
+def cl_state_keys(checkpoint: dict[str, Any]) -> list[str] | None:
+    """The ``state_key`` of each CL callback a stream checkpoint was written with (``None``: not recorded)."""
+    keys = checkpoint.get(STREAM_KEY, {}).get("cl_callbacks")
+    return None if keys is None else list(keys)
+
+
+def check_callback_states(
+    checkpoint: dict[str, Any], callbacks: Iterable[L.Callback], path: str | Path, *, strict: bool = True
+) -> None:
+    """Check that the CL callbacks given are those whose states ``checkpoint`` holds.
+
+    Callbacks are matched by ``state_key`` (the class name, or what the class's ``state_key``
+    adds to it). Nothing is changed.
+
+    Args:
+        checkpoint: a stream checkpoint, as :func:`load_stream_checkpoint` returns it.
+        callbacks: the callbacks of the run that resumes.
+        path: the checkpoint's path, for the message.
+        strict: raise on a mismatch; ``False`` warns instead (a deliberate change: states
+            without a callback are dropped, new callbacks start empty).
+
+    Raises:
+        ValueError: with ``strict``, if a CL state in the checkpoint has no callback among
+            ``callbacks`` or a CL callback given has no state in the checkpoint; the message
+            names both sides.
+    """
+    saved = cl_state_keys(checkpoint)
+    if saved is None:
+        return
+    given = [c.state_key for c in callbacks if isinstance(c, ContinualCallback)]
+    dropped = [k for k in saved if k not in given]
+    new = [k for k in given if k not in saved]
+    if not dropped and not new:
+        return
+    parts = []
+    if dropped:
+        parts.append(f"the state of {dropped} would be dropped")
+    if new:
+        parts.append(f"{new} would start with no state")
+    message = (
+        f"{path} was written with the CL callbacks {saved}, but the callbacks given are {given}: "
+        f"{' and '.join(parts)}"
+    )
+    if strict:
+        raise ValueError(
+            f"{message}; pass the same callbacks (matched by state_key), or strict_callbacks=False "
+            "to change them on purpose"
+        )
+    rank_zero_warn(f"{message} (strict_callbacks=False)")
 
 
 def load_stream_checkpoint(path: str | Path, benchmark: Benchmark, module: ContinualModule) -> dict[str, Any]:

@@ -15,12 +15,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import EWC, Replay
+from lightning_cl.methods import EWC, ContinualCallback, Replay
 from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 from lightning_cl.training.checkpoint import checkpoint_name
-from tests.conftest import stream_trainer_kwargs
-from tests.conftest import digits_module
+from tests.conftest import digits_module, stream_trainer_kwargs
 
 SCRIPT = Path(__file__).with_name("stream_script.py")
 METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "mas", "agem", "gem", "der", "all")
@@ -156,3 +155,99 @@ def test_a_plain_file_is_not_a_stream_checkpoint(tmp_path: Path) -> None:
 def test_max_experiences_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_experiences must be a positive int"):
         fit_stream(digits_module(), SplitDigits(), max_experiences=0)
+
+
+def test_resume_with_other_cl_callbacks_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    _digits_run(tmp_path, max_experiences=2)  # written with Replay and EWC
+    ckpt = tmp_path / "ckpt" / checkpoint_name(1)
+    module, callbacks = digits_module(), [EWC(ewc_lambda=1.0)]
+    before = hashlib.sha256(
+        repr(sorted(module.state_dict().items(), key=lambda kv: kv[0])).encode()
+    ).hexdigest()
+    with pytest.raises(
+        ValueError,
+        match=r"written with the CL callbacks \[.*Replay.*EWC.*\], but the callbacks given are "
+        r"\[.*EWC.*\]: the state of \[.*Replay",
+    ):
+        fit_stream(
+            module,
+            SplitDigits(n_experiences=5, seed=1),
+            callbacks=callbacks,
+            logger=False,
+            trainer_kwargs=stream_trainer_kwargs(),
+            ckpt_path=ckpt,
+        )
+    after = hashlib.sha256(
+        repr(sorted(module.state_dict().items(), key=lambda kv: kv[0])).encode()
+    ).hexdigest()
+    assert after == before and module.current_experience is None and callbacks[0].anchors == {}
+
+
+def test_a_deliberate_change_of_callbacks_is_allowed(tmp_path: Path) -> None:
+    _digits_run(tmp_path, max_experiences=2)
+    ewc = EWC(ewc_lambda=1.0)
+    with pytest.warns(UserWarning, match=r"the state of \[.*Replay.*\] would be dropped"):
+        results = fit_stream(
+            digits_module(),
+            SplitDigits(n_experiences=5, seed=1),
+            callbacks=[ewc],
+            logger=False,
+            trainer_kwargs=stream_trainer_kwargs(limit_train_batches=2),
+            ckpt_path=tmp_path / "ckpt" / checkpoint_name(1),
+            strict_callbacks=False,
+        )
+    assert results.trained == [0, 1, 2, 3, 4]
+    assert sorted(ewc.anchors) == [0, 1, 2, 3, 4]  # EWC's state came from the checkpoint
+
+
+def test_ckpt_path_last_resumes_from_the_newest_checkpoint(tmp_path: Path) -> None:
+    _, _, first = _digits_run(tmp_path, max_experiences=2)
+    _, callbacks, resumed = _digits_run(tmp_path, ckpt_path="last")
+    assert resumed.trained == [0, 1, 2, 3, 4]
+    assert resumed.accuracy_matrix[:2] == first.accuracy_matrix[:2]
+    assert sorted(callbacks[1].anchors) == [0, 1, 2, 3, 4]
+
+
+def test_ckpt_path_last_without_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="ckpt_path='last': no stream checkpoint"):
+        fit_stream(digits_module(), SplitDigits(), logger=False, checkpoint_dir=tmp_path, ckpt_path="last")
+
+
+class _Diverge(ContinualCallback):
+    """An infinite penalty from experience ``at`` on (``None``: never)."""
+
+    def __init__(self, at: int | None) -> None:
+        self.at = at
+
+    def penalty(self, module: Any, batch: Any, logits: torch.Tensor) -> torch.Tensor | None:
+        if self.at is not None and module.current_experience >= self.at:
+            return logits.new_tensor(float("inf"))
+        return None
+
+
+def test_a_diverging_run_leaves_the_last_good_checkpoint_intact(tmp_path: Path) -> None:
+    kwargs = stream_trainer_kwargs(enable_checkpointing=True, limit_train_batches=3, limit_test_batches=1)
+    bench = SplitDigits(n_experiences=5, seed=1)
+    with pytest.raises(FloatingPointError, match=r"experience 2, step 0.*penalty of _diverge = inf"):
+        fit_stream(
+            digits_module(),
+            bench,
+            callbacks=[_Diverge(at=2)],
+            logger=False,
+            trainer_kwargs=kwargs,
+            checkpoint_dir=tmp_path,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint_name(0), checkpoint_name(1)]
+    good = torch.load(tmp_path / checkpoint_name(1), weights_only=True)
+    assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
+    # The run goes on from it once the cause is gone.
+    results = fit_stream(
+        digits_module(),
+        bench,
+        callbacks=[_Diverge(at=None)],
+        logger=False,
+        trainer_kwargs=kwargs,
+        checkpoint_dir=tmp_path,
+        ckpt_path=tmp_path / checkpoint_name(1),
+    )
+    assert results.trained == [0, 1, 2, 3, 4]
