@@ -2,12 +2,13 @@
 
 from lightning_cl.data.batch import Batch
 from lightning_cl.data.batch_loader import BatchLoader
-from lightning_cl.data.benchmark import SCENARIOS, Benchmark, build_benchmark
+from lightning_cl.data.benchmark import AVALANCHE_NAMES, SCENARIOS, Benchmark, build_benchmark
 from lightning_cl.data.cifar import SplitCIFAR10, SplitCIFAR100, SplitCIFAR110, cifar_tensors
 from lightning_cl.data.concat_dataset import ConcatClassificationDataset
 from lightning_cl.data.core50 import CORe50
 from lightning_cl.data.cub200 import SplitCUB200
 from lightning_cl.data.cumulative import cumulative, joint
+from lightning_cl.data.dataset_not_found import DatasetNotFoundError
 from lightning_cl.data.dataset_view import DatasetView, gather, targets_of
 from lightning_cl.data.digits import SplitDigits, load_digits
 from lightning_cl.data.domain_dataset import DomainDataset
@@ -41,12 +42,14 @@ from lightning_cl.data.train_data_source import TrainDataSource
 from lightning_cl.data.validation import benchmark_with_validation_stream, split_validation
 
 __all__ = [
+    "AVALANCHE_NAMES",
     "SCENARIOS",
     "Batch",
     "BatchLoader",
     "Benchmark",
     "CORe50",
     "ConcatClassificationDataset",
+    "DatasetNotFoundError",
     "DatasetView",
     "DomainDataset",
     "Experience",

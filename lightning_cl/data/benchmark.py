@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from lightning_cl.data.stream import Stream
@@ -15,6 +16,16 @@ SCENARIOS = (
     "domain_incremental",
     "new_instances_and_classes",
 )
+
+
+AVALANCHE_NAMES: dict[str, tuple[str, str]] = {
+    "return_task_id": ("task_labels", "task_labels=True"),
+    "fixed_class_order": ("class_order", "class_order=[...]"),
+    "dataset_root": ("root", "root=<the data folder>"),
+    "shuffle": ("seed", "seed=<int> for a shuffled class order, seed=None for the sorted one"),
+    "n_exp": ("n_experiences", "n_experiences=..."),
+}
+"""Avalanche's argument names that lightning_cl's benchmarks spell otherwise: ``name -> (ours, how)``."""
 
 
 class Benchmark:
@@ -41,6 +52,18 @@ class Benchmark:
         ...           scenario="class_incremental").n_experiences
         2
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Benchmark:
+        # Check the arguments against the signature of the class the user called, so that an error
+        # names that class (not a private base) and translates Avalanche's argument names.
+        try:
+            inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+            unknown = [k for k in kwargs if k not in _init_parameters(cls)]
+            if unknown:
+                raise TypeError(f"unexpected keyword arguments {unknown}")
+        except TypeError as err:
+            raise TypeError(_argument_error(cls, kwargs, err)) from None
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -110,6 +133,35 @@ class Benchmark:
         if not aligned:
             rows.append(f"  test: one experience of {len(self.test_stream[0])} samples")
         return "\n".join(rows)
+
+
+def _init_parameters(cls: type) -> list[str]:
+    """The named arguments of ``cls.__init__``, following ``**kwargs`` to the base classes' ones."""
+    names: list[str] = []
+    for base in cls.__mro__:
+        if "__init__" not in vars(base):
+            continue
+        params = inspect.signature(vars(base)["__init__"]).parameters.values()
+        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if all(p.kind != p.VAR_KEYWORD for p in params):
+            break
+    return [n for n in dict.fromkeys(names) if n != "self"]
+
+
+def _argument_error(cls: type, kwargs: dict[str, Any], err: TypeError) -> str:
+    params = _init_parameters(cls)
+    unknown = [k for k in kwargs if k not in params]
+    if not unknown:
+        return f"{cls.__name__}(): {err}"
+    hints = []
+    for name in unknown:
+        ours, how = AVALANCHE_NAMES.get(name, ("", ""))
+        if ours in params:
+            hints.append(f"{name!r} is Avalanche's name; here it is {ours!r}: pass {how}")
+    message = f"{cls.__name__}() got unexpected keyword arguments {unknown}"
+    if hints:
+        message += "; " + "; ".join(hints)
+    return f"{message}. Its arguments: {', '.join(params)}"
 
 
 def build_benchmark(

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.concat_dataset import ConcatClassificationDataset
+from lightning_cl.data.dataset_not_found import check_dataset_files
 from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.relabeled import RelabeledDataset
 from lightning_cl.data.scenarios import class_incremental
@@ -70,7 +71,7 @@ def cifar_tensors(
 
     Raises:
         ValueError: for ``n_classes`` other than 10 or 100.
-        RuntimeError: if the files are absent.
+        DatasetNotFoundError: if the files are absent (names the path searched and the layout).
     """
     if n_classes not in _FOLDERS:
         raise ValueError(f"n_classes must be 10 or 100, got {n_classes!r}")
@@ -78,12 +79,12 @@ def cifar_tensors(
         cls = datasets.CIFAR10 if n_classes == 10 else datasets.CIFAR100
         cls(root=str(root), train=train, download=True)
     folder = Path(root) / _FOLDERS[n_classes]
+    check_dataset_files(
+        f"CIFAR-{n_classes}", root, [f"{_FOLDERS[n_classes]}/{name}" for name in _FILES[(n_classes, train)]]
+    )
     images, labels = [], []
     for name in _FILES[(n_classes, train)]:
-        path = folder / name
-        if not path.is_file():
-            raise RuntimeError(f"CIFAR-{n_classes} file {path} not found; pass download=True to fetch it")
-        with open(path, "rb") as f:
+        with open(folder / name, "rb") as f:
             entry = pickle.load(f, encoding="latin1")
         images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels += list(entry["labels" if "labels" in entry else "fine_labels"])
@@ -179,7 +180,7 @@ class SplitCIFAR10(_SplitCIFAR):
 
     Raises:
         ValueError: for an impossible split.
-        RuntimeError: if the files are absent and ``download`` is false.
+        DatasetNotFoundError: if the files are absent and ``download`` is false.
 
     Example:
         >>> SplitCIFAR10("data", n_experiences=5).n_classes  # doctest: +SKIP
@@ -228,7 +229,7 @@ class SplitCIFAR110(Benchmark):
 
     Raises:
         ValueError: for ``n_experiences - 1`` not dividing 100, or a bad class order.
-        RuntimeError: if the files are absent and ``download`` is false.
+        DatasetNotFoundError: if the files are absent and ``download`` is false.
 
     Example:
         >>> SplitCIFAR110("data", n_experiences=11).n_classes  # doctest: +SKIP

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.dataset_not_found import check_dataset_files
 from lightning_cl.data.from_datasets import paths_benchmark
 from lightning_cl.data.image_files import read_filelist
 from lightning_cl.data.loader_settings import LoaderSettings
@@ -49,8 +50,8 @@ class CORe50(Benchmark):
 
     Raises:
         ValueError: for an unknown scenario or a run outside 0-9.
-        RuntimeError: if a file list is missing (there is no download: get core50_128x128.zip
-            and batches_filelists.zip from the CORe50 site).
+        DatasetNotFoundError: if a file list or the image folder is missing (there is no download:
+            get core50_128x128.zip and batches_filelists.zip from the CORe50 site).
 
     Example:
         >>> CORe50("data/core50", scenario="ni").n_experiences  # doctest: +SKIP
@@ -72,17 +73,21 @@ class CORe50(Benchmark):
         if not isinstance(run, int) or not 0 <= run <= 9:
             raise ValueError(f"run must be an int in 0..9, got {run!r}")
         n_batches, lists, kind = CORE50_SCENARIOS[scenario]
-        folder = Path(root) / f"{lists}{'' if object_lvl else '_cat'}" / f"run{run}"
-        files = [folder / f"train_batch_{i:02d}_filelist.txt" for i in range(n_batches)]
-        missing = [str(f) for f in [*files, folder / "test_filelist.txt"] if not f.is_file()]
-        if missing:
-            raise RuntimeError(
-                f"CORe50 file lists missing: {missing[:3]}{' ...' if len(missing) > 3 else ''}"
-            )
+        lists_dir = f"{lists}{'' if object_lvl else '_cat'}/run{run}"
+        images_dir = "core50_32x32" if mini else "core50_128x128"
+        names = [*(f"train_batch_{i:02d}_filelist.txt" for i in range(n_batches)), "test_filelist.txt"]
+        check_dataset_files(
+            "CORe50",
+            root,
+            [*(f"{lists_dir}/{name}" for name in names), images_dir],
+            download=f"there is no download: unpack {images_dir}.zip and batches_filelists.zip into root",
+        )
+        folder = Path(root) / lists_dir
+        files = [folder / name for name in names[:-1]]
         paths_benchmark(
             [read_filelist(f) for f in files],
             [read_filelist(folder / "test_filelist.txt")],
-            root=Path(root) / ("core50_32x32" if mini else "core50_128x128"),
+            root=Path(root) / images_dir,
             transform=normalize(IMAGENET_MEAN, IMAGENET_STD),
             scenario=kind,
             train_transform=BatchRandomHorizontalFlip() if augment else None,

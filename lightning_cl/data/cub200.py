@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.dataset_not_found import check_dataset_files
 from lightning_cl.data.image_files import ImageFilesDataset
 from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import class_incremental
@@ -47,8 +48,17 @@ def cub200_datasets(
         ``(train, test)`` datasets, normalised when read.
 
     Raises:
-        RuntimeError: if an index file is missing.
+        DatasetNotFoundError: if an index file is missing.
     """
+    check_dataset_files(
+        "CUB-200-2011",
+        root,
+        [
+            f"CUB_200_2011/{name}.txt"
+            for name in ("images", "image_class_labels", "train_test_split", "bounding_boxes")
+        ],
+        download="there is no download: unpack CUB_200_2011.tgz into root",
+    )
     folder = Path(root) / "CUB_200_2011"
     images = _table(folder / "images.txt")
     labels = _table(folder / "image_class_labels.txt")
@@ -95,7 +105,7 @@ class SplitCUB200(Benchmark):
 
     Raises:
         ValueError: for an impossible split.
-        RuntimeError: if the files are missing (CUB has no download: get CUB_200_2011.tgz).
+        DatasetNotFoundError: if the files are missing (CUB has no download: get CUB_200_2011.tgz).
 
     Example:
         >>> SplitCUB200("data").n_experiences  # doctest: +SKIP

@@ -9,6 +9,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.dataset_not_found import check_dataset_files
 from lightning_cl.data.domain_incremental import permuted, rotated
 from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import class_incremental
@@ -54,8 +55,18 @@ def idx_tensors(
         The split as a :class:`TensorClassificationDataset`.
 
     Raises:
-        RuntimeError: torchvision's error, if the files are absent and ``download`` is false.
+        DatasetNotFoundError: if the files are absent and ``download`` is false; it names the path
+            searched and the layout expected (``<root>/MNIST/raw/...``).
     """
+    if not download:
+        name = dataset_class.__name__
+        files = (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        )
+        check_dataset_files(name, root, [f"{name}/raw/{f}" for f in files])
     ds = dataset_class(root=str(root), train=train, download=download)
     return TensorClassificationDataset(ds.data.unsqueeze(1), ds.targets, transform=transform)
 
@@ -66,7 +77,7 @@ def mnist_tensors(root: str | Path, train: bool, download: bool = False) -> Tens
     Normalisation runs on whole batches when they are read.
 
     Raises:
-        RuntimeError: torchvision's error, if the files are absent and ``download`` is false.
+        DatasetNotFoundError: if the files are absent and ``download`` is false.
     """
     return idx_tensors(datasets.MNIST, root, train, download, mnist_batch_transform())
 
@@ -129,7 +140,8 @@ class SplitMNIST(_SplitIDX):
 
     Raises:
         ValueError: for an impossible split (see :func:`~lightning_cl.data.class_incremental`).
-        RuntimeError: if the files are absent and ``download`` is false.
+        DatasetNotFoundError: if the files are absent and ``download`` is false (names the path
+            searched and the layout ``<root>/MNIST/raw/...``).
 
     Example:
         >>> bench = SplitMNIST("data", n_experiences=5)  # doctest: +SKIP
@@ -167,7 +179,8 @@ class PermutedMNIST(Benchmark):
 
     Raises:
         ValueError: for ``n_experiences < 1``.
-        RuntimeError: if the files are absent and ``download`` is false.
+        DatasetNotFoundError: if the files are absent and ``download`` is false (names the path
+            searched and the layout ``<root>/MNIST/raw/...``).
 
     Example:
         >>> bench = PermutedMNIST("data", n_experiences=3, seed=0)  # doctest: +SKIP
@@ -216,7 +229,8 @@ class RotatedMNIST(Benchmark):
 
     Raises:
         ValueError: for angles outside [-180, 180] or not one per experience.
-        RuntimeError: if the files are absent and ``download`` is false.
+        DatasetNotFoundError: if the files are absent and ``download`` is false (names the path
+            searched and the layout ``<root>/MNIST/raw/...``).
 
     Example:
         >>> bench = RotatedMNIST("data", n_experiences=2, rotations_list=[0, 90])  # doctest: +SKIP

@@ -12,6 +12,7 @@ from torch import Tensor
 from torchvision import datasets
 
 from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.dataset_not_found import check_dataset_files
 from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import class_incremental
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
@@ -41,11 +42,14 @@ def omniglot_tensors(
         ``(images, labels, class names)``.
 
     Raises:
+        DatasetNotFoundError: if the folder is missing (names the path and the layout).
         RuntimeError: if the folder holds no images.
     """
     if download:
         datasets.Omniglot(root=str(root), background=background, download=True)
-    folder = Path(root) / "omniglot-py" / ("images_background" if background else "images_evaluation")
+    part = "images_background" if background else "images_evaluation"
+    check_dataset_files("Omniglot", root, [f"omniglot-py/{part}"])
+    folder = Path(root) / "omniglot-py" / part
     characters = sorted(p for p in folder.glob("*/*") if p.is_dir())
     images, labels = [], []
     for label, character in enumerate(characters):
@@ -97,7 +101,7 @@ class SplitOmniglot(Benchmark):
 
     Raises:
         ValueError: for an impossible split or ``test_fraction`` outside (0, 1).
-        RuntimeError: if the files are absent and ``download`` is false.
+        DatasetNotFoundError: if the files are absent and ``download`` is false.
 
     Example:
         >>> SplitOmniglot("data", n_experiences=4).n_classes  # doctest: +SKIP

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.dataset_not_found import check_dataset_files
 from lightning_cl.data.image_files import ImageFilesDataset
 from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.scenarios import class_incremental
@@ -31,14 +32,20 @@ def tiny_imagenet_datasets(root: str | Path) -> tuple[ImageFilesDataset, ImageFi
         ``(train, test)`` datasets of 64x64 RGB images, normalised when read.
 
     Raises:
-        RuntimeError: if the folder or its index files are missing.
+        DatasetNotFoundError: if the folder or its index files are missing.
     """
+    check_dataset_files(
+        "Tiny ImageNet",
+        root,
+        [
+            "tiny-imagenet-200/wnids.txt",
+            "tiny-imagenet-200/train",
+            "tiny-imagenet-200/val/val_annotations.txt",
+        ],
+        download="there is no download: unpack http://cs231n.stanford.edu/tiny-imagenet-200.zip into root",
+    )
     folder = Path(root) / "tiny-imagenet-200"
     wnids_file = folder / "wnids.txt"
-    if not wnids_file.is_file():
-        raise RuntimeError(
-            f"Tiny ImageNet not found: {wnids_file} is missing (unpack tiny-imagenet-200.zip into {root})"
-        )
     wnids = list(dict.fromkeys(line.strip() for line in wnids_file.read_text().splitlines() if line.strip()))
     label = {w: i for i, w in enumerate(wnids)}
     train_paths, train_targets = [], []
@@ -80,7 +87,7 @@ class SplitTinyImageNet(Benchmark):
 
     Raises:
         ValueError: for an impossible split.
-        RuntimeError: if the files are missing (there is no download: get the archive from
+        DatasetNotFoundError: if the files are missing (there is no download: get the archive from
             http://cs231n.stanford.edu/tiny-imagenet-200.zip).
 
     Example:

@@ -33,3 +33,36 @@ def test_unknown_scenario():
     with pytest.raises(ValueError, match="scenario must be one of"):
         Benchmark(bench.train_stream, bench.test_stream, n_classes=10, class_order=[], scenario="magic")
     assert "domain_incremental" in SCENARIOS and "new_instances" in SCENARIOS
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "hint"),
+    [
+        (
+            dict(return_task_id=True),
+            "'return_task_id' is Avalanche's name; here it is 'task_labels': pass task_labels=True",
+        ),
+        (dict(fixed_class_order=[0, 1]), "here it is 'class_order'"),
+        (dict(dataset_root="data"), "here it is 'root'"),
+        (dict(shuffle=False), "seed=None for the sorted one"),
+    ],
+)
+def test_avalanche_argument_names_are_translated_and_errors_name_the_public_class(idx_root, kwargs, hint):
+    from lightning_cl.data import SplitCIFAR100, SplitMNIST
+
+    for cls in (SplitMNIST, SplitCIFAR100):
+        with pytest.raises(TypeError) as caught:
+            cls(idx_root, **kwargs)
+        message = str(caught.value)
+        assert message.startswith(f"{cls.__name__}() got unexpected keyword arguments {list(kwargs)}")
+        assert hint in message and "Its arguments: root, n_experiences" in message
+        assert "_Split" not in message  # no private base class named
+
+
+def test_unknown_and_positional_arguments_name_the_public_class():
+    with pytest.raises(
+        TypeError, match=r"^SplitDigits\(\) got unexpected keyword arguments \['foo'\]\. Its arguments"
+    ):
+        SplitDigits(foo=1)
+    with pytest.raises(TypeError, match=r"^SplitDigits\(\): too many positional arguments"):
+        SplitDigits(5, 1, None, False, None, 3)

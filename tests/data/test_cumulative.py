@@ -14,8 +14,7 @@ from lightning_cl.data import (
     joint,
 )
 from lightning_cl.training import fit_stream
-from tests.conftest import stream_trainer_kwargs
-from tests.conftest import digits_module
+from tests.conftest import digits_module, stream_trainer_kwargs
 
 
 def test_cumulative_experiences_hold_everything_so_far() -> None:

@@ -67,5 +67,5 @@ def test_core50_categories_and_errors(core50_root, tmp_path):
         CORe50(core50_root, scenario="xy")
     with pytest.raises(ValueError, match="run must be"):
         CORe50(core50_root, scenario="ni", run=10)
-    with pytest.raises(RuntimeError, match="file lists missing"):
+    with pytest.raises(FileNotFoundError, match=r"CORe50 not found: .*NI_inc/run0/train_batch_00"):
         CORe50(tmp_path, scenario="ni")

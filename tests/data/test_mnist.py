@@ -33,6 +33,8 @@ def test_small_idx_files(idx_root):
     assert len(RotatedMNIST(idx_root, n_experiences=4, seed=1).train_stream) == 4
 
 
-def test_missing_files(tmp_path):
-    with pytest.raises(RuntimeError):
+def test_missing_files_name_the_path_and_the_layout(tmp_path):
+    with pytest.raises(
+        RuntimeError, match=r"MNIST not found: .*MNIST/raw/train-images-idx3-ubyte does not exist"
+    ):
         SplitMNIST(tmp_path)

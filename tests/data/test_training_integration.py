@@ -31,8 +31,8 @@ def test_domain_incremental_with_replay_replays_old_domains():
     replay = Replay(mem_size=50, seed=0)
     module = ContinualModule(MLP(num_classes=10, input_size=64, hidden_size=32, drop_rate=0.0))
     fit(module, bench.train_stream, bench.test_stream, [replay])
-    memory = replay.buffer.dataset()
-    assert isinstance(memory.base, DomainDataset)
+    memory = replay.buffer.dataset(bench.train_stream[0].dataset)
+    assert memory is not None and isinstance(memory.base, DomainDataset)
     domains = memory.indices // len(digits)
     assert set(domains.tolist()) == {0, 1}
     assert len(module.results.accuracy_matrix) == 2
