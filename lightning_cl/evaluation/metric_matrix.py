@@ -250,6 +250,7 @@ class MetricMatrices:
 
     def __init__(self) -> None:
         self.matrices: dict[str, MetricMatrix] = {}
+        self.tensors: dict[str, dict[int, dict[str, Tensor]]] = {}
         self._trained_on: dict[int, list[int]] = {}
 
     def add(self, name: str, higher_is_better: bool | None = None) -> MetricMatrix:
@@ -303,6 +304,30 @@ class MetricMatrices:
         """:meth:`MetricMatrix.record_per_class` on metric ``name``'s matrix."""
         self.add(name).record_per_class(row, values)
 
+    def record_tensor(self, name: str, row: int, where: str, value: Tensor | Sequence[Any]) -> None:
+        """Keep a non-scalar value (a confusion matrix, per-class values) of metric ``name`` after ``row``.
+
+        Args:
+            name: the metric's name.
+            row: the train experience index.
+            where: ``"exp<j>"`` for test experience ``j``, ``"stream"`` for the whole test stream.
+            value: the tensor (kept on the CPU as ``float64``).
+
+        Raises:
+            ValueError: for a row below 0.
+
+        Example:
+            >>> m = MetricMatrices()
+            >>> m.record_tensor("confusion", 0, "stream", torch.eye(2))
+            >>> m.results().tensors["confusion"][0]["stream"].sum().item()
+            2.0
+        """
+        r = _row(row)
+        if r is None:
+            raise ValueError("record_tensor needs a train experience index >= 0, got None / -1")
+        t = torch.as_tensor(value).detach().to("cpu", torch.float64)
+        self.tensors.setdefault(str(name), {}).setdefault(r, {})[str(where)] = t
+
     def mark_trained(self, row: int, columns: int | Iterable[int]) -> None:
         """:meth:`MetricMatrix.mark_trained` for every metric, present and future."""
         r = _row(row)
@@ -315,13 +340,19 @@ class MetricMatrices:
 
     def results(self) -> ContinualResults:
         """Every metric's :class:`MetricResults`, in the order first recorded."""
-        return ContinualResults({name: m.results() for name, m in self.matrices.items()})
+        return ContinualResults(
+            {name: m.results() for name, m in self.matrices.items()}, tensors=self.tensors
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python state: each metric's :meth:`MetricMatrix.state_dict` and the pairing."""
         return {
             "metrics": {name: m.state_dict() for name, m in self.matrices.items()},
             "trained_on": {i: list(c) for i, c in self._trained_on.items()},
+            "tensors": {
+                name: {i: {w: t.tolist() for w, t in row.items()} for i, row in rows.items()}
+                for name, rows in self.tensors.items()
+            },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -332,3 +363,10 @@ class MetricMatrices:
             matrix.load_state_dict(sub)
             self.matrices[str(name)] = matrix
         self._trained_on = {int(i): [int(j) for j in c] for i, c in state.get("trained_on", {}).items()}
+        self.tensors = {
+            str(name): {
+                int(i): {str(w): torch.tensor(v, dtype=torch.float64) for w, v in row.items()}
+                for i, row in rows.items()
+            }
+            for name, rows in state.get("tensors", {}).items()
+        }

@@ -33,6 +33,19 @@ def _nan_if_none(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
+def _nested(value: Any) -> Any:
+    """A nested list of floats with ``nan`` as ``None`` (valid JSON)."""
+    if isinstance(value, list):
+        return [_nested(v) for v in value]
+    return _none_if_nan(float(value))
+
+
+def _unnested(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_unnested(v) for v in value]
+    return _nan_if_none(value)
+
+
 @dataclass(eq=False)
 class MetricResults:
     """One scalar metric measured over a stream: its matrix and the CL metrics derived from it.
@@ -273,8 +286,13 @@ class ContinualResults(Mapping[str, MetricResults]):
     (``results.average_accuracy``, ``results.accuracy_matrix``, ...), ``nan`` or empty when no
     accuracy was recorded.
 
+    Non-scalar values (a stream's confusion matrix, per-class accuracies) are in
+    :attr:`tensors`: ``results.tensors["confusion"][row]["stream"]``.
+
     Args:
         metrics: the metrics, by name; their order is the table's.
+        tensors: per metric name, per row (train experience index), per place (``"exp<j>"``,
+            ``"stream"``), a tensor.
 
     Example:
         >>> acc = MetricResults("accuracy", [[0.9, 0.1], [0.6, 0.8]], trained=[0, 1], tested=[0, 1])
@@ -285,8 +303,19 @@ class ContinualResults(Mapping[str, MetricResults]):
         True
     """
 
-    def __init__(self, metrics: Mapping[str, MetricResults] | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Mapping[str, MetricResults] | None = None,
+        tensors: Mapping[str, Mapping[int, Mapping[str, Tensor]]] | None = None,
+    ) -> None:
         self.metrics: dict[str, MetricResults] = dict(metrics or {})
+        self.tensors: dict[str, dict[int, dict[str, Tensor]]] = {
+            str(name): {
+                int(row): {str(w): torch.as_tensor(v, dtype=torch.float64) for w, v in places.items()}
+                for row, places in rows.items()
+            }
+            for name, rows in (tensors or {}).items()
+        }
         for key, value in self.metrics.items():
             if not isinstance(value, MetricResults):
                 raise ValueError(f"metric {key!r} must be a MetricResults, got {type(value).__name__}")
@@ -394,6 +423,13 @@ class ContinualResults(Mapping[str, MetricResults]):
             "fwt": _none_if_nan(acc.fwt),
             "amca": _none_if_nan(acc.amca),
             "metrics": {name: m.to_dict() for name, m in self.metrics.items()},
+            "tensors": {
+                name: {
+                    str(row): {w: _nested(t.tolist()) for w, t in places.items()}
+                    for row, places in rows.items()
+                }
+                for name, rows in self.tensors.items()
+            },
         }
 
     @classmethod
@@ -415,7 +451,17 @@ class ContinualResults(Mapping[str, MetricResults]):
             0.6
         """
         if "metrics" in data:
-            return cls({name: MetricResults.from_dict(m, name) for name, m in data["metrics"].items()})
+            tensors = {
+                name: {
+                    int(row): {w: torch.tensor(_unnested(v), dtype=torch.float64) for w, v in places.items()}
+                    for row, places in rows.items()
+                }
+                for name, rows in (data.get("tensors") or {}).items()
+            }
+            return cls(
+                {name: MetricResults.from_dict(m, name) for name, m in data["metrics"].items()},
+                tensors=tensors,
+            )
         if "accuracy_matrix" not in data:
             raise ValueError(f"results need a 'metrics' or an 'accuracy_matrix' key; got {sorted(data)}")
         matrix = data["accuracy_matrix"]

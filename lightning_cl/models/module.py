@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import warnings
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_cl.data.batch import Batch
 from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.experience import Experience
 from lightning_cl.data.stream import Stream
-from lightning_cl.evaluation.accuracy_matrix import AccuracyMatrix, ContinualResults
-from lightning_cl.models.heads import MASK_VALUE, DynamicModule
+from lightning_cl.evaluation.metric_matrix import MetricMatrices, MetricMatrix
+from lightning_cl.evaluation.results import ContinualResults
+from lightning_cl.evaluation.stream_metrics import (
+    METRIC_SCOPES,
+    StreamMetrics,
+    metric_dict,
+    pad_logits,
+    record_measurements,
+    takes_loss,
+)
+from lightning_cl.models.heads import DynamicModule
 from lightning_cl.models.loss_term import LossTerm
 
 __all__ = [
@@ -91,6 +100,12 @@ def merge_batch(batch: Batch | Mapping[str, Batch]) -> Batch:
     return x, y, t
 
 
+def _fresh(metric: Metric) -> Metric:
+    clone = copy.deepcopy(metric)
+    clone.reset()
+    return clone
+
+
 def _sgd(params: Iterable[Any]) -> Optimizer:
     return torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
@@ -100,16 +115,26 @@ class ContinualModule(L.LightningModule):
 
     The training loss is the task loss plus the :meth:`~ContinualCallback.penalty` of every CL
     callback on the trainer. Dynamic heads grow in ``setup("fit")``, before the optimizer is
-    built. The module records test accuracies in an accuracy matrix, available as
-    :attr:`results`.
+    built. Every ``trainer.test`` records each scalar metric in its matrix ``R[i][j]``
+    (:class:`~lightning_cl.evaluation.MetricMatrices`), available as :attr:`results`.
 
-    Logged keys (through whatever Lightning logger the trainer has):
+    Metrics: accuracy (``acc``) and the loss (``loss``) always; any torchmetrics ``Metric`` or
+    ``MetricCollection`` in ``metrics`` besides, measured at the scopes of ``metric_scopes``
+    (see :class:`~lightning_cl.evaluation.StreamMetrics`: an aggregation metric such as
+    ``MeanMetric`` gets the loss, any other metric ``(logits, targets)``). Logged keys (through
+    whatever Lightning logger the trainer has):
 
-    - ``train/loss``, ``train/acc``: per step and per epoch; ``train/penalty/<method>`` per step.
-    - ``val/loss``, ``val/acc``: on the experience's validation data, if it has any.
-    - ``test/acc/exp<j>``, ``test/loss/exp<j>``: per test experience ``j``; ``test/acc/stream``,
-      ``test/loss/stream``: over all samples of the tested stream; ``experience``: the last
-      trained experience.
+    - ``train/loss_step``, ``train/acc_step`` per step (when a progress bar or a logger shows
+      them), ``train/loss_epoch``, ``train/acc_epoch`` per epoch; ``train/penalty/<method>``
+      per step and ``train/penalty/<method>_epoch``; a user's metric ``<name>`` as
+      ``train/<name>_step`` (scope ``"minibatch"``) and ``train/<name>_epoch`` (``"epoch"``).
+    - ``val/<metric>/exp<j>``: on the experience's validation data, if it has any.
+    - ``test/<metric>/exp<j>`` per test experience ``j`` (scope ``"experience"``), and
+      ``test/<metric>/exp<j>/task<t>`` per task label of an experience that mixes tasks;
+      ``test/<metric>/stream``: the metric over all samples of the tested stream (scope
+      ``"stream"``, when it has more than one experience); ``experience``: the last trained
+      experience. Non-scalar values (a confusion matrix) are not logged; they are kept in
+      ``results.tensors``.
 
     Each of these also logs ``step`` = optimizer steps over all experiences so far, so the
     steps of successive trainers never collide in a shared logger.
@@ -127,10 +152,18 @@ class ContinualModule(L.LightningModule):
         on_nonfinite: what a ``nan`` or ``inf`` task loss or penalty does: ``"raise"`` (default)
             stops the run with :class:`NonFiniteLossError` naming the experience, the step and
             the term, before the optimizer step; ``"warn"`` warns once per experience and goes on.
+        metrics: the metrics to measure besides accuracy and loss: a torchmetrics ``Metric``, a
+            ``MetricCollection``, or ``{name: Metric}`` (in YAML, ``model.metrics`` with a
+            ``class_path`` per name), for example ``{"f1": MulticlassF1Score(num_classes=10)}``,
+            ``MulticlassAccuracy(num_classes=10, top_k=5)``, ``MulticlassAccuracy(average=None)``
+            (class accuracy, whose stream value feeds AMCA) or ``MulticlassConfusionMatrix``.
+        metric_scopes: where ``metrics`` are measured, among ``("minibatch", "epoch",
+            "experience", "stream")``; training steps and epochs cost their compute there.
 
     Raises:
-        ValueError: for an unknown ``optimizer_policy`` or ``on_nonfinite``, or a ``model`` that
-            is not a ``torch.nn.Module``.
+        ValueError: for an unknown ``optimizer_policy``, ``on_nonfinite`` or scope, a ``model``
+            that is not a ``torch.nn.Module``, or ``metrics`` that are not torchmetrics metrics
+            (or use the names ``acc`` / ``loss``).
 
     Example:
         >>> from lightning_cl.models import MLP
@@ -147,8 +180,16 @@ class ContinualModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         optimizer_policy: Literal["reset", "keep"] = "reset",
         on_nonfinite: Literal["raise", "warn"] = "raise",
+        metrics: Metric | MetricCollection | Mapping[str, Metric] | None = None,
+        metric_scopes: Sequence[str] = ("experience", "stream"),
     ):
         super().__init__()
+        scopes = [metric_scopes] if isinstance(metric_scopes, str) else list(metric_scopes)
+        bad = [s for s in scopes if s not in METRIC_SCOPES]
+        if bad:
+            raise ValueError(f"metric_scopes must be among {METRIC_SCOPES}, got {bad}")
+        self.metric_scopes = tuple(scopes)
+        self.user_metrics = nn.ModuleDict(metric_dict(metrics))
         if optimizer_policy not in OPTIMIZER_POLICIES:
             raise ValueError(
                 f"optimizer_policy must be one of {OPTIMIZER_POLICIES}, got {optimizer_policy!r}"
@@ -167,14 +208,17 @@ class ContinualModule(L.LightningModule):
         self._takes_task_labels = "task_labels" in inspect.signature(model.forward).parameters
         self.current_experience: int | None = None
         self.seen_classes: set[int] = set()
-        self.accuracy_matrix = AccuracyMatrix()
+        self.metric_matrices = MetricMatrices()
+        self.metric_matrices.add("accuracy", higher_is_better=True)
         self.steps_before_experience = 0
         self._fit_finished = True
         self._kept_optimizer_state: dict[str, dict[str, Any]] = {}
         self._eval_columns: list[int] = []
         self._eval_sizes: list[int] = []
         self.train_metrics: MetricCollection | None = None
-        self.eval_metrics = nn.ModuleList()
+        self.train_user_metrics = nn.ModuleDict()
+        self.eval_metrics: StreamMetrics | None = None
+        self._n_classes = 0
         self._penalty_sums: dict[str, Tensor] = {}
         self._penalty_steps = 0
 
@@ -186,8 +230,14 @@ class ContinualModule(L.LightningModule):
 
     @property
     def results(self) -> ContinualResults:
-        """The accuracy matrix so far and the metrics derived from it."""
-        return self.accuracy_matrix.results()
+        """Every scalar metric's matrix so far (accuracy first), the CL metrics derived from each,
+        and the non-scalar values (``results.tensors``)."""
+        return self.metric_matrices.results()
+
+    @property
+    def accuracy_matrix(self) -> MetricMatrix:
+        """The recorder of the accuracy matrix (``metric_matrices["accuracy"]``)."""
+        return self.metric_matrices["accuracy"]
 
     def loss_terms(self) -> list[LossTerm]:
         """The trainer callbacks that add a term to the loss (every CL method), in list order."""
@@ -222,6 +272,8 @@ class ContinualModule(L.LightningModule):
             self._penalty_sums[name] = self._penalty_sums.get(name, 0.0) + term
         self._penalty_steps += 1
         preds = logits.detach().argmax(dim=-1)
+        if self.train_user_metrics:
+            self._update_train_user_metrics(logits.detach(), y, loss.detach())
         # Epoch values: plain metric updates, logged once in `on_train_epoch_end`. Each `self.log`
         # call costs Lightning ~0.3 ms, so step values are logged only when something shows them.
         accuracy = self.train_metrics["acc"]
@@ -238,6 +290,21 @@ class ContinualModule(L.LightningModule):
             )
             self.log("step", float(self.global_step_all), on_step=True, on_epoch=False, batch_size=n)
         return loss
+
+    def _update_train_user_metrics(self, logits: Tensor, y: Tensor, loss: Tensor) -> None:
+        shown = "minibatch" in self.metric_scopes and self._step_values_shown()
+        if not shown and "epoch" not in self.metric_scopes:
+            return
+        logits = pad_logits(logits, self._n_classes)
+        for name, module in self.train_user_metrics.items():
+            metric: Metric = module  # type: ignore[assignment]
+            inputs = (loss,) if takes_loss(metric) else (logits, y)
+            if not shown:
+                metric.update(*inputs)
+                continue
+            value = metric(*inputs)  # forward: the batch's value, and the epoch's state updated
+            if value.numel() == 1:
+                self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, batch_size=len(y))
 
     def _check_finite(self, loss: Tensor, task_loss: Tensor, penalties: dict[str, Tensor]) -> None:
         if bool(torch.isfinite(loss.detach())):
@@ -276,6 +343,13 @@ class ContinualModule(L.LightningModule):
             self.log(f"train/penalty/{name}_epoch", total / max(1, self._penalty_steps), on_epoch=True)
         self.log("train/acc_epoch", self.train_metrics["acc"], on_step=False, on_epoch=True)
         self.log("train/loss_epoch", self.train_metrics["loss"], on_step=False, on_epoch=True, prog_bar=True)
+        for name, module in self.train_user_metrics.items():
+            metric: Metric = module  # type: ignore[assignment]
+            if "epoch" in self.metric_scopes and metric.update_count > 0:
+                value = metric.compute()  # synchronised over processes by torchmetrics
+                if value.numel() == 1:
+                    self.log(f"train/{name}_epoch", value.reshape(()), on_step=False, on_epoch=True)
+            metric.reset()
         # Epoch-level values are flushed after this hook: give them the stream-wide step too.
         self.log("step", float(self.global_step_all), on_step=False, on_epoch=True, reduce_fx="max")
 
@@ -321,8 +395,14 @@ class ContinualModule(L.LightningModule):
         online = getattr(experience, "online", None)
         if online is not None:
             # A mini-experience trains on its origin experience's data: the matrix's pairing.
-            self.accuracy_matrix.mark_trained(experience.index, online.origin_experience.index)
+            self.metric_matrices.mark_trained(experience.index, online.origin_experience.index)
         self._fit_finished = False
+        self._n_classes = experience.n_classes
+        training_scopes = {"minibatch", "epoch"} & set(self.metric_scopes)
+        if training_scopes and not self.train_user_metrics:
+            self.train_user_metrics = nn.ModuleDict(
+                {name: _fresh(m) for name, m in self.user_metrics.items()}  # type: ignore[arg-type]
+            ).to(self.device)
         if self.train_metrics is None:
             self.train_metrics = MetricCollection(
                 {
@@ -334,7 +414,9 @@ class ContinualModule(L.LightningModule):
                 compute_groups=False,
             )
         if experience.val_dataset is not None:
-            self._make_eval_metrics([experience.index], experience.n_classes, [len(experience.val_dataset)])
+            tasks = getattr(experience.val_dataset, "task_labels", None)
+            mixed = {experience.index: torch.unique(tasks).tolist()} if isinstance(tasks, Tensor) else None
+            self._make_eval_metrics([experience.index], experience.n_classes, mixed)
 
     def _check_output_width(self, experience: Experience, needed: int) -> None:
         x, _, t = experience.dataset.__getitems__([0])
@@ -361,9 +443,10 @@ class ContinualModule(L.LightningModule):
     def _setup_eval(self, datamodule: Any) -> None:
         if isinstance(datamodule, Stream):
             columns, n_classes = datamodule.indices, datamodule.n_classes
-            sizes = [len(e) for e in datamodule]
+            tasks = {e.index: e.task_labels for e in datamodule}
         elif isinstance(datamodule, Experience):
-            columns, n_classes, sizes = [datamodule.index], datamodule.n_classes, [len(datamodule)]
+            columns, n_classes = [datamodule.index], datamodule.n_classes
+            tasks = {datamodule.index: datamodule.task_labels}
         else:
             hint = (
                 " (a Benchmark holds streams: pass benchmark.test_stream)"
@@ -375,21 +458,18 @@ class ContinualModule(L.LightningModule):
                 "trainer.test(module, datamodule=benchmark.test_stream), "
                 f"got {type(datamodule).__name__}{hint}"
             )
-        self._make_eval_metrics(columns, n_classes, sizes)
+        self._make_eval_metrics(columns, n_classes, tasks)
 
-    def _make_eval_metrics(self, columns: list[int], n_classes: int, sizes: list[int]) -> None:
-        def collection() -> MetricCollection:
-            return MetricCollection(
-                {
-                    "acc": MulticlassAccuracy(num_classes=n_classes, average="micro", validate_args=False),
-                    "loss": MeanMetric(),
-                },
-                compute_groups=False,
-            )
-
-        self._eval_columns = list(columns)
-        self._eval_sizes = list(sizes)
-        self.eval_metrics = nn.ModuleList([collection() for _ in columns]).to(self.device)
+    def _make_eval_metrics(
+        self, columns: list[int], n_classes: int, tasks: Mapping[int, Sequence[int]] | None
+    ) -> None:
+        self.eval_metrics = StreamMetrics(
+            dict(self.user_metrics.items()),  # type: ignore[arg-type]
+            columns,
+            n_classes,
+            scopes=[s for s in self.metric_scopes if s in ("experience", "stream")],
+            task_labels=tasks,
+        ).to(self.device)
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
@@ -434,12 +514,9 @@ class ContinualModule(L.LightningModule):
     def _eval_step(self, batch: Any, dataloader_idx: int) -> None:
         x, y, t = merge_batch(batch)
         logits = self(x, t)
-        if logits.shape[-1] <= int(y.max()):
-            # Classes the model cannot output yet (a dynamic head before their experience).
-            logits = F.pad(logits, (0, int(y.max()) + 1 - logits.shape[-1]), value=MASK_VALUE)
-        metrics = cast(MetricCollection, self.eval_metrics[dataloader_idx])
-        metrics["acc"].update(logits.argmax(dim=-1), y)
-        metrics["loss"].update(F.cross_entropy(logits.float(), y, reduction="none"))
+        assert self.eval_metrics is not None
+        # Narrower logits (a dynamic head before later classes exist) are padded to the classes.
+        self.eval_metrics.update(dataloader_idx, logits, y, t)
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
@@ -448,30 +525,18 @@ class ContinualModule(L.LightningModule):
         self._eval_step(batch, dataloader_idx)
 
     def _eval_epoch_end(self, stage: str) -> dict[str, float]:
-        """Per-experience values, and the stream's as their mean weighted by the experiences' sizes."""
-        values: dict[str, float] = {}
-        weighted_acc = weighted_loss = weight = 0.0
-        for column, size, module in zip(self._eval_columns, self._eval_sizes, self.eval_metrics):
-            metrics = cast(MetricCollection, module)
-            if metrics["acc"].update_count == 0 and self.trainer.world_size == 1:
-                continue
-            acc, loss = float(metrics["acc"].compute()), float(metrics["loss"].compute())
-            metrics.reset()
-            values[f"{stage}/acc/exp{column}"], values[f"{stage}/loss/exp{column}"] = acc, loss
-            weighted_acc, weighted_loss, weight = (
-                weighted_acc + acc * size,
-                weighted_loss + loss * size,
-                weight + size,
-            )
-            if stage == "test":
-                self.accuracy_matrix.record(self.current_experience, column, acc)
-        if weight > 0:
-            stream_acc = weighted_acc / weight
-            if len(self._eval_columns) > 1:
-                values[f"{stage}/acc/stream"] = stream_acc
-                values[f"{stage}/loss/stream"] = weighted_loss / weight
-            if stage == "test":
-                self.accuracy_matrix.record_stream(self.current_experience, stream_acc)
+        """Every metric per experience (and task) and over the stream; test values fill the matrices."""
+        assert self.eval_metrics is not None
+        measurements = self.eval_metrics.compute(self.trainer.world_size)
+        several = len(self.eval_metrics.columns) > 1
+        values = {
+            m.key(stage): float(m.value.reshape(()))
+            for m in measurements
+            if m.scalar and (m.column is not None or several)
+        }
+        if stage == "test":
+            directions = {name: getattr(m, "higher_is_better", None) for name, m in self.user_metrics.items()}
+            record_measurements(self.metric_matrices, self.current_experience, measurements, directions)
         for key, value in values.items():
             self.log(key, value, sync_dist=False, add_dataloader_idx=False)
         if self.current_experience is not None:
@@ -482,9 +547,8 @@ class ContinualModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
             self._eval_epoch_end("val")
-        else:
-            for metrics in self.eval_metrics:
-                cast(MetricCollection, metrics).reset()
+        elif self.eval_metrics is not None:
+            self.eval_metrics.reset()
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
@@ -495,7 +559,8 @@ class ContinualModule(L.LightningModule):
             "current_experience": self.current_experience,
             "experience_complete": self._fit_finished,
             "seen_classes": sorted(self.seen_classes),
-            "accuracy_matrix": self.accuracy_matrix.state_dict(),
+            "accuracy_matrix": self.metric_matrices["accuracy"].state_dict(),
+            "metric_matrices": self.metric_matrices.state_dict(),
             "steps_before_experience": self.steps_before_experience,
             "kept_optimizer_state": self._kept_optimizer_state,
         }
@@ -506,6 +571,12 @@ class ContinualModule(L.LightningModule):
             return
         self.current_experience = state["current_experience"]
         self.seen_classes = set(state["seen_classes"])
-        self.accuracy_matrix.load_state_dict(state["accuracy_matrix"])
+        if "metric_matrices" in state:
+            self.metric_matrices.load_state_dict(state["metric_matrices"])
+        else:  # a checkpoint written before every metric had its matrix
+            self.metric_matrices = MetricMatrices()
+            self.metric_matrices.add("accuracy", higher_is_better=True).load_state_dict(
+                state["accuracy_matrix"]
+            )
         self.steps_before_experience = state["steps_before_experience"]
         self._kept_optimizer_state = state["kept_optimizer_state"]
