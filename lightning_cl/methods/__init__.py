@@ -14,7 +14,10 @@ from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
 from lightning_cl.methods.der import DER
 from lightning_cl.methods.episodic import EpisodicMemoryMethod
 from lightning_cl.methods.ewc import EWC, fisher_information
+from lightning_cl.methods.features import capture_features, resolve_layer
+from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch
 from lightning_cl.methods.gem import GEM, gem_projection
+from lightning_cl.methods.lfl import LFL
 from lightning_cl.methods.lwf import LwF, distillation_loss
 from lightning_cl.methods.mas import MAS, output_sensitivity
 from lightning_cl.methods.replay import Replay
@@ -25,20 +28,25 @@ __all__ = [
     "BUFFER_POLICIES",
     "DER",
     "EWC",
+    "FROM_SCRATCH_INITS",
     "GEM",
+    "LFL",
     "MAS",
     "SI",
     "ContinualCallback",
     "EpisodicMemoryMethod",
+    "FromScratch",
     "LwF",
     "Replay",
     "ReplayBuffer",
+    "capture_features",
     "distillation_loss",
     "experience_generator",
     "fisher_information",
     "gem_projection",
     "output_sensitivity",
     "project_gradient",
+    "resolve_layer",
     "step_generator",
     "stream_seed",
 ]
