@@ -38,10 +38,10 @@ class RelabeledDataset(Dataset):
         self.base = base
         self.mapping = torch.as_tensor(mapping, dtype=torch.long)
         original = targets_of(base)
-        if len(original) and int(original.max()) >= len(self.mapping):
+        if len(original) and (int(original.max()) >= len(self.mapping) or int(original.min()) < 0):
+            outside = int(original.max()) if int(original.max()) >= len(self.mapping) else int(original.min())
             raise ValueError(
-                f"the mapping covers class ids 0..{len(self.mapping) - 1}, "
-                f"the data has class {int(original.max())}"
+                f"the mapping covers class ids 0..{len(self.mapping) - 1}, the data has class {outside}"
             )
         self.targets = self.mapping[original]
 

@@ -212,3 +212,25 @@ def ids(loader) -> list[int]:
 def batch_ids():
     """:func:`ids` as a fixture: the targets of one pass over a loader."""
     return ids
+
+
+@pytest.fixture
+def fit_digits_stream():
+    """Run ``fit_stream`` on SplitDigits with the tests' digits model, quietly on CPU: a factory
+    ``(benchmark, train_stream, max_epochs) -> ContinualResults``."""
+    import lightning as L
+
+    from lightning_cl.training import fit_stream
+    from tests.conftest import digits_module, stream_trainer_kwargs
+
+    def run(benchmark, train_stream=None, max_epochs: int = 3):
+        L.seed_everything(1)
+        return fit_stream(
+            digits_module(),
+            benchmark,
+            train_stream=train_stream,
+            logger=False,
+            trainer_kwargs=stream_trainer_kwargs(max_epochs=max_epochs),
+        )
+
+    return run

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 
@@ -13,8 +12,6 @@ from lightning_cl.data import (
     cumulative,
     joint,
 )
-from lightning_cl.training import fit_stream
-from tests.conftest import digits_module, stream_trainer_kwargs
 
 
 def test_cumulative_experiences_hold_everything_so_far() -> None:
@@ -32,19 +29,11 @@ def test_cumulative_experiences_hold_everything_so_far() -> None:
     assert len(everything) == sum(len(e) for e in stream) and everything.index == stream[-1].index
 
 
-def test_cumulative_training_is_the_upper_reference() -> None:
+def test_cumulative_training_is_the_upper_reference(fit_digits_stream) -> None:
     bench = SplitDigits(n_experiences=5, seed=1)
 
     def run(train: Stream) -> float:
-        L.seed_everything(1)
-        results = fit_stream(
-            digits_module(),
-            bench,
-            train_stream=train,
-            logger=False,
-            trainer_kwargs=stream_trainer_kwargs(max_epochs=3),
-        )
-        return results.average_accuracy
+        return fit_digits_stream(bench, train_stream=train).average_accuracy
 
     naive, upper, offline = (
         run(bench.train_stream),

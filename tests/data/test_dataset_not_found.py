@@ -83,5 +83,6 @@ def test_root_inside_a_folder_without_the_files_says_so(tmp_path: Path) -> None:
 
 
 def test_real_mnist_root_one_level_too_deep(mnist_root: Path) -> None:
-    with pytest.raises(DatasetNotFoundError, match=rf"pass root={re.escape(repr(str(mnist_root.resolve())))}$"):
+    expected = re.escape(repr(str(mnist_root.resolve())))
+    with pytest.raises(DatasetNotFoundError, match=rf"pass root={expected}$"):
         SplitMNIST(mnist_root / "MNIST")
