@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from importlib import metadata
 from pathlib import Path
@@ -317,3 +318,17 @@ def test_resume_from_the_command_line(tmp_path: Path, monkeypatch: pytest.Monkey
     )
     assert not (second.parent / "checkpoints" / "experience_002.ckpt").exists()
     assert (second.parent / "checkpoints" / "experience_004.ckpt").exists()
+
+
+def test_set_up_facts_in_the_readme_and_the_extras() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {k: {re.split(r"[<>=\[]", d, maxsplit=1)[0] for d in v} for k, v in extras.items()}
+    assert {"nbclient", "nbformat", "ipykernel", "nbconvert", "matplotlib"} <= names["test"]
+    assert {"tensorboard", "mlflow"} <= names["loggers"]
+    assert 'pytest -m "not slow and not distributed"' in README
+    assert 'pip install -e ".[loggers]"' in README and "notebooks/01_quickstart.ipynb" in README
+    assert (ROOT / "notebooks" / "01_quickstart.ipynb").is_file()
+    markers = (ROOT / "setup.cfg").read_text()
+    assert "slow:" in markers and "distributed:" in markers
