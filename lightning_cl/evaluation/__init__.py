@@ -14,30 +14,50 @@ from lightning_cl.evaluation.cl_metrics import (
 )
 from lightning_cl.evaluation.metric_matrix import MetricMatrices, MetricMatrix
 from lightning_cl.evaluation.plots import (
+    figures,
+    log_figures,
     plot_confusion_matrix,
     plot_curves,
     plot_matrix,
     save_figures,
 )
 from lightning_cl.evaluation.results import ContinualResults, MetricResults
+from lightning_cl.evaluation.stream_metrics import (
+    DEFAULT_METRICS,
+    METRIC_SCOPES,
+    Measurement,
+    StreamMetrics,
+    default_metrics,
+    metric_dict,
+    record_measurements,
+)
 
 __all__ = [
+    "DEFAULT_METRICS",
+    "METRIC_SCOPES",
     "AccuracyMatrix",
     "ContinualResults",
+    "Measurement",
     "MetricMatrices",
     "MetricMatrix",
     "MetricResults",
+    "StreamMetrics",
     "amca",
     "average",
     "average_accuracy",
     "backward_transfer",
+    "default_metrics",
+    "figures",
     "forgetting",
     "forgetting_per_experience",
     "forward_transfer",
+    "log_figures",
     "mean_class_accuracy",
+    "metric_dict",
     "plot_confusion_matrix",
     "plot_curves",
     "plot_matrix",
+    "record_measurements",
     "save_figures",
     "seen_average",
 ]

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_confusion_matrix", "plot_curves", "plot_matrix", "save_figures"]
+__all__ = ["figures", "log_figures", "plot_confusion_matrix", "plot_curves", "plot_matrix", "save_figures"]
 
 NORMALIZE = (None, "true", "pred", "all")
 
@@ -277,3 +277,100 @@ def save_figures(
             plt.close(draw(r, path=path))
             written[f"{name}_{kind}"] = path
     return written
+
+
+def figures(results: ContinualResults, *, metrics: Sequence[str] | None = None) -> dict[str, Figure]:
+    """The run's figures, by name: each scalar metric's heat map and curves, each stream confusion matrix.
+
+    Names are ``<metric>_matrix``, ``<metric>_curves`` (metrics with at least one row and one
+    column) and ``<metric>_stream`` for the last row's stream value of each square 2-d metric in
+    :attr:`ContinualResults.tensors` (a ``MulticlassConfusionMatrix``). Each figure is a
+    matplotlib ``Figure`` of its own (not pyplot's: no GUI backend, nothing left open).
+
+    Args:
+        results: the run's results.
+        metrics: the names to draw; every metric when ``None``.
+
+    Returns:
+        ``{name: Figure}``.
+
+    Example:
+        >>> from lightning_cl.evaluation import MetricMatrices
+        >>> m = MetricMatrices()
+        >>> m.record("accuracy", 0, 0, 0.5)
+        >>> m.record_tensor("confusion", 0, "stream", torch.eye(3))
+        >>> sorted(figures(m.results()))
+        ['accuracy_curves', 'accuracy_matrix', 'confusion_stream']
+    """
+    _pyplot()
+    from matplotlib.figure import Figure as NewFigure
+
+    names = list(metrics) if metrics is not None else [*results, *results.tensors]
+    out: dict[str, Figure] = {}
+    for name in names:
+        if name in results and results[name].trained and results[name].tested:
+            r = results[name]
+            for kind, draw in (("matrix", plot_matrix), ("curves", plot_curves)):
+                figure = NewFigure(layout="constrained")
+                out[f"{name}_{kind}"] = draw(r, ax=figure.subplots())
+        rows = results.tensors.get(name, {})
+        if rows:
+            last = rows[list(rows)[-1]]  # the last trained row
+            stream = last.get("stream")
+            if stream is not None and stream.ndim == 2 and stream.shape[0] == stream.shape[1]:
+                n = stream.shape[0]
+                figure = NewFigure(figsize=(1.5 + 0.45 * n, 1.2 + 0.45 * n), layout="constrained")
+                out[f"{name}_stream"] = plot_confusion_matrix(stream, ax=figure.subplots())
+    return out
+
+
+def log_figures(
+    results: ContinualResults,
+    loggers: Any,
+    *,
+    step: int | None = None,
+    metrics: Sequence[str] | None = None,
+) -> list[str]:
+    """Hand the run's :func:`figures` to every logger that takes figures, through its Lightning API.
+
+    TensorBoard (``TensorBoardLogger.experiment.add_figure``), MLflow
+    (``MLFlowLogger.experiment.log_figure`` into the run's artifacts, as ``figures/<name>.png``)
+    and Weights & Biases (``WandbLogger.log_image``) receive them; other loggers (CSV) are
+    skipped: ``fit_stream`` writes the PNG files beside ``results.json`` for them. Call it on
+    rank 0 at the end of a run (a plain loop, or after ``fit_stream``).
+
+    Args:
+        results: the run's results.
+        loggers: a Lightning logger, a list of them (``trainer.loggers``), or ``None``.
+        step: the step the figures belong to (for example ``module.global_step_all``).
+        metrics: the metric names to draw; every metric when ``None``.
+
+    Returns:
+        The names of the loggers that received figures (their class names).
+    """
+    from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    if loggers is None or loggers is False:
+        return []
+    targets = [loggers] if isinstance(loggers, Logger) else list(loggers)
+    takers = [lg for lg in targets if isinstance(lg, (TensorBoardLogger, MLFlowLogger, WandbLogger))]
+    if not takers:
+        return []
+    try:
+        drawn = figures(results, metrics=metrics)
+    except ModuleNotFoundError as err:  # no matplotlib: the loggers get the scalars only
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(f"lightning_cl: no figures for the loggers ({err})")
+        return []
+    received: list[str] = []
+    for logger in takers:
+        for name, figure in drawn.items():
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(name, figure, global_step=step, close=False)
+            elif isinstance(logger, MLFlowLogger):
+                logger.experiment.log_figure(logger.run_id, figure, f"figures/{name}.png")
+            else:
+                logger.log_image(key=f"figures/{name}", images=[figure], step=step)
+        received.append(type(logger).__name__)
+    return received

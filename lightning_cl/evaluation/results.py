@@ -255,6 +255,9 @@ class MetricResults:
         """The matrix (and the stream column) and the derived values as fixed-width text."""
         head = "after \\ test " + "".join(f"{'exp ' + str(j):>8}" for j in self.tested) + f"{'stream':>9}"
         title = self.name[:1].upper() + self.name[1:]
+        if not self.tested and self.per_class:
+            # A non-scalar metric kept per class only (class accuracy): no matrix, its AMCA.
+            return f"{title}: per-class values after each of {len(self.trained)} rows | AMCA {self.amca:.4f}"
         lines = [
             f"{title} matrix R[i, j]: row = after training experience i, column = test experience j",
             head,

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.experience import Experience
 from lightning_cl.data.stream import Stream
-from lightning_cl.evaluation import ContinualResults
+from lightning_cl.evaluation import ContinualResults, log_figures
 from lightning_cl.models.module import ContinualModule
 from lightning_cl.training.checkpoint import (
     StreamCheckpointInfo,
@@ -233,6 +233,7 @@ def fit_stream(
     test_stream: Stream | None = None,
     train_stream: Stream | None = None,
     evaluate: bool = True,
+    evaluate_initial: bool = False,
     ckpt_path: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     max_experiences: int | None = None,
@@ -274,6 +275,8 @@ def fit_stream(
         train_stream: train on this stream instead of ``benchmark.train_stream`` (a slice of it,
             or ``cumulative(benchmark.train_stream)`` / ``joint(...)`` for the reference runs).
         evaluate: test after each experience.
+        evaluate_initial: also test the untrained model once, before the first experience (the
+            ``untrained`` row of the results, which forward transfer needs); not on resume.
         ckpt_path: a checkpoint of this stream to resume from, or ``"last"``: the newest
             ``experience_<i>.ckpt`` under ``checkpoint_dir`` when given, else under the logger's
             directory of runs (every ``version_*``), else under ``default_root_dir``.
@@ -366,6 +369,11 @@ def fit_stream(
     trainer: L.Trainer | None = None
     stop = len(experiences) if max_experiences is None else min(len(experiences), start + max_experiences)
     with start_up_lines() as start_up:
+        if evaluate_initial and ckpt_path is None and start < stop:
+            # The untrained model's values: row None of every metric's matrix (FWT's baseline).
+            L.Trainer(logger=shared_logger, enable_model_summary=False, **kwargs).test(
+                module, datamodule=stream, verbose=False
+            )
         for position in range(start, stop):
             experience = experiences[position]
             began = time.perf_counter()
@@ -393,4 +401,6 @@ def fit_stream(
     results = module.results
     if log_dir is not None and (trainer is None or trainer.is_global_zero):
         save_results(results, log_dir)
+    if trainer is None or trainer.is_global_zero:
+        log_figures(results, shared_logger, step=module.global_step_all)
     return results
