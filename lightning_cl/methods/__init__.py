@@ -21,6 +21,7 @@ from lightning_cl.methods.lfl import LFL
 from lightning_cl.methods.lwf import LwF, distillation_loss
 from lightning_cl.methods.mas import MAS, output_sensitivity
 from lightning_cl.methods.replay import Replay
+from lightning_cl.methods.rwalk import RWalk
 from lightning_cl.methods.si import SI
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "EpisodicMemoryMethod",
     "FromScratch",
     "LwF",
+    "RWalk",
     "Replay",
     "ReplayBuffer",
     "capture_features",
