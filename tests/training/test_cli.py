@@ -91,8 +91,9 @@ def test_bad_value_in_config_is_refused_before_training(
         (None, ["--benchmark.init_args.n_experiences", "3"], "n_experiences=3 cannot split 10 classes"),
         (None, ["--trainer.callbacks.mem_size", "-1"], "mem_size must be an int >= 0, got -1"),
         ("split_mnist_naive.yaml", ["--benchmark.init_args.root", "{tmp}/no_such_dir"], "download=True"),
+        (None, ["--model.model.init_args.input_size", "784"], "input_size=64"),
     ],
-    ids=["n_experiences", "mem_size", "missing_mnist_root"],
+    ids=["n_experiences", "mem_size", "missing_mnist_root", "model_does_not_fit_the_data"],
 )
 def test_errors_show_the_library_message_in_a_line_or_two(
     tmp_path: Path,
@@ -112,7 +113,7 @@ def test_errors_show_the_library_message_in_a_line_or_two(
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("Seed set to")]
     assert err[0].startswith("lightning-cl: error: ") and message in err[0]
     assert len(err) <= 3 and "Union subtypes" not in "\n".join(err)
-    assert not (tmp_path / "runs").exists()
+    assert not list(tmp_path.glob("runs/**/results.json")) and not list(tmp_path.glob("runs/**/*.ckpt"))
 
 
 def test_debug_variable_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
