@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from functools import partial
 from typing import Any
 
@@ -243,3 +244,160 @@ def test_multi_head_task_incremental_with_global_class_ids() -> None:
     widths = {task: head.out_features for task, head in module.model.head.heads.items()}
     assert widths == {"0": 7, "1": 3, "2": 9, "3": 10, "4": 8}
     assert module.seen_classes == set(range(10))
+
+
+# ---------------------------------------------------------------------- metrics a user chooses
+def _pooled_predictions(module: ContinualModule, stream: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The module's predictions and the targets over every sample of ``stream``, by hand."""
+    module.eval()
+    preds, targets = [], []
+    with torch.no_grad():
+        for experience in stream:
+            x, y, t = experience.dataset.__getitems__(list(range(len(experience))))
+            preds.append(module(x, t).argmax(-1))
+            targets.append(y)
+    return torch.cat(preds), torch.cat(targets)
+
+
+def _f1_macro(preds: torch.Tensor, targets: torch.Tensor) -> float:
+    """Macro F1 by hand, over the classes present in predictions or targets."""
+    scores = []
+    for c in torch.unique(torch.cat([preds, targets])).tolist():
+        tp = int(((preds == c) & (targets == c)).sum())
+        fp = int(((preds == c) & (targets != c)).sum())
+        fn = int(((preds != c) & (targets == c)).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores)
+
+
+def test_user_metrics_at_stream_scope_are_computed_over_the_pooled_samples() -> None:
+    from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassF1Score
+
+    bench = SplitDigits(n_experiences=5, seed=1, loader=LoaderSettings(batch_size=64))
+    module = _module(
+        metrics={
+            "f1": MulticlassF1Score(num_classes=10, average="macro"),
+            "confusion": MulticlassConfusionMatrix(num_classes=10),
+        }
+    )
+    for experience in bench.train_stream[:2]:
+        trainer = L.Trainer(**quiet_trainer_kwargs())
+        trainer.fit(module, datamodule=experience)
+        trainer.test(module, datamodule=bench.test_stream, verbose=False)
+    logged = trainer.callback_metrics
+    preds, targets = _pooled_predictions(module, bench.test_stream)
+    by_hand = _f1_macro(preds, targets)
+    assert float(logged["test/f1/stream"]) == pytest.approx(by_hand, abs=1e-5)
+    results = module.results
+    assert results["f1"].stream[-1] == pytest.approx(by_hand, abs=1e-5)
+    # After two of five class-incremental experiences the experiences' mean is another number.
+    # (each experience's F1 is over its own 2 classes, the stream's over all 10: 0.018 against 0.066).
+    assert by_hand < 0.5 * sum(results["f1"].matrix[-1]) / 5
+    # Every scalar metric has its matrix; the stream confusion matrix counts every test sample.
+    assert list(results) == ["accuracy", "loss", "f1"]
+    confusion = results.tensors["confusion"][1]["stream"]
+    assert confusion.sum().item() == sum(len(e) for e in bench.test_stream) == len(targets)
+    assert confusion.diagonal().sum().item() == int((preds == targets).sum())
+    assert results.stream_accuracy[-1] == pytest.approx(float((preds == targets).double().mean()), abs=1e-6)
+
+
+def test_forward_transfer_from_an_evaluation_before_the_first_experience() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1, loader=LoaderSettings(batch_size=64))
+    test_stream = bench.test_stream[:3]  # a 3-experience stream
+    module = _module()
+    L.Trainer(**quiet_trainer_kwargs()).test(module, datamodule=test_stream, verbose=False)
+    for experience in bench.train_stream[:3]:
+        trainer = L.Trainer(**quiet_trainer_kwargs())
+        trainer.fit(module, datamodule=experience)
+        trainer.test(module, datamodule=test_stream, verbose=False)
+    for name in ("accuracy", "loss"):
+        r = module.results[name]
+        sign = 1.0 if r.higher_is_better else -1.0
+        R, b = r.matrix, r.initial
+        assert not any(math.isnan(v) for v in b)
+        by_hand = sign * ((R[0][1] - b[1]) + (R[1][2] - b[2])) / 2  # GEM's FWT over experiences 2..T
+        assert r.fwt == pytest.approx(by_hand)
+    assert module.results.fwt == module.results["accuracy"].fwt
+
+
+def test_fit_stream_evaluate_initial_records_the_untrained_row() -> None:
+    from lightning_cl.training import fit_stream
+
+    bench = SplitDigits(n_experiences=5, seed=1, loader=LoaderSettings(batch_size=64))
+    kwargs = quiet_trainer_kwargs()
+    kwargs.pop("logger")
+    results = fit_stream(
+        _module(),
+        bench,
+        logger=False,
+        trainer_kwargs=kwargs,
+        evaluate_initial=True,
+        train_stream=bench.train_stream[:3],
+        test_stream=bench.test_stream[:3],
+    )
+    r = results["accuracy"]
+    assert len(r.initial) == 3 and not any(math.isnan(v) for v in r.initial)
+    assert results.trained == [0, 1, 2]
+    assert r.fwt == pytest.approx(((r.matrix[0][1] - r.initial[1]) + (r.matrix[1][2] - r.initial[2])) / 2)
+
+
+def test_training_scopes_log_the_users_metrics_per_step_and_epoch(tmp_path: Any) -> None:
+    from torchmetrics.classification import MulticlassF1Score
+
+    bench = SplitDigits(n_experiences=5, loader=LoaderSettings(batch_size=64))
+    module = _module(
+        metrics={"f1": MulticlassF1Score(num_classes=10)}, metric_scopes=("minibatch", "epoch", "stream")
+    )
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = L.Trainer(**quiet_trainer_kwargs(logger=logger, log_every_n_steps=1, max_epochs=2))
+    trainer.fit(module, datamodule=bench.train_stream[0])
+    trainer.test(module, datamodule=bench.test_stream, verbose=False)
+    rows = list(csv.DictReader(open(logger.log_dir + "/metrics.csv")))
+    keys = {k for r in rows for k, v in r.items() if v}
+    assert {"train/f1_step", "train/f1_epoch", "test/f1/stream"} <= keys
+    assert "test/f1/exp0" not in keys  # no "experience" scope
+    assert len([r for r in rows if r.get("train/f1_epoch")]) == 2
+    assert all(0.0 <= float(r["train/f1_step"]) <= 1.0 for r in rows if r.get("train/f1_step"))
+
+
+def test_unknown_metric_scope_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"metric_scopes must be among .*got \['task'\]"):
+        _module(metric_scopes=("experience", "task"))
+
+
+def test_metric_matrices_round_trip_through_checkpoints_and_old_ones_load(tmp_path: Any) -> None:
+    from torchmetrics.classification import MulticlassF1Score
+
+    bench = SplitDigits(n_experiences=5, loader=LoaderSettings(batch_size=64))
+    module = _module(metrics={"f1": MulticlassF1Score(num_classes=10)})
+    trainer = L.Trainer(**quiet_trainer_kwargs())
+    trainer.fit(module, datamodule=bench.train_stream[0])
+    trainer.test(module, datamodule=bench.test_stream, verbose=False)
+    path = tmp_path / "exp0.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    restored = _module(metrics={"f1": MulticlassF1Score(num_classes=10)})
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.results == module.results and list(restored.results) == ["accuracy", "loss", "f1"]
+    # A checkpoint written before every metric had its matrix holds the accuracy's only.
+    del checkpoint["lightning_cl"]["metric_matrices"]
+    old = _module()
+    old.on_load_checkpoint(checkpoint)
+    assert old.results.accuracy_matrix == module.results.accuracy_matrix
+    assert list(old.results) == ["accuracy"]
+
+
+def test_metrics_from_yaml(capsys: Any) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from lightning_cl.training.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "split_digits_metrics.yaml"
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert printed["metrics"]["f1"]["class_path"] == "torchmetrics.classification.MulticlassF1Score"
+    assert printed["metrics"]["top3"]["init_args"]["top_k"] == 3
+    assert printed["metric_scopes"] == ["epoch", "experience", "stream"]
