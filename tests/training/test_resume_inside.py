@@ -44,15 +44,18 @@ def _module(case: str) -> ContinualModule:
     return ContinualModule(model, optimizer=partial(torch.optim.SGD, lr=0.05))
 
 
-def _run(case: str, root: Path, ckpt_path: Path | None = None) -> tuple[ContinualModule, Any]:
-    """The whole stream, with fresh objects, a checkpoint after every epoch of every experience."""
+def _run(
+    case: str, root: Path, ckpt_path: Path | None = None, every: str = "epoch"
+) -> tuple[ContinualModule, Any]:
+    """The whole stream, with fresh objects, a checkpoint after every epoch (or every 5 steps)."""
     L.seed_everything(1, verbose=False)
     module = _module(case)
-    every_epoch = ModelCheckpoint(dirpath=root / "epochs", every_n_epochs=1, save_top_k=-1)
+    when = dict(every_n_epochs=1) if every == "epoch" else dict(every_n_train_steps=5, filename="{step}")
+    checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", save_top_k=-1, **when)  # type: ignore[arg-type]
     results = fit_stream(
         module,
         SplitDigits(n_experiences=5, seed=1),
-        callbacks=[*_methods(case), every_epoch],
+        callbacks=[*_methods(case), checkpoints],
         logger=False,
         trainer_kwargs=dict(
             accelerator="cpu", devices=1, max_epochs=2, enable_progress_bar=False, enable_model_summary=False
@@ -63,25 +66,38 @@ def _run(case: str, root: Path, ckpt_path: Path | None = None) -> tuple[Continua
     return module, results
 
 
-def _after_epoch_0_of_experience_2(folder: Path) -> Path:
+def _inside_experience_2(folder: Path, epoch: int) -> list[tuple[int, Path]]:
+    """``(position in the pass, path)`` of the checkpoints written in ``epoch`` of experience 2."""
     found = []
     for path in folder.glob("*.ckpt"):
         checkpoint = torch.load(path, weights_only=True)
-        if checkpoint["lightning_cl"]["current_experience"] == 2 and checkpoint["epoch"] == 0:
-            found.append(path)
-    assert len(found) == 1, found
-    return found[0]
+        if checkpoint["lightning_cl"]["current_experience"] == 2 and checkpoint["epoch"] == epoch:
+            (current, *_) = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+            found.append((current["position"], path))
+    return sorted(found)
 
 
 @pytest.mark.parametrize("case", ["naive", "replay+ewc", "combined"])
 def test_resume_after_an_epoch_inside_an_experience_is_exact(tmp_path: Path, case: str) -> None:
     full_module, full = _run(case, tmp_path / "full")
-    inside = _after_epoch_0_of_experience_2(tmp_path / "full" / "epochs")
-    state = torch.load(inside, weights_only=True)
-    (first, *_) = state["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    assert (first["epoch"], first["position"]) == (1, 9)  # one whole pass of 291 samples in batches of 32
+    ((position, inside),) = _inside_experience_2(tmp_path / "full" / "checkpoints", epoch=0)
+    assert position == 9  # the end of the first pass: 291 samples in batches of 32
 
     resumed_module, resumed = _run(case, tmp_path / "resumed", ckpt_path=inside)
+    _assert_same_run(full_module, full, resumed_module, resumed)
+
+
+def test_resume_in_the_middle_of_an_epoch_is_exact(tmp_path: Path) -> None:
+    full_module, full = _run("replay+ewc", tmp_path / "full", every="5 steps")
+    ((position, inside), *_) = _inside_experience_2(tmp_path / "full" / "checkpoints", epoch=1)
+    assert 0 < position < 9  # inside the second pass
+    resumed_module, resumed = _run("replay+ewc", tmp_path / "resumed", ckpt_path=inside, every="5 steps")
+    _assert_same_run(full_module, full, resumed_module, resumed)
+
+
+def _assert_same_run(
+    full_module: ContinualModule, full: Any, resumed_module: ContinualModule, resumed: Any
+) -> None:
     assert resumed.trained == [0, 1, 2, 3, 4]
     assert resumed.accuracy_matrix == full.accuracy_matrix
     for (name, a), b in zip(full_module.state_dict().items(), resumed_module.state_dict().values()):
