@@ -1,15 +1,21 @@
-"""The tutorial notebooks run top to bottom and show what their text claims."""
+"""The tutorial notebooks run top to bottom and show what their text claims.
+
+Each notebook prints one line ``RESULTS key=value ...`` with the numbers its text discusses; the
+test of each notebook executes it (nbclient, in a temporary directory) and asserts those numbers.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-RESULTS_LINE = re.compile(r"^RESULTS naive=(?P<naive>[0-9.]+) replay=(?P<replay>[0-9.]+)$", re.MULTILINE)
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+RESULTS_LINE = re.compile(r"^RESULTS (?P<pairs>.+)$", re.MULTILINE)
 
 
 def _stdout(nb: Any) -> str:
@@ -31,29 +37,127 @@ def _has_png(nb: Any) -> bool:
     )
 
 
+def _results(stdout: str) -> dict[str, float]:
+    """The ``key=value`` pairs of the ``RESULTS`` lines (numbers; ``nan`` allowed)."""
+    lines = RESULTS_LINE.findall(stdout)
+    assert lines, "the notebook did not print its 'RESULTS key=value ...' line"
+    values: dict[str, float] = {}
+    for line in lines:
+        for pair in line.split():
+            key, _, value = pair.partition("=")
+            values[key] = float(value)
+    return values
+
+
+# ---------------------------------------------------------------- what each notebook must show
+def _check_quickstart(r: dict[str, float], out: str, nb: Any) -> None:
+    naive, replay = r["naive"], r["replay"]
+    assert naive < 0.3, f"naive fine-tuning should forget the old classes, got average accuracy {naive}"
+    assert replay >= naive + 0.3, f"Replay should beat naive by 0.3 or more: naive {naive}, replay {replay}"
+    assert _has_png(nb), "the notebook drew no figure"
+
+
+def _check_benchmarks(r: dict[str, float], out: str, nb: Any) -> None:
+    assert r["experiences"] == 5 and r["own_experiences"] == 3
+    # Cutting into mini-experiences of 50 loses and duplicates nothing.
+    assert r["online_samples"] == r["train_samples"] == 1438
+    assert r["online_experiences"] == 30, "5 experiences of 281-291 samples cut by 50 give 6 each"
+    # A class-balanced 20% of every experience moves to the validation stream.
+    assert r["kept_samples"] + r["valid_samples"] == r["train_samples"]
+    assert abs(r["valid_samples"] / r["train_samples"] - 0.2) < 0.01
+    assert "RESULTS" in out
+
+
+def _check_models(r: dict[str, float], out: str, nb: Any) -> None:
+    # SplitDigits(seed=1) brings classes 5 and 6 first: the incremental head starts 7 wide, ends 10.
+    assert (r["first_width"], r["final_width"]) == (7, 10)
+    ci, ti = r["ci_single_head"], r["ti_multi_head"]
+    assert ci < 0.3, f"naive class-incremental fine-tuning should forget, got average accuracy {ci}"
+    assert ti > 0.85, f"the multi-head model on the task-incremental stream should remember, got {ti}"
+    # The optimizer's state at the start of experiences 1 and 2: none after a reset, kept otherwise.
+    assert r["reset_state_after_first"] == 0 and r["keep_state_after_first"] == 4
+
+
+def _check_own_method(r: dict[str, float], out: str, nb: Any) -> None:
+    naive, replay, mine = r["naive"], r["replay"], r["mine"]
+    assert naive < 0.3, f"naive fine-tuning should forget, got average accuracy {naive}"
+    assert replay >= naive + 0.4, f"Replay should beat naive: naive {naive}, Replay {replay}"
+    # The notebook's own replay method (40 samples per experience) does as well as the built-in one.
+    assert mine >= naive + 0.4 and abs(mine - replay) < 0.1, f"RandomReplay {mine} vs Replay {replay}"
+    assert r["memory"] == 200 and r["state_restored"] == 1
+
+
+def _check_evaluation(r: dict[str, float], out: str, nb: Any) -> None:
+    assert r["rows"] == 5
+    # Every derived metric recomputed by hand from its definition agrees with the library's.
+    assert r["max_difference"] < 1e-9
+    assert 0.4 < r["average"] < 1.0 and r["forgetting"] > 0.05, "a small memory remembers some, not all"
+    # BWT compares with the accuracy right after learning, forgetting with the best earlier one.
+    assert -r["forgetting"] - 1e-9 <= r["bwt"] < 0
+    assert r["fwt"] <= 0.05, "training on other classes cannot raise an unseen class's accuracy"
+    assert r["roundtrip"] == 1 and abs(r["error_forgetting"] - r["forgetting"]) < 1e-9
+    assert _has_png(nb), "the notebook drew no figure"
+
+
+def _check_loggers(r: dict[str, float], out: str, nb: Any) -> None:
+    # What the CSV logger stored is what the results hold.
+    assert r["row_difference"] < 1e-6 and r["stream_difference"] < 1e-6
+    # Steps count over the whole stream: increasing across the experiences' trainers, up to the total.
+    assert r["steps_increase"] == 1
+    assert r["total_steps"] - 5 <= r["last_step"] < r["total_steps"], "logged every 5 of all steps"
+    if r["tensorboard"]:
+        assert r["tb_difference"] < 1e-6 and r["tb_step"] == r["total_steps"]
+    else:
+        assert "TensorBoard skipped" in out
+
+
+def _check_resume(r: dict[str, float], out: str, nb: Any) -> None:
+    # Stopped after two experiences and resumed in a fresh process: the same matrix, entry by entry.
+    assert r["rows"] == 5
+    assert r["max_difference"] == 0.0, f"the resumed run's matrix differs by up to {r['max_difference']}"
+    assert r["resumed"] == r["uninterrupted"] > 0.4
+    assert "resuming from" in out and "at experience 2" in out
+
+
+CHECKS: dict[str, Callable[[dict[str, float], str, Any], None]] = {
+    "01_quickstart": _check_quickstart,
+    "02_benchmarks_and_scenarios": _check_benchmarks,
+    "03_models": _check_models,
+    "04_training_and_your_own_method": _check_own_method,
+    "05_evaluation": _check_evaluation,
+    "06_loggers": _check_loggers,
+    "07_checkpoints_and_resume": _check_resume,
+}
+
+
+def test_every_notebook_is_tested_and_listed_in_the_readme() -> None:
+    names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    assert names == sorted(CHECKS), f"notebooks without a test or tests without a notebook: {names}"
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in names if f"notebooks/{name}.ipynb" not in readme]
+    assert not missing, f"the README's notebooks section does not list {missing}"
+
+
 @pytest.mark.slow
-def test_quickstart_notebook(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_notebook(name: str, tmp_path: Path) -> None:
     nbformat, nbclient, _, _ = (
-        pytest.importorskip(name, reason=f"running the notebooks needs {name}: pip install -e '.[test]'")
-        for name in ("nbformat", "nbclient", "ipykernel", "matplotlib")
+        pytest.importorskip(module, reason=f"running the notebooks needs {module}: pip install -e '.[test]'")
+        for module in ("nbformat", "nbclient", "ipykernel", "matplotlib")
     )
 
-    nb = nbformat.read(NOTEBOOKS / "01_quickstart.ipynb", as_version=4)
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert code_cells, "the notebook has no code cells"
     assert all(not cell.outputs and cell.execution_count is None for cell in code_cells), (
         "store the notebook without outputs"
     )
 
-    # Run in a temporary directory: Lightning writes checkpoints to the working directory.
+    # Run in a temporary directory: Lightning writes logs and checkpoints to the working directory.
     client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute()
 
-    match = RESULTS_LINE.search(_stdout(nb))
-    assert match, "the notebook did not print its 'RESULTS naive=... replay=...' line"
-    naive, replay = float(match["naive"]), float(match["replay"])
-    assert naive < 0.3, f"naive fine-tuning should forget the old classes, got average accuracy {naive}"
-    assert replay >= naive + 0.3, f"Replay should beat naive by 0.3 or more: naive {naive}, replay {replay}"
-    assert _has_png(nb), "the notebook drew no figure"
+    out = _stdout(nb)
+    CHECKS[name](_results(out), out, nb)
