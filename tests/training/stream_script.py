@@ -21,7 +21,20 @@ import lightning as L
 import torch
 
 from lightning_cl.data import LoaderSettings, SplitDigits
-from lightning_cl.methods import AGEM, DER, EWC, GEM, MAS, SI, LwF, Replay, output_sensitivity
+from lightning_cl.methods import (
+    AGEM,
+    DER,
+    EWC,
+    GEM,
+    LFL,
+    MAS,
+    SI,
+    FromScratch,
+    LwF,
+    Replay,
+    RWalk,
+    output_sensitivity,
+)
 from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 from lightning_cl.training.checkpoint import checkpoint_name
@@ -41,6 +54,10 @@ METHODS = {
     "agem": lambda: [AGEM(patterns_per_experience=40, sample_size=32)],
     "der": lambda: [DER(mem_size=200, alpha=0.1, beta=0.5)],
     "gem": lambda: [GEM(patterns_per_experience=40, memory_strength=0.5)],
+    "from_scratch": lambda: [FromScratch()],
+    # Class-incremental digits: the head must learn the new classes.
+    "lfl": lambda: [LFL(lambda_e=1.0, freeze_head=False)],
+    "rwalk": lambda: [RWalk(ewc_lambda=1.0)],
     "all": lambda: [
         Replay(mem_size=200),
         EWC(ewc_lambda=2.0),
@@ -74,6 +91,13 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out[f"{name}_projections"] = float(cb.projections)
         if isinstance(cb, SI | MAS):
             out["importance"] = float(sum(v.double().sum() for v in cb.importance.values()))
+        if isinstance(cb, FromScratch) and cb.initial_state is not None:
+            out["initial"] = float(sum(v.double().sum() for v in cb.initial_state.values()))
+        if isinstance(cb, LFL) and cb.teacher_state is not None:
+            out["lfl_teacher"] = float(sum(v.double().sum() for v in cb.teacher_state.values()))
+        if isinstance(cb, RWalk) and cb.weights is not None:
+            out["rwalk_weights"] = float(sum(v.double().sum() for v in cb.weights.values()))
+            out["rwalk_fisher"] = float(sum(v.double().sum() for v in cb.fisher.values()))
     return out
 
 

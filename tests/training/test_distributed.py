@@ -15,7 +15,23 @@ import torch
 SCRIPT = Path(__file__).with_name("stream_script.py")
 ROOT = Path(__file__).resolve().parents[2]
 # all of the script's methods
-METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "mas", "agem", "gem", "der", "all")
+METHODS = (
+    "naive",
+    "replay",
+    "ewc",
+    "both",
+    "keep",
+    "lwf",
+    "si",
+    "mas",
+    "agem",
+    "gem",
+    "der",
+    "from_scratch",
+    "lfl",
+    "rwalk",
+    "all",
+)
 
 pytestmark = pytest.mark.distributed
 
@@ -83,7 +99,10 @@ def test_ddp_matches_a_single_process_with_the_same_global_batch(runs: dict[str,
     # does DER's matching of stored logits: up to 8 samples in one cell, while the average and
     # the mean difference stay as close.
     assert float((ddp - single).abs().mean()) <= 0.03
-    assert float((ddp - single).abs().max()) <= (0.12 if method in ("gem", "der", "all") else 0.06)
+    # RWalk's path scores integrate the whole trajectory, which another sample order changes: one
+    # cell of its class-incremental run (0.19 average accuracy either way) moves by 14 samples.
+    bound = {"gem": 0.12, "der": 0.12, "all": 0.12, "rwalk": 0.2}.get(method, 0.06)
+    assert float((ddp - single).abs().max()) <= bound
 
 
 def test_cli_with_the_ddp_config(tmp_path: Path) -> None:

@@ -22,7 +22,23 @@ from lightning_cl.training.checkpoint import checkpoint_name
 from tests.conftest import digits_module, stream_trainer_kwargs
 
 SCRIPT = Path(__file__).with_name("stream_script.py")
-METHODS = ("naive", "replay", "ewc", "both", "keep", "lwf", "si", "mas", "agem", "gem", "der", "all")
+METHODS = (
+    "naive",
+    "replay",
+    "ewc",
+    "both",
+    "keep",
+    "lwf",
+    "si",
+    "mas",
+    "agem",
+    "gem",
+    "der",
+    "from_scratch",
+    "lfl",
+    "rwalk",
+    "all",
+)
 
 
 def _run_script(*args: str) -> dict[str, Any]:
