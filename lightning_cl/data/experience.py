@@ -393,8 +393,11 @@ class Experience(L.LightningDataModule):
     def teardown(self, stage: str) -> None:
         # Lightning sets `datamodule.trainer` and never clears it: every experience of a stream
         # would keep its finished Trainer alive (optimizer state, loaders, loops), so memory
-        # would grow by about one optimizer state per experience.
+        # would grow by about one optimizer state per experience. The fit's training loaders go
+        # too (a replay loader's worker processes with them); the experience's own cached ones stay.
         self.trainer = None
+        if stage == "fit":
+            self._train_loaders = []
 
     def __repr__(self) -> str:
         return (

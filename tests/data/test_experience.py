@@ -104,3 +104,29 @@ def test_train_data_sources_among_the_callbacks_add_loaders():
     assert sorted(loaders) == ["again", "current"] and len(loaders["again"]) == len(loaders["current"])
     exp.trainer = L.Trainer(callbacks=[L.Callback()], logger=False, enable_progress_bar=False)
     assert not isinstance(exp.train_dataloader(), dict)  # a plain callback adds nothing
+
+
+def test_state_dict_carries_the_training_loaders_to_the_next_fit(batch_ids):
+    def attached():
+        exp = SplitDigits(n_experiences=5).train_stream[0]
+        exp.trainer = L.Trainer(
+            callbacks=[_Twice()], logger=False, enable_progress_bar=False, accelerator="cpu"
+        )
+        return exp
+
+    exp = attached()
+    loaders = exp.train_dataloader()
+    batches = iter(loaders["current"])
+    seen = [int(v) for _ in range(3) for v in next(batches)[1]]
+    state = exp.state_dict()
+    assert [s["position"] for s in state["train_loaders"]] == [3, 0]
+    rest = batch_ids(batches)
+    resumed = attached()
+    resumed.load_state_dict(state)
+    assert seen + batch_ids(resumed.train_dataloader()["current"]) == seen + rest
+    exp.teardown("fit")
+    assert exp.state_dict() == {} and exp.trainer is None
+    broken = attached()
+    broken.load_state_dict({"train_loaders": state["train_loaders"][:1]})
+    with pytest.raises(ValueError, match="state of 1 training loaders of experience 0, but 2 were built"):
+        broken.train_dataloader()
