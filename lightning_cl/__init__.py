@@ -4,9 +4,22 @@ Experiences are ``LightningDataModule`` objects, the model is a ``LightningModul
 (:class:`ContinualModule`), and each continual-learning method is a Lightning ``Callback``.
 """
 
-from lightning_cl.data import Benchmark, Experience, SplitDigits, SplitMNIST, Stream
+from lightning_cl.data import Benchmark, Experience, LoaderSettings, SplitDigits, SplitMNIST, Stream
 from lightning_cl.evaluation import ContinualResults
-from lightning_cl.methods import AGEM, DER, EWC, GEM, MAS, SI, ContinualCallback, LwF, Replay
+from lightning_cl.methods import (
+    AGEM,
+    DER,
+    EWC,
+    GEM,
+    LFL,
+    MAS,
+    SI,
+    ContinualCallback,
+    FromScratch,
+    LwF,
+    Replay,
+    RWalk,
+)
 from lightning_cl.models import CNN, MLP, ContinualModule, IncrementalClassifier, MultiHeadClassifier
 from lightning_cl.training import fit_stream
 
@@ -18,6 +31,7 @@ __all__ = [
     "DER",
     "EWC",
     "GEM",
+    "LFL",
     "MAS",
     "MLP",
     "SI",
@@ -26,9 +40,12 @@ __all__ = [
     "ContinualModule",
     "ContinualResults",
     "Experience",
+    "FromScratch",
     "IncrementalClassifier",
+    "LoaderSettings",
     "LwF",
     "MultiHeadClassifier",
+    "RWalk",
     "Replay",
     "SplitDigits",
     "SplitMNIST",
