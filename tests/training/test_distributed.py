@@ -128,6 +128,37 @@ def test_cli_with_the_ddp_config(tmp_path: Path) -> None:
     assert len(list(results.parent.glob("checkpoints/experience_*.ckpt"))) == 5
 
 
+def test_a_ddp_run_gives_no_sync_dist_advice_for_the_librarys_keys(tmp_path: Path) -> None:
+    # Its evaluation values come from torchmetrics, already synchronised: Lightning's advice to
+    # reduce them again (`sync_dist=True`) would only be noise, once per key and run.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lightning_cl.training.cli",
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "split_digits_replay_ddp.yaml"),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "3",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "Accuracy matrix" in output
+    assert "It is recommended to use `self.log(" not in output
+
+
 SPAWN_SCRIPT = """
 import sys, lightning as L
 from lightning_cl import MLP, ContinualModule, Replay, SplitDigits
