@@ -255,8 +255,16 @@ class StreamMetrics(nn.Module):
             raise ValueError(f"evaluation scopes must be among ('experience', 'stream'), got {bad}")
         self.columns = [int(c) for c in columns]
         self.n_classes = int(n_classes)
+        self.scopes = tuple(scopes)
+        self.task_labels = {int(c): sorted(int(t) for t in ts) for c, ts in (task_labels or {}).items()}
         user = dict(metrics)
         templates = {**default_metrics(self.n_classes), **user}
+
+        def fresh(names: Iterable[str]) -> nn.ModuleDict:
+            # The defaults are built anew (cheaper than a copy); the user's metrics are copied.
+            built = default_metrics(self.n_classes)
+            return nn.ModuleDict({n: built[n] if n in built else _fresh(templates[n]) for n in names})
+
         self.names = list(templates)
         self.in_experience = [n for n in self.names if n in DEFAULT_METRICS or "experience" in scopes]
         self.in_stream = [n for n in self.names if n in DEFAULT_METRICS or "stream" in scopes]
@@ -264,20 +272,15 @@ class StreamMetrics(nn.Module):
         self.merged = [n for n in self.in_stream if n in self.in_experience and _mergeable(templates[n])]
         direct = [n for n in self.in_stream if n not in self.merged]
         self.loss_input = {n for n, m in templates.items() if takes_loss(m)}
-        self.templates = nn.ModuleDict({n: _fresh(m) for n, m in templates.items()})
-        self.per_column = nn.ModuleList(
-            [nn.ModuleDict({n: _fresh(templates[n]) for n in self.in_experience}) for _ in self.columns]
-        )
-        self.stream = nn.ModuleDict({n: _fresh(templates[n]) for n in direct})
-        tasks = {int(c): sorted(int(t) for t in ts) for c, ts in (task_labels or {}).items() if len(ts) > 1}
+        self.per_column = nn.ModuleList([fresh(self.in_experience) for _ in self.columns])
+        # The stream's metrics: those filled by merging the experiences' states at `compute`,
+        # and those updated by every batch.
+        self.stream_merged = fresh(self.merged)
+        self.stream = fresh(direct)
+        tasks = {c: ts for c, ts in self.task_labels.items() if len(ts) > 1}
         self.tasks = [tasks.get(c, []) for c in self.columns]
         self.per_task = nn.ModuleList(
-            [
-                nn.ModuleDict(
-                    {str(t): nn.ModuleDict({n: _fresh(templates[n]) for n in self.in_experience}) for t in ts}
-                )
-                for ts in self.tasks
-            ]
+            [nn.ModuleDict({str(t): fresh(self.in_experience) for t in ts}) for ts in self.tasks]
         )
         self._losses = bool(self.loss_input)
 
@@ -345,7 +348,7 @@ class StreamMetrics(nn.Module):
             The measurements: per column (and task), then the stream's.
         """
         out: list[Measurement] = []
-        stream: dict[str, Metric] = {n: _fresh(self.templates[n]) for n in self.merged}  # type: ignore[misc]
+        stream: dict[str, Metric] = dict(self.stream_merged.items())  # type: ignore[arg-type]
         counts = dict.fromkeys(stream, 0)
         for column, metrics, tasks, by_task in zip(self.columns, self.per_column, self.tasks, self.per_task):
             for name, metric in metrics.items():  # type: ignore[union-attr]

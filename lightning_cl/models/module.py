@@ -218,6 +218,7 @@ class ContinualModule(L.LightningModule):
         self.train_metrics: MetricCollection | None = None
         self.train_user_metrics = nn.ModuleDict()
         self.eval_metrics: StreamMetrics | None = None
+        self._eval_cache: dict[tuple[Any, ...], StreamMetrics] = {}
         self._n_classes = 0
         self._penalty_sums: dict[str, Tensor] = {}
         self._penalty_steps = 0
@@ -463,13 +464,25 @@ class ContinualModule(L.LightningModule):
     def _make_eval_metrics(
         self, columns: list[int], n_classes: int, tasks: Mapping[int, Sequence[int]] | None
     ) -> None:
-        self.eval_metrics = StreamMetrics(
-            dict(self.user_metrics.items()),  # type: ignore[arg-type]
-            columns,
-            n_classes,
-            scopes=[s for s in self.metric_scopes if s in ("experience", "stream")],
-            task_labels=tasks,
-        ).to(self.device)
+        scopes = [s for s in self.metric_scopes if s in ("experience", "stream")]
+        key = (tuple(columns), n_classes, tuple(sorted((c, tuple(t)) for c, t in (tasks or {}).items())))
+        found = self._eval_cache.get(key)
+        if found is None:
+            # Built once per kind of evaluation (the test stream, an experience's validation
+            # data) and reused: each `compute` resets the states.
+            found = StreamMetrics(
+                dict(self.user_metrics.items()),  # type: ignore[arg-type]
+                columns,
+                n_classes,
+                scopes=scopes,
+                task_labels=tasks,
+            )
+            if len(self._eval_cache) >= 4:
+                self._eval_cache.pop(next(iter(self._eval_cache)))
+            self._eval_cache[key] = found
+        else:
+            found.reset()  # nothing left from an evaluation that stopped half-way
+        self.eval_metrics = found.to(self.device)
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
