@@ -12,6 +12,7 @@ from lightning_cl.evaluation.cl_metrics import (
     mean_class_accuracy,
     seen_average,
 )
+from lightning_cl.evaluation.class_statistics import LabelRepartition, NewOldScores
 from lightning_cl.evaluation.metric_matrix import MetricMatrices, MetricMatrix
 from lightning_cl.evaluation.plots import (
     figures,
@@ -31,16 +32,20 @@ from lightning_cl.evaluation.stream_metrics import (
     metric_dict,
     record_measurements,
 )
+from lightning_cl.evaluation.usage import ExperienceUsage
 
 __all__ = [
     "DEFAULT_METRICS",
     "METRIC_SCOPES",
     "AccuracyMatrix",
     "ContinualResults",
+    "ExperienceUsage",
+    "LabelRepartition",
     "Measurement",
     "MetricMatrices",
     "MetricMatrix",
     "MetricResults",
+    "NewOldScores",
     "StreamMetrics",
     "amca",
     "average",

@@ -524,18 +524,20 @@ class ContinualModule(L.LightningModule):
         self._fit_finished = True
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, batch: Any, dataloader_idx: int) -> None:
+    def _eval_step(self, batch: Any, dataloader_idx: int) -> Tensor:
         x, y, t = merge_batch(batch)
         logits = self(x, t)
         assert self.eval_metrics is not None
         # Narrower logits (a dynamic head before later classes exist) are padded to the classes.
         self.eval_metrics.update(dataloader_idx, logits, y, t)
+        return logits
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
 
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx)
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Updates the evaluation metrics; returns the logits (for callbacks' ``on_test_batch_end``)."""
+        return self._eval_step(batch, dataloader_idx)
 
     def _eval_epoch_end(self, stage: str) -> dict[str, float]:
         """Every metric per experience (and task) and over the stream; test values fill the matrices."""
