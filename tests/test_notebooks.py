@@ -119,6 +119,34 @@ def _check_resume(r: dict[str, float], out: str, nb: Any) -> None:
     assert "resuming from" in out and "at experience 2" in out
 
 
+def _check_ddp(r: dict[str, float], out: str, nb: Any) -> None:
+    # Two processes ran the whole stream: the same matrix, memory and weights on both ranks.
+    assert r["same_matrix"] == r["same_memory"] == r["same_weights"] == 1
+    assert r["ddp_rows"] == 5 and r["memory"] == 100
+    assert "GLOBAL_RANK: 1" in out, "the script did not start a second process"
+    # The command line's DDP config ran too and wrote a results.json with a row per experience.
+    assert r["cli_rows"] == 5
+
+
+def _check_online(r: dict[str, float], out: str, nb: Any) -> None:
+    assert r["mini_experiences"] == 15 and r["tested_rows"] == 5
+    naive, replay = r["naive"], r["replay"]
+    assert naive < 0.3 and r["naive_forgetting"] > 0.8, f"one pass, no memory: forgets ({naive})"
+    assert replay >= naive + 0.3, f"online replay should beat naive online: naive {naive}, replay {replay}"
+    assert r["replay_forgetting"] < r["naive_forgetting"] - 0.3
+    assert _has_png(nb), "the notebook drew no figure"
+
+
+def _check_study(r: dict[str, float], out: str, nb: Any) -> None:
+    assert r["runs"] == 6, "3 methods x 2 seeds, each saved and read back"
+    naive, replay, der = r["naive"], r["replay"], r["der"]
+    assert naive < 0.3, f"naive fine-tuning should forget, got mean average accuracy {naive}"
+    assert min(replay, der) >= naive + 0.4, f"memories beat naive: naive {naive}, Replay {replay}, DER {der}"
+    assert r["repeat_difference"] == 0.0, "the same seed must give the same accuracy matrix"
+    assert "| Replay(200) |" in out, "the notebook printed no results table"
+    assert _has_png(nb), "the notebook drew no figure"
+
+
 CHECKS: dict[str, Callable[[dict[str, float], str, Any], None]] = {
     "01_quickstart": _check_quickstart,
     "02_benchmarks_and_scenarios": _check_benchmarks,
@@ -127,6 +155,9 @@ CHECKS: dict[str, Callable[[dict[str, float], str, Any], None]] = {
     "05_evaluation": _check_evaluation,
     "06_loggers": _check_loggers,
     "07_checkpoints_and_resume": _check_resume,
+    "08_multi_gpu_and_multi_node": _check_ddp,
+    "09_online_continual_learning": _check_online,
+    "10_a_small_study": _check_study,
 }
 
 
