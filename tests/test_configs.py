@@ -74,8 +74,12 @@ def _check_run(results_path: Path, config: Path) -> None:
 
 @pytest.mark.parametrize(
     "config",
-    [c for c in CONFIGS if "ddp" not in c.stem],
-    ids=[c.stem for c in CONFIGS if "ddp" not in c.stem],
+    [
+        # The MNIST family reads 60,000 images per config: part of the slow suite.
+        pytest.param(c, id=c.stem, marks=[pytest.mark.slow] if _needs_mnist(c) else [])
+        for c in CONFIGS
+        if "ddp" not in c.stem
+    ],
 )
 def test_config_runs_quickly(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
