@@ -103,7 +103,7 @@ class NewOldScores(Callback):
         return "NewOldScores"
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        classes = getattr(trainer.datamodule, "classes_in_this_experience", None)
+        classes = getattr(getattr(trainer, "datamodule", None), "classes_in_this_experience", None)
         if classes is None:
             return
         self.old_classes |= self.new_classes

@@ -19,7 +19,7 @@ import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -319,12 +319,12 @@ class StreamMetrics(nn.Module):
             self._update(self.stream, logits, target, loss)  # type: ignore[arg-type]
         tasks = self.tasks[dataloader_idx]
         if tasks:
-            by_task = self.per_task[dataloader_idx]
+            by_task = cast(nn.ModuleDict, self.per_task[dataloader_idx])
             for t in tasks:
                 mask = task_labels == t
                 if bool(mask.any()):
                     self._update(
-                        by_task[str(t)],  # type: ignore[arg-type]
+                        cast(Mapping[str, Metric], by_task[str(t)]),
                         logits[mask],
                         target[mask],
                         None if loss is None else loss[mask],
@@ -351,7 +351,7 @@ class StreamMetrics(nn.Module):
         stream: dict[str, Metric] = dict(self.stream_merged.items())  # type: ignore[arg-type]
         counts = dict.fromkeys(stream, 0)
         for column, metrics, tasks, by_task in zip(self.columns, self.per_column, self.tasks, self.per_task):
-            for name, metric in metrics.items():  # type: ignore[union-attr]
+            for name, metric in cast(Mapping[str, Metric], metrics).items():
                 if not self._measured(metric, world_size):
                     continue
                 out.append(Measurement(name, column, metric.compute().detach()))
@@ -359,7 +359,7 @@ class StreamMetrics(nn.Module):
                     stream[name].merge_state(metric)
                     counts[name] += metric.update_count
             for t in tasks:
-                for name, metric in by_task[str(t)].items():  # type: ignore[union-attr]
+                for name, metric in cast(Mapping[str, Metric], cast(nn.ModuleDict, by_task)[str(t)]).items():
                     if self._measured(metric, world_size):
                         out.append(Measurement(name, column, metric.compute().detach(), task=t))
         for name, metric in stream.items():
