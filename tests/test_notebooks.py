@@ -96,6 +96,8 @@ def _check_evaluation(r: dict[str, float], out: str, nb: Any) -> None:
     assert -r["forgetting"] - 1e-9 <= r["bwt"] < 0
     assert r["fwt"] <= 0.05, "training on other classes cannot raise an unseen class's accuracy"
     assert r["roundtrip"] == 1 and abs(r["error_forgetting"] - r["forgetting"]) < 1e-9
+    # A torchmetrics metric of the user's (F1) gets a matrix of its own, one row per experience.
+    assert r["f1_rows"] == 5 and 0.0 < r["f1_average"] < 1.0
     assert _has_png(nb), "the notebook drew no figure"
 
 
