@@ -8,8 +8,7 @@ import lightning as L
 
 from lightning_cl.data import Benchmark, LoaderSettings, SplitDigits, permuted
 from lightning_cl.training import fit_stream
-from tests.conftest import stream_trainer_kwargs
-from tests.conftest import digits_module
+from tests.conftest import digits_module, stream_trainer_kwargs
 
 
 def permuted_digits(n_experiences: int = 4, batch_size: int = 32) -> Benchmark:

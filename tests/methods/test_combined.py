@@ -12,8 +12,7 @@ from lightning_cl.data import SplitDigits
 from lightning_cl.methods import AGEM, EWC, GEM, SI, LwF, Replay
 from lightning_cl.models import merge_batch
 from lightning_cl.training import fit_stream
-from tests.conftest import stream_trainer_kwargs
-from tests.conftest import digits_module
+from tests.conftest import digits_module, stream_trainer_kwargs
 
 
 class _Recorder(L.Callback):

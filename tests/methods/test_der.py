@@ -8,9 +8,8 @@ import torch
 
 from lightning_cl.data import SplitDigits
 from lightning_cl.methods import DER, Replay
-from tests.conftest import quiet_trainer_kwargs
+from tests.conftest import digits_module, quiet_trainer_kwargs
 from tests.methods.permuted_digits import run_permuted
-from tests.conftest import digits_module
 
 
 @pytest.mark.parametrize(

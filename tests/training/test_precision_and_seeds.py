@@ -14,8 +14,7 @@ from lightning_cl.data import SplitDigits
 from lightning_cl.methods import AGEM, EWC, GEM, MAS, SI, LwF, Replay
 from lightning_cl.training import fit_stream
 from lightning_cl.training.cli import main
-from tests.conftest import stream_trainer_kwargs
-from tests.conftest import digits_module
+from tests.conftest import digits_module, stream_trainer_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 
