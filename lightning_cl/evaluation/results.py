@@ -411,7 +411,8 @@ class ContinualResults(Mapping[str, MetricResults]):
         The top-level keys are the accuracy's attributes of this class (``accuracy_matrix``,
         ``trained``, ``tested``, ``stream_accuracy``, ``average_accuracy``, ``seen_accuracy``,
         ``forgetting``, ``bwt``, ``fwt``, ``amca``); ``metrics`` holds every metric's
-        :meth:`MetricResults.to_dict`.
+        :meth:`MetricResults.to_dict`; ``tensors`` the non-scalar values as nested lists
+        (``{name: {row: {"exp<j>" | "stream": [...]}}}``).
         """
         acc = self._accuracy
         return {
