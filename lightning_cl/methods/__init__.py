@@ -12,6 +12,7 @@ from lightning_cl.methods.base import (
 )
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
 from lightning_cl.methods.der import DER
+from lightning_cl.methods.distributed import all_reduce_tensors, rank_shard
 from lightning_cl.methods.episodic import EpisodicMemoryMethod
 from lightning_cl.methods.ewc import EWC, fisher_information
 from lightning_cl.methods.features import capture_features, resolve_layer
@@ -20,6 +21,8 @@ from lightning_cl.methods.gem import GEM, gem_projection
 from lightning_cl.methods.lfl import LFL
 from lightning_cl.methods.lwf import LwF, distillation_loss
 from lightning_cl.methods.mas import MAS, output_sensitivity
+from lightning_cl.methods.penalties import quadratic_penalty
+from lightning_cl.methods.per_sample import per_sample_gradient_sums
 from lightning_cl.methods.replay import Replay
 from lightning_cl.methods.rwalk import RWalk
 from lightning_cl.methods.si import SI
@@ -41,13 +44,17 @@ __all__ = [
     "RWalk",
     "Replay",
     "ReplayBuffer",
+    "all_reduce_tensors",
     "capture_features",
     "distillation_loss",
     "experience_generator",
     "fisher_information",
     "gem_projection",
     "output_sensitivity",
+    "per_sample_gradient_sums",
     "project_gradient",
+    "quadratic_penalty",
+    "rank_shard",
     "resolve_layer",
     "step_generator",
     "stream_seed",

@@ -19,7 +19,7 @@ from lightning_cl.methods.base import (
     stream_seed,
 )
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
-from lightning_cl.models.heads import MASK_VALUE
+from lightning_cl.models.heads import MASK_VALUE, pad_to
 
 __all__ = ["DER"]
 
@@ -136,8 +136,8 @@ class DER(ContinualCallback):
         stay = torch.isin(self.logit_index, kept)
         width = max([self.logits.shape[1]] + [z.shape[1] for z in rows_logits])
         index = torch.cat([self.logit_index[stay], *rows_index])
-        logits = torch.cat([_widen(z, width, 0.0) for z in (self.logits[stay], *rows_logits)])
-        live = torch.cat([_widen(m, width, False) for m in (self.live[stay], *rows_live)])
+        logits = torch.cat([pad_to(z, (len(z), width), 0.0) for z in (self.logits[stay], *rows_logits)])
+        live = torch.cat([pad_to(m, (len(m), width), False) for m in (self.live[stay], *rows_live)])
         order = index.argsort()
         self.logit_index, self.logits, self.live = index[order], logits[order], live[order]
 
@@ -176,12 +176,3 @@ class DER(ContinualCallback):
         self.logit_index = state_dict["logit_index"].long()
         self.logits = state_dict["logits"].float()
         self.live = state_dict["live"].bool()
-
-
-def _widen(values: Tensor, width: int, fill: float | bool) -> Tensor:
-    if values.ndim == 2 and values.shape[1] >= width:
-        return values
-    out = torch.full((values.shape[0], width), fill, dtype=values.dtype)
-    if values.ndim == 2:
-        out[:, : values.shape[1]] = values
-    return out
