@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import copy
-import random
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_cl.data.benchmark import Benchmark
+from lightning_cl.data.random_state import rng_state, set_rng_state
 from lightning_cl.methods.base import ContinualCallback
 from lightning_cl.models.module import ContinualModule
 
@@ -74,38 +73,6 @@ def benchmark_fingerprint(benchmark: Benchmark) -> dict[str, Any]:
         "train_sizes": [len(e) for e in benchmark.train_stream],
         "test_sizes": [len(e) for e in benchmark.test_stream],
     }
-
-
-def rng_state() -> dict[str, Any]:
-    """The global random states (torch, CUDA, NumPy, Python) in a form ``torch.load`` reads safely."""
-    np_state: tuple[Any, ...] = tuple(np.random.get_state())
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "kind": str(np_state[0]),
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class StreamCheckpointInfo(L.Callback):
