@@ -179,7 +179,7 @@ def test_every_notebook_is_tested_and_listed_in_the_readme() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CHECKS))
-def test_notebook(name: str, tmp_path: Path) -> None:
+def test_notebook(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nbformat, nbclient, _, _ = (
         pytest.importorskip(module, reason=f"running the notebooks needs {module}: pip install -e '.[test]'")
         for module in ("nbformat", "nbclient", "ipykernel", "matplotlib")
@@ -192,6 +192,9 @@ def test_notebook(name: str, tmp_path: Path) -> None:
         "store the notebook without outputs"
     )
 
+    # One torch thread in the kernel (and in the processes it starts): the notebooks' small models
+    # run fastest on one, and several threads per process on a shared CPU cost several times more.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     # Run in a temporary directory: Lightning writes logs and checkpoints to the working directory.
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
