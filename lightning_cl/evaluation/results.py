@@ -25,6 +25,16 @@ PRIMARY = "accuracy"
 DERIVED = ("average", "seen_average", "forgetting", "forgetting_per_experience", "bwt", "fwt", "amca")
 
 
+def _cell(value: float) -> str:
+    """One table cell, 8 characters wide: 3 decimals, or scientific notation for large values."""
+    if math.isnan(value):
+        return "     -  "
+    if abs(value) >= 1e4:
+        text = f"{value:.1e}" if len(f"{value:.1e}") <= 7 else f"{value:.0e}"
+        return f"{text:>8}"
+    return f"{value:8.3f}"
+
+
 def _none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else value
 
@@ -263,12 +273,12 @@ class MetricResults:
             head,
         ]
         if any(not math.isnan(v) for v in self.initial):
-            cells = "".join("     -  " if math.isnan(v) else f"{v:8.3f}" for v in self.initial)
+            cells = "".join(_cell(v) for v in self.initial)
             lines.append(f"{'untrained':<13}{cells}")
         for k, (i, row) in enumerate(zip(self.trained, self.matrix)):
-            cells = "".join("     -  " if math.isnan(v) else f"{v:8.3f}" for v in row)
+            cells = "".join(_cell(v) for v in row)
             stream = self.stream[k] if k < len(self.stream) else math.nan
-            lines.append(f"{'exp ' + str(i):<13}{cells}{'' if math.isnan(stream) else f'{stream:9.3f}'}")
+            lines.append(f"{'exp ' + str(i):<13}{cells}{'' if math.isnan(stream) else ' ' + _cell(stream)}")
         summary = (
             f"average {self.name} {self.average:.4f} | seen so far {self.seen_average:.4f} | "
             f"forgetting {self.forgetting:.4f} | BWT {self.bwt:.4f} | FWT {self.fwt:.4f}"

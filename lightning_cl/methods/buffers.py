@@ -41,7 +41,7 @@ class ReplayBuffer:
     """
 
     def __init__(self, mem_size: int, policy: str = "experience_balanced"):
-        if not isinstance(mem_size, int) or mem_size < 0:
+        if not isinstance(mem_size, int) or isinstance(mem_size, bool) or mem_size < 0:
             raise ValueError(f"mem_size must be an int >= 0, got {mem_size!r}")
         if policy not in BUFFER_POLICIES:
             raise ValueError(f"policy must be one of {BUFFER_POLICIES}, got {policy!r}")

@@ -73,7 +73,7 @@ class DER(ContinualCallback):
         policy: str = "class_balanced",
         seed: int | None = None,
     ):
-        if not isinstance(mem_size, int) or mem_size < 0:
+        if not isinstance(mem_size, int) or isinstance(mem_size, bool) or mem_size < 0:
             raise ValueError(f"mem_size must be an int >= 0, got {mem_size!r}")
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not isinstance(value, int | float) or value < 0:

@@ -129,8 +129,13 @@ class EWC(ContinualCallback):
         fisher: str = "per_sample",
         fisher_batch_size: int | None = None,
     ):
-        if not isinstance(ewc_lambda, (int, float)) or ewc_lambda < 0:
-            raise ValueError(f"ewc_lambda must be a number >= 0, got {ewc_lambda!r}")
+        if (
+            not isinstance(ewc_lambda, (int, float))
+            or isinstance(ewc_lambda, bool)
+            or not ewc_lambda >= 0
+            or ewc_lambda == float("inf")
+        ):
+            raise ValueError(f"ewc_lambda must be a finite number >= 0, got {ewc_lambda!r}")
         if mode not in EWC_MODES:
             raise ValueError(f"mode must be one of {EWC_MODES}, got {mode!r}")
         if fisher not in FISHER_ESTIMATORS:

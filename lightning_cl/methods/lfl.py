@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -55,6 +56,8 @@ class LFL(ContinualCallback):
     Raises:
         ValueError: for a negative weight or an empty list; at set-up, for a model without
             ``feature_layer`` or ``head_layer``.
+        MisconfigurationException: at set-up, when ``freeze_head`` would hold the output layer
+            while the experience brings classes not seen before.
 
     Example:
         >>> LFL(lambda_e=[0.0, 1.0, 2.0]).weight(5)
@@ -95,6 +98,13 @@ class LFL(ContinualCallback):
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         if self.freeze_head:
             resolve_layer(module.model, self.head_layer)
+            new = sorted(set(experience.classes_in_this_experience) - set(module.seen_classes))
+            if self.teacher_state is not None and new:
+                raise MisconfigurationException(
+                    f"LFL holds the output layer {self.head_layer!r} at its values (freeze_head=True), "
+                    f"but experience {experience.index} brings new classes {new}, whose units could "
+                    "then never learn: pass LFL(freeze_head=False) for class-incremental streams"
+                )
         self._teacher = None
         self._attach(module)
 

@@ -36,7 +36,8 @@ class Replay(ContinualCallback):
             for any number of devices.
 
     Raises:
-        ValueError: for ``mem_size < 0``, an unknown policy, or ``mem_batch_size < 1``.
+        ValueError: for ``mem_size`` not an int >= 0, an unknown policy, ``mem_batch_size < 1``
+            or a ``seed`` that is not an int.
 
     Example:
         >>> replay = Replay(mem_size=200)
@@ -51,12 +52,14 @@ class Replay(ContinualCallback):
         mem_batch_size: int | None = None,
         seed: int | None = None,
     ):
-        if not isinstance(mem_size, int) or mem_size < 0:
+        if not isinstance(mem_size, int) or isinstance(mem_size, bool) or mem_size < 0:
             raise ValueError(f"mem_size must be an int >= 0, got {mem_size!r}")
         if policy not in BUFFER_POLICIES:
             raise ValueError(f"policy must be one of {BUFFER_POLICIES}, got {policy!r}")
         if mem_batch_size is not None and mem_batch_size < 1:
             raise ValueError(f"mem_batch_size must be a positive int or None, got {mem_batch_size!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
         self.buffer = ReplayBuffer(mem_size, policy)
         self.mem_batch_size = mem_batch_size
         self.seed = seed

@@ -156,7 +156,7 @@ class ContinualCLI(LightningCLI):
         logger = config.get("logger")
         config = {
             **config,
-            "callbacks": list(config.get("callbacks") or []),
+            "callbacks": _callback_list(config.get("callbacks")),
             "logger": logger if isinstance(logger, (Logger, list)) else False,
         }
         with start_up_lines(hidden=True):  # the experiences' trainers show them
@@ -169,7 +169,7 @@ class ContinualCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         benchmark = config["benchmark"]
         trainer_config = dict(config["trainer"])
-        callbacks = [*(trainer_config.pop("callbacks", None) or []), *self.extra_callbacks]
+        callbacks = [*_callback_list(trainer_config.pop("callbacks", None)), *self.extra_callbacks]
         logger = trainer_config.pop("logger", True)
         trainer_kwargs = {k: v for k, v in trainer_config.items() if v is not None}
         logger = resolve_logger(logger, trainer_kwargs.get("default_root_dir") or Path.cwd())
@@ -212,6 +212,15 @@ def _root_cause(err: BaseException) -> BaseException:
             return err
         seen.add(id(inner))
         err = inner
+
+
+def _callback_list(value: Any) -> list[Callback]:
+    """``trainer.callbacks`` as a list: LightningCLI gives one object when one class is passed."""
+    if value is None:
+        return []
+    if isinstance(value, Callback):
+        return [value]
+    return list(value)
 
 
 def _default_config_path() -> str:

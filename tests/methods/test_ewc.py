@@ -187,7 +187,9 @@ def test_state_dict_round_trip() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(ewc_lambda=-1.0), "ewc_lambda must be a number >= 0, got -1.0"),
+        (dict(ewc_lambda=-1.0), "ewc_lambda must be a finite number >= 0, got -1.0"),
+        (dict(ewc_lambda=float("nan")), "ewc_lambda must be a finite number >= 0, got nan"),
+        (dict(ewc_lambda=True), "ewc_lambda must be a finite number >= 0, got True"),
         (dict(mode="both"), "mode must be one of"),
         (dict(fisher="exact"), "fisher must be one of"),
         (dict(decay_factor=1.5), "decay_factor"),

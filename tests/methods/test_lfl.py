@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_cl.data import SplitDigits
 from lightning_cl.methods import LFL
@@ -58,6 +59,15 @@ def test_freeze_head_false_lets_the_head_learn() -> None:
         head = module.model.head.weight.detach().clone()
         L.Trainer(**quiet_trainer_kwargs(), callbacks=[lfl]).fit(module, datamodule=experience)
     assert not torch.equal(module.model.head.weight, head)
+
+
+def test_a_frozen_head_with_new_classes_is_refused() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module, lfl = digits_module(), LFL()
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[lfl]).fit(module, datamodule=bench.train_stream[0])
+    with pytest.raises(MisconfigurationException, match=r"experience 1 brings new classes \[\d, \d\].*freeze_head=False"):
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[lfl]).fit(module, datamodule=bench.train_stream[1])
+    assert module.current_experience == 0  # refused before anything changed
 
 
 def test_lfl_forgets_less_than_fine_tuning_on_permuted_digits() -> None:

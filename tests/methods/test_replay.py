@@ -73,6 +73,8 @@ def test_zero_memory_means_naive() -> None:
     ("kwargs", "match"),
     [
         (dict(mem_size=-1), "mem_size must be an int >= 0, got -1"),
+        (dict(mem_size=True), "mem_size must be an int >= 0, got True"),
+        (dict(seed="a"), "seed must be an int or None, got 'a'"),
         (dict(policy="lru"), "policy must be one of"),
         (dict(mem_batch_size=0), "mem_batch_size"),
     ],

@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_cl.training.cli import DEBUG_ENV, _default_config_path, main
@@ -187,6 +188,20 @@ def test_options_apply_to_the_default_experiment(
     assert saved["trainer"]["callbacks"][0]["init_args"]["mem_size"] == 200  # Replay, from the default
     figure = results.with_name(FIGURE_FILE)
     assert figure.read_bytes()[:4] == b"\x89PNG" and f"figure: {figure.relative_to(tmp_path)}" in out
+
+
+def test_one_callback_class_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # LightningCLI hands over one object, not a list, for `--trainer.callbacks <class>`.
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--trainer.callbacks", "lightning_cl.methods.EWC", "--trainer.max_epochs", "1", *QUICK])
+    results = tmp_path / _results_path(capsys.readouterr().out)
+    saved = yaml.safe_load(results.with_name("config.yaml").read_text())
+    assert saved["trainer"]["callbacks"]["class_path"] == "lightning_cl.methods.EWC"
+    checkpoint = results.parent / "checkpoints" / "experience_004.ckpt"
+    states = torch.load(checkpoint, weights_only=True)["callbacks"]
+    assert [k.split("{")[0] for k in states] == ["EWC"]
 
 
 def _run_dir(tmp_path: Path, name: str) -> Path:
