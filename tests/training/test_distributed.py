@@ -12,26 +12,12 @@ from typing import Any
 import pytest
 import torch
 
+from tests.training.stream_script import METHODS as SCRIPT_METHODS
+
 SCRIPT = Path(__file__).with_name("stream_script.py")
 ROOT = Path(__file__).resolve().parents[2]
 # all of the script's methods
-METHODS = (
-    "naive",
-    "replay",
-    "ewc",
-    "both",
-    "keep",
-    "lwf",
-    "si",
-    "mas",
-    "agem",
-    "gem",
-    "der",
-    "from_scratch",
-    "lfl",
-    "rwalk",
-    "all",
-)
+METHODS = tuple(SCRIPT_METHODS)
 
 pytestmark = pytest.mark.distributed
 

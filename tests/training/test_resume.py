@@ -20,25 +20,11 @@ from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 from lightning_cl.training.checkpoint import checkpoint_name
 from tests.conftest import digits_module, stream_trainer_kwargs
+from tests.training.stream_script import METHODS as SCRIPT_METHODS
 
 SCRIPT = Path(__file__).with_name("stream_script.py")
-METHODS = (
-    "naive",
-    "replay",
-    "ewc",
-    "both",
-    "keep",
-    "lwf",
-    "si",
-    "mas",
-    "agem",
-    "gem",
-    "der",
-    "from_scratch",
-    "lfl",
-    "rwalk",
-    "all",
-)
+# every method of the script
+METHODS = tuple(SCRIPT_METHODS)
 
 
 def _run_script(*args: str) -> dict[str, Any]:
