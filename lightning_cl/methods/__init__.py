@@ -25,6 +25,13 @@ from lightning_cl.methods.penalties import quadratic_penalty
 from lightning_cl.methods.per_sample import per_sample_gradient_sums
 from lightning_cl.methods.replay import Replay
 from lightning_cl.methods.rwalk import RWalk
+from lightning_cl.methods.selection import (
+    ClosestToCenterSelection,
+    FeatureSelection,
+    HerdingSelection,
+    RandomSelection,
+    SelectionStrategy,
+)
 from lightning_cl.methods.si import SI
 
 __all__ = [
@@ -37,13 +44,18 @@ __all__ = [
     "LFL",
     "MAS",
     "SI",
+    "ClosestToCenterSelection",
     "ContinualCallback",
     "EpisodicMemoryMethod",
+    "FeatureSelection",
     "FromScratch",
+    "HerdingSelection",
     "LwF",
     "RWalk",
+    "RandomSelection",
     "Replay",
     "ReplayBuffer",
+    "SelectionStrategy",
     "all_reduce_tensors",
     "capture_features",
     "distillation_loss",
