@@ -28,7 +28,7 @@ import lightning as L
 import torch
 
 from lightning_cl.data import LoaderSettings, PermutedMNIST
-from lightning_cl.methods import AGEM, EWC, GEM, MAS, SI, LwF, Replay
+from lightning_cl.methods import AGEM, EWC, GEM, MAS, SI, CWRStar, LwF, Replay
 from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 
@@ -41,6 +41,7 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "MAS(lambda_reg=0.1)": lambda: [MAS(lambda_reg=0.1)],
     "AGEM(250, sample_size=256)": lambda: [AGEM(patterns_per_experience=250, sample_size=256)],
     "GEM(256, memory_strength=0.5)": lambda: [GEM(patterns_per_experience=256, memory_strength=0.5)],
+    "CWRStar()": lambda: [CWRStar()],
 }
 
 

@@ -11,6 +11,7 @@ from lightning_cl.methods.base import (
     stream_seed,
 )
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
+from lightning_cl.methods.cwr import CWRStar, output_linear
 from lightning_cl.methods.der import DER
 from lightning_cl.methods.distributed import all_reduce_tensors, rank_shard
 from lightning_cl.methods.episodic import EpisodicMemoryMethod
@@ -44,6 +45,7 @@ __all__ = [
     "LFL",
     "MAS",
     "SI",
+    "CWRStar",
     "ClosestToCenterSelection",
     "ContinualCallback",
     "EpisodicMemoryMethod",
@@ -62,6 +64,7 @@ __all__ = [
     "experience_generator",
     "fisher_information",
     "gem_projection",
+    "output_linear",
     "output_sensitivity",
     "per_sample_gradient_sums",
     "project_gradient",

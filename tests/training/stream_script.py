@@ -29,6 +29,7 @@ from lightning_cl.methods import (
     LFL,
     MAS,
     SI,
+    CWRStar,
     FromScratch,
     LwF,
     Replay,
@@ -58,6 +59,7 @@ METHODS = {
     # Class-incremental digits: the head must learn the new classes.
     "lfl": lambda: [LFL(lambda_e=1.0, freeze_head=False)],
     "rwalk": lambda: [RWalk(ewc_lambda=1.0)],
+    "cwr": lambda: [CWRStar()],
     "all": lambda: [
         Replay(mem_size=200),
         EWC(ewc_lambda=2.0),
@@ -98,6 +100,9 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
         if isinstance(cb, RWalk) and cb.weights is not None:
             out["rwalk_weights"] = float(sum(v.double().sum() for v in cb.weights.values()))
             out["rwalk_fisher"] = float(sum(v.double().sum() for v in cb.fisher.values()))
+        if isinstance(cb, CWRStar) and cb.consolidated is not None:
+            out["cwr_consolidated"] = float(cb.consolidated.sum())
+            out["cwr_past"] = float(cb.past.double().mul(torch.arange(len(cb.past)) + 1).sum())
     return out
 
 
