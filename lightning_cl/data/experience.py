@@ -13,7 +13,7 @@ import torch
 from lightning_cl.data.batch_loader import BatchLoader
 from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.loader_settings import LoaderSettings
-from lightning_cl.data.train_data_source import TrainDataSource
+from lightning_cl.data.train_data_source import TrainDataSource, current_data_source
 from lightning_cl.data.transforms import BatchTransform
 
 if TYPE_CHECKING:
@@ -137,7 +137,9 @@ class Experience(L.LightningDataModule):
     buffer) contribute further loaders through
     :meth:`~lightning_cl.data.TrainDataSource.train_dataloaders`, and the training batch is
     then a dict ``{"current": (x, y, t), "replay": (x, y, t), ...}`` that
-    :class:`~lightning_cl.models.ContinualModule` concatenates.
+    :class:`~lightning_cl.models.ContinualModule` concatenates. One callback may replace the
+    experience's own loader (:meth:`~lightning_cl.data.TrainDataSource.current_dataloader`:
+    GDumb trains on its memory alone).
 
     Args:
         dataset: the experience's samples.
@@ -321,10 +323,18 @@ class Experience(L.LightningDataModule):
         """The evaluation loader of this experience's data, shared among ``trainer``'s processes."""
         return self._own_loader("eval", self.dataset, train=False, trainer=trainer)
 
+    def setup(self, stage: str) -> None:
+        """At ``fit``: refuse two callbacks that would each replace the training data, before any
+        callback's set-up changes a model or a memory."""
+        if stage == "fit" and self.trainer is not None:
+            current_data_source(self.trainer.callbacks)  # type: ignore[attr-defined]
+
     def train_dataloader(self) -> Any:
-        current = self._own_loader("train", self.dataset, train=True)
-        extra: dict[str, Iterable[Any]] = {}
         trainer = self.trainer
+        source = None if trainer is None else current_data_source(trainer.callbacks)  # type: ignore[attr-defined]
+        replaced = None if source is None else source.current_dataloader(self)
+        current = self._own_loader("train", self.dataset, train=True) if replaced is None else replaced
+        extra: dict[str, Iterable[Any]] = {}
         if trainer is not None:
             for callback in trainer.callbacks:  # type: ignore[attr-defined]
                 if isinstance(callback, TrainDataSource):

@@ -1,6 +1,7 @@
 """Models: the ``ContinualModule``, dynamic heads, reference backbones and the loss-term extension point."""
 
 from lightning_cl.models.backbones import CNN, MLP, make_head
+from lightning_cl.models.eval_classifier import EvalClassifier, eval_classifier_of
 from lightning_cl.models.heads import (
     MASK_VALUE,
     DynamicModule,
@@ -10,7 +11,7 @@ from lightning_cl.models.heads import (
     pad_to,
     slice_to,
 )
-from lightning_cl.models.loss_term import LossTerm
+from lightning_cl.models.loss_term import LossTerm, batch_parts, task_loss_owner
 from lightning_cl.models.module import (
     ON_NONFINITE,
     OPTIMIZER_POLICIES,
@@ -19,6 +20,7 @@ from lightning_cl.models.module import (
     check_new_trainer,
     merge_batch,
 )
+from lightning_cl.models.pnn import PNN_ADAPTERS, ProgressiveNetwork
 
 __all__ = [
     "CNN",
@@ -26,16 +28,22 @@ __all__ = [
     "MLP",
     "ON_NONFINITE",
     "OPTIMIZER_POLICIES",
+    "PNN_ADAPTERS",
     "ContinualModule",
     "DynamicModule",
+    "EvalClassifier",
     "IncrementalClassifier",
     "LossTerm",
     "MultiHeadClassifier",
     "NonFiniteLossError",
+    "ProgressiveNetwork",
+    "batch_parts",
     "check_new_trainer",
     "copy_at_state",
+    "eval_classifier_of",
     "make_head",
     "merge_batch",
     "pad_to",
     "slice_to",
+    "task_loss_owner",
 ]

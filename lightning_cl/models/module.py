@@ -34,8 +34,9 @@ from lightning_cl.evaluation.stream_metrics import (
     record_measurements,
     takes_loss,
 )
+from lightning_cl.models.eval_classifier import EvalClassifier, eval_classifier_of
 from lightning_cl.models.heads import DynamicModule
-from lightning_cl.models.loss_term import LossTerm
+from lightning_cl.models.loss_term import LossTerm, batch_parts, task_loss_owner
 
 __all__ = [
     "ON_NONFINITE",
@@ -114,9 +115,13 @@ class ContinualModule(L.LightningModule):
     """Trains one ``torch.nn.Module`` over the experiences of a stream.
 
     The training loss is the task loss plus the :meth:`~ContinualCallback.penalty` of every CL
-    callback on the trainer. Dynamic heads grow in ``setup("fit")``, before the optimizer is
-    built. Every ``trainer.test`` records each scalar metric in its matrix ``R[i][j]``
-    (:class:`~lightning_cl.evaluation.MetricMatrices`), available as :attr:`results`.
+    callback on the trainer; the task loss is ``criterion(logits, y)``, or what the one callback
+    that overrides :meth:`~lightning_cl.models.LossTerm.task_loss` returns. At validation and
+    test, the scores of the one :class:`~lightning_cl.models.EvalClassifier` callback (iCaRL's
+    nearest mean of exemplars) take the place of the logits. Dynamic heads grow in
+    ``setup("fit")``, before the optimizer is built. Every ``trainer.test`` records each scalar
+    metric in its matrix ``R[i][j]`` (:class:`~lightning_cl.evaluation.MetricMatrices`),
+    available as :attr:`results`.
 
     Metrics: accuracy (``acc``) and the loss (``loss``) always; any torchmetrics ``Metric`` or
     ``MetricCollection`` in ``metrics`` besides, measured at the scopes of ``metric_scopes``
@@ -222,6 +227,10 @@ class ContinualModule(L.LightningModule):
         self._n_classes = 0
         self._penalty_sums: dict[str, Tensor] = {}
         self._penalty_steps = 0
+        # The callback that replaces the task loss, and the one that classifies at evaluation
+        # (found once per fit or evaluation, so a step pays one attribute check for each).
+        self._task_loss_owner: LossTerm | None = None
+        self._eval_classifier: EvalClassifier | None = None
 
     # ------------------------------------------------------------------ forward and loss
     def forward(self, x: Tensor, task_labels: Tensor | None = None) -> Tensor:
@@ -258,7 +267,9 @@ class ContinualModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y, t = merge_batch(batch)
         logits = self(x, t)
-        loss = self.criterion(logits, y)
+        owner = self._task_loss_owner
+        replaced = None if owner is None else owner.task_loss(self, (x, y, t), logits, batch_parts(batch))
+        loss = self.criterion(logits, y) if replaced is None else replaced
         n = len(y)
         task_loss = loss
         penalties: dict[str, Tensor] = {}
@@ -371,6 +382,9 @@ class ContinualModule(L.LightningModule):
                 f"got datamodule={type(experience).__name__}"
             )
         check_new_trainer(self.trainer)
+        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]
+        self._task_loss_owner = task_loss_owner(callbacks)
+        self._eval_classifier = eval_classifier_of(callbacks)
         self._warned_nonfinite = False
         strategy = self.trainer.strategy
         if isinstance(strategy, DDPStrategy) and getattr(strategy, "_start_method", "popen") in _SPAWNING:
@@ -459,6 +473,7 @@ class ContinualModule(L.LightningModule):
                 "trainer.test(module, datamodule=benchmark.test_stream), "
                 f"got {type(datamodule).__name__}{hint}"
             )
+        self._eval_classifier = eval_classifier_of(self.trainer.callbacks)  # type: ignore[attr-defined]
         self._make_eval_metrics(columns, n_classes, tasks)
 
     def _make_eval_metrics(
@@ -526,7 +541,9 @@ class ContinualModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Any, dataloader_idx: int) -> Tensor:
         x, y, t = merge_batch(batch)
-        logits = self(x, t)
+        classifier = self._eval_classifier
+        scores = None if classifier is None else classifier.eval_logits(self, x, t)
+        logits = self(x, t) if scores is None else scores
         assert self.eval_metrics is not None
         # Narrower logits (a dynamic head before later classes exist) are padded to the classes.
         self.eval_metrics.update(dataloader_idx, logits, y, t)
