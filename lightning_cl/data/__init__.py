@@ -29,6 +29,7 @@ from lightning_cl.data.omniglot import SplitOmniglot
 from lightning_cl.data.online import OnlineOrigin, split_online
 from lightning_cl.data.relabeled import RelabeledDataset
 from lightning_cl.data.scenarios import (
+    ClassIncrementalBenchmark,
     class_incremental,
     resolve_class_order,
     split_classes,
@@ -48,6 +49,7 @@ __all__ = [
     "BatchLoader",
     "Benchmark",
     "CORe50",
+    "ClassIncrementalBenchmark",
     "ConcatClassificationDataset",
     "DatasetNotFoundError",
     "DatasetView",

@@ -142,7 +142,10 @@ def _init_parameters(cls: type) -> list[str]:
         if "__init__" not in vars(base):
             continue
         params = inspect.signature(vars(base)["__init__"]).parameters.values()
-        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        # A base reached through ``**kwargs`` gets some arguments from the subclass itself.
+        given = vars(base).get("given_by_subclass", ()) if base is not cls else ()
+        named = [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        names += [n for n in named if n not in given]
         if all(p.kind != p.VAR_KEYWORD for p in params):
             break
     return [n for n in dict.fromkeys(names) if n != "self"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from lightning_cl.data.concat_dataset import ConcatClassificationDataset
 from lightning_cl.data.dataset_not_found import check_dataset_files
 from lightning_cl.data.loader_settings import LoaderSettings
 from lightning_cl.data.relabeled import RelabeledDataset
-from lightning_cl.data.scenarios import class_incremental
+from lightning_cl.data.scenarios import ClassIncrementalBenchmark, class_incremental
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
 from lightning_cl.data.transforms import BatchRandomCrop, BatchRandomHorizontalFlip, BatchTransform, normalize
 
@@ -115,46 +116,30 @@ def cifar_augmentation(mean: Sequence[float], std: Sequence[float]) -> v2.Compos
     return v2.Compose([BatchRandomCrop(32, padding=4, fill=fill), BatchRandomHorizontalFlip(0.5)])
 
 
-class _SplitCIFAR(Benchmark):
+class _SplitCIFAR(ClassIncrementalBenchmark):
     n_source_classes = 10
     mean, std = CIFAR10_MEAN, CIFAR10_STD
-    default_half = 5
 
     def __init__(
         self,
         root: str | Path = "data",
         n_experiences: int = 5,
-        seed: int | None = None,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
+        *,
         first_exp_with_half_classes: bool = False,
         augment: bool = True,
         download: bool = False,
         loader: LoaderSettings = LoaderSettings(batch_size=128),
-        per_exp_classes: Sequence[int] | Mapping[int, int] | None = None,
-        class_ids_from_zero_in_each_exp: bool = False,
+        **kwargs: Any,
     ):
         norm = normalize(self.mean, self.std)
         train = cifar_tensors(root, self.n_source_classes, True, download, norm)
         test = cifar_tensors(root, self.n_source_classes, False, download, norm)
         if first_exp_with_half_classes:
-            if per_exp_classes is not None:
+            if kwargs.get("per_exp_classes") is not None:
                 raise ValueError("pass first_exp_with_half_classes or per_exp_classes, not both")
-            per_exp_classes = {0: self.n_source_classes // 2}
-        class_incremental(
-            train,
-            test,
-            n_experiences,
-            class_order=class_order,
-            seed=seed,
-            task_labels=task_labels,
-            per_exp_classes=per_exp_classes,
-            class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-            train_transform=cifar_augmentation(self.mean, self.std) if augment else None,
-            loader=loader,
-            name=type(self).__name__,
-            out=self,
-        )
+            kwargs["per_exp_classes"] = {0: self.n_source_classes // 2}
+        augmentation = cifar_augmentation(self.mean, self.std) if augment else None
+        super().__init__(train, test, n_experiences, loader=loader, train_transform=augmentation, **kwargs)
 
 
 class SplitCIFAR10(_SplitCIFAR):
@@ -168,15 +153,12 @@ class SplitCIFAR10(_SplitCIFAR):
     Args:
         root: folder holding ``cifar-10-batches-py``.
         n_experiences: number of experiences.
-        seed: class-order shuffle seed (``None``: classes in order).
-        class_order: a fixed class order.
-        task_labels: task-incremental instead of class-incremental.
         first_exp_with_half_classes: the first experience holds 5 classes, the others share the rest.
         augment: augment the training batches (Avalanche's default); ``False`` only normalises.
         download: download the archive if absent.
         loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128).
-        per_exp_classes: classes per experience.
-        class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
+        **kwargs: ``seed``, ``class_order``, ``task_labels``, ``per_exp_classes``,
+            ``class_ids_from_zero_in_each_exp``: see :class:`~lightning_cl.data.ClassIncrementalBenchmark`.
 
     Raises:
         ValueError: for an impossible split.
@@ -204,8 +186,8 @@ class SplitCIFAR100(_SplitCIFAR):
     n_source_classes = 100
     mean, std = CIFAR100_MEAN, CIFAR100_STD
 
-    def __init__(self, root: str | Path = "data", n_experiences: int = 10, **kwargs: object):
-        super().__init__(root, n_experiences, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, root: str | Path = "data", n_experiences: int = 10, **kwargs: Any):
+        super().__init__(root, n_experiences, **kwargs)
 
 
 class SplitCIFAR110(Benchmark):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.dataset_not_found import check_dataset_files
 from lightning_cl.data.image_files import ImageFilesDataset
 from lightning_cl.data.loader_settings import LoaderSettings
-from lightning_cl.data.scenarios import class_incremental
+from lightning_cl.data.scenarios import ClassIncrementalBenchmark
 from lightning_cl.data.transforms import BatchRandomHorizontalFlip, normalize
 
 __all__ = ["CUB200_MEAN", "CUB200_STD", "SplitCUB200", "cub200_datasets"]
@@ -83,7 +82,7 @@ def cub200_datasets(
     return out[0], out[1]
 
 
-class SplitCUB200(Benchmark):
+class SplitCUB200(ClassIncrementalBenchmark):
     """CUB-200-2011 split by class (Avalanche's ``SplitCUB200``).
 
     Avalanche's defaults: 11 experiences, the first with 100 classes and the other ten with 10
@@ -95,13 +94,13 @@ class SplitCUB200(Benchmark):
         root: folder holding ``CUB_200_2011``.
         n_experiences: number of experiences.
         classes_first_batch: classes of the first experience (``None``: equal split).
-        seed: class-order shuffle seed (``None``: in order, Avalanche's default).
-        class_order: a fixed class order.
-        task_labels: task-incremental instead of class-incremental.
         size: ``(height, width)`` of the images.
         augment: flip the training batches.
         loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 32,
             4 workers decoding images).
+        **kwargs: ``seed`` (``None``: in order, Avalanche's default), ``class_order``,
+            ``task_labels``, ``class_ids_from_zero_in_each_exp``: see
+            :class:`~lightning_cl.data.ClassIncrementalBenchmark`.
 
     Raises:
         ValueError: for an impossible split.
@@ -116,25 +115,17 @@ class SplitCUB200(Benchmark):
         self,
         root: str | Path = "data",
         n_experiences: int = 11,
+        *,
         classes_first_batch: int | None = 100,
-        seed: int | None = None,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
         size: tuple[int, int] = (224, 224),
         augment: bool = True,
         loader: LoaderSettings = LoaderSettings(batch_size=32, num_workers=4),
+        **kwargs: Any,
     ):
+        if classes_first_batch is not None:
+            if kwargs.get("per_exp_classes") is not None:
+                raise ValueError("pass classes_first_batch=None with per_exp_classes, not both")
+            kwargs["per_exp_classes"] = {0: classes_first_batch}
         train, test = cub200_datasets(root, size)
-        class_incremental(
-            train,
-            test,
-            n_experiences,
-            class_order=class_order,
-            seed=seed,
-            task_labels=task_labels,
-            per_exp_classes={0: classes_first_batch} if classes_first_batch is not None else None,
-            train_transform=BatchRandomHorizontalFlip() if augment else None,
-            loader=loader,
-            name="SplitCUB200",
-            out=self,
-        )
+        flip = BatchRandomHorizontalFlip() if augment else None
+        super().__init__(train, test, n_experiences, loader=loader, train_transform=flip, **kwargs)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.loader_settings import LoaderSettings
-from lightning_cl.data.scenarios import class_incremental
+from lightning_cl.data.scenarios import ClassIncrementalBenchmark
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
 
 __all__ = ["SplitDigits", "load_digits"]
@@ -48,7 +47,7 @@ def _stratified_split(labels: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat(train).sort().values, torch.cat(test).sort().values
 
 
-class SplitDigits(Benchmark):
+class SplitDigits(ClassIncrementalBenchmark):
     """Class- or task-incremental stream over the UCI digits, shipped with the package (no download).
 
     1,797 grey-scale 8x8 images, 10 classes, split once and for all into 1,438 train and 359 test
@@ -58,10 +57,10 @@ class SplitDigits(Benchmark):
 
     Args:
         n_experiences: number of experiences; must divide 10.
-        seed: class-order shuffle seed (``None``: classes 0..9 in order).
-        class_order: a fixed class order instead of a shuffle.
-        task_labels: task-incremental (experience ``i`` has task label ``i``) instead of class-incremental.
         loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 32).
+        **kwargs: ``seed`` (``None``: classes 0..9 in order), ``class_order``, ``task_labels``
+            (experience ``i`` has task label ``i``), ``per_exp_classes``,
+            ``class_ids_from_zero_in_each_exp``: see :class:`~lightning_cl.data.ClassIncrementalBenchmark`.
 
     Example:
         >>> bench = SplitDigits(n_experiences=5, seed=1)
@@ -69,26 +68,9 @@ class SplitDigits(Benchmark):
         (5, 10, True)
     """
 
-    def __init__(
-        self,
-        n_experiences: int = 5,
-        seed: int | None = None,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
-        loader: LoaderSettings = LoaderSettings(),
-    ):
+    def __init__(self, n_experiences: int = 5, *, loader: LoaderSettings = LoaderSettings(), **kwargs: Any):
         images, labels = load_digits()
         train_idx, test_idx = _stratified_split(labels)
         train = TensorClassificationDataset(images[train_idx], labels[train_idx])
         test = TensorClassificationDataset(images[test_idx], labels[test_idx])
-        class_incremental(
-            train,
-            test,
-            n_experiences,
-            class_order=class_order,
-            seed=seed,
-            task_labels=task_labels,
-            loader=loader,
-            name="SplitDigits",
-            out=self,
-        )
+        super().__init__(train, test, n_experiences, loader=loader, **kwargs)

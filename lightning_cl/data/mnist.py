@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torchvision import datasets
 from torchvision.transforms import v2
@@ -12,7 +13,7 @@ from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.dataset_not_found import check_dataset_files
 from lightning_cl.data.domain_incremental import permuted, rotated
 from lightning_cl.data.loader_settings import LoaderSettings
-from lightning_cl.data.scenarios import class_incremental
+from lightning_cl.data.scenarios import ClassIncrementalBenchmark
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
 from lightning_cl.data.transforms import normalize
 
@@ -82,7 +83,7 @@ def mnist_tensors(root: str | Path, train: bool, download: bool = False) -> Tens
     return idx_tensors(datasets.MNIST, root, train, download, mnist_batch_transform())
 
 
-class _SplitIDX(Benchmark):
+class _SplitIDX(ClassIncrementalBenchmark):
     """An MNIST-format dataset (torchvision class, IDX files) split by class, normalised per batch."""
 
     dataset_class: type[datasets.MNIST] = datasets.MNIST
@@ -93,31 +94,14 @@ class _SplitIDX(Benchmark):
         self,
         root: str | Path = "data",
         n_experiences: int = 5,
-        seed: int | None = None,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
+        *,
         download: bool = False,
         loader: LoaderSettings = LoaderSettings(batch_size=128),
-        per_exp_classes: Sequence[int] | Mapping[int, int] | None = None,
-        class_ids_from_zero_in_each_exp: bool = False,
+        **kwargs: Any,
     ):
-        splits = [
-            idx_tensors(self.dataset_class, root, train, download, normalize(self.mean, self.std))
-            for train in (True, False)
-        ]
-        class_incremental(
-            splits[0],
-            splits[1],
-            n_experiences,
-            class_order=class_order,
-            seed=seed,
-            task_labels=task_labels,
-            per_exp_classes=per_exp_classes,
-            class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-            loader=loader,
-            name=type(self).__name__,
-            out=self,
-        )
+        norm = normalize(self.mean, self.std)
+        train, test = (idx_tensors(self.dataset_class, root, t, download, norm) for t in (True, False))
+        super().__init__(train, test, n_experiences, loader=loader, **kwargs)
 
 
 class SplitMNIST(_SplitIDX):
@@ -130,13 +114,11 @@ class SplitMNIST(_SplitIDX):
     Args:
         root: folder holding ``MNIST/raw`` (torchvision's layout).
         n_experiences: number of experiences; must divide 10 unless ``per_exp_classes`` is given.
-        seed: class-order shuffle seed (``None``: classes 0..9 in order).
-        class_order: a fixed class order instead of a shuffle.
-        task_labels: task-incremental instead of class-incremental.
         download: download the files if absent.
         loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128).
-        per_exp_classes: classes per experience (see :func:`~lightning_cl.data.class_incremental`).
-        class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
+        **kwargs: ``seed`` (``None``: classes 0..9 in order), ``class_order``, ``task_labels``,
+            ``per_exp_classes``, ``class_ids_from_zero_in_each_exp``: see
+            :class:`~lightning_cl.data.ClassIncrementalBenchmark`.
 
     Raises:
         ValueError: for an impossible split (see :func:`~lightning_cl.data.class_incremental`).
@@ -162,7 +144,37 @@ def _raw_mnist(
     )
 
 
-class PermutedMNIST(Benchmark):
+class _TransformedMNIST(Benchmark):
+    """MNIST under one transform of the raw pixels per experience (domain-incremental)."""
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        n_experiences: int = 10,
+        *,
+        seed: int | None = 0,
+        task_labels: bool = False,
+        download: bool = False,
+        loader: LoaderSettings = LoaderSettings(batch_size=128),
+    ):
+        train, test = _raw_mnist(root, download)
+        self._scenario(
+            train,
+            test,
+            n_experiences,
+            seed=seed,
+            transform=mnist_batch_transform(),
+            task_labels=task_labels,
+            loader=loader,
+            name=type(self).__name__,
+            out=self,
+        )
+
+    def _scenario(self, train: Any, test: Any, n_experiences: int, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+
+class PermutedMNIST(_TransformedMNIST):
     """MNIST under ``n_experiences`` seeded random pixel permutations (Avalanche's ``PermutedMNIST``).
 
     Domain-incremental: every experience holds all 10 classes, 60,000 train and 10,000 test
@@ -188,30 +200,11 @@ class PermutedMNIST(Benchmark):
         ('domain_incremental', 60000)
     """
 
-    def __init__(
-        self,
-        root: str | Path = "data",
-        n_experiences: int = 10,
-        seed: int | None = 0,
-        task_labels: bool = False,
-        download: bool = False,
-        loader: LoaderSettings = LoaderSettings(batch_size=128),
-    ):
-        train, test = _raw_mnist(root, download)
-        permuted(
-            train,
-            test,
-            n_experiences,
-            seed=seed,
-            transform=mnist_batch_transform(),
-            task_labels=task_labels,
-            loader=loader,
-            name="PermutedMNIST",
-            out=self,
-        )
+    def _scenario(self, train: Any, test: Any, n_experiences: int, **kwargs: Any) -> None:
+        permuted(train, test, n_experiences, **kwargs)
 
 
-class RotatedMNIST(Benchmark):
+class RotatedMNIST(_TransformedMNIST):
     """MNIST rotated by a fixed angle per experience (Avalanche's ``RotatedMNIST``).
 
     Angles are ``rotations_list`` or, without it, whole degrees drawn uniformly from
@@ -221,11 +214,9 @@ class RotatedMNIST(Benchmark):
     Args:
         root: folder holding ``MNIST/raw``.
         n_experiences: number of rotations.
-        seed: seed of the random angles.
         rotations_list: the angles in degrees, one per experience.
-        task_labels: give experience ``i`` task label ``i``.
-        download: download the files if absent.
-        loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128).
+        **kwargs: ``seed`` (of the random angles), ``task_labels``, ``download``, ``loader``: as
+            :class:`PermutedMNIST`'s.
 
     Raises:
         ValueError: for angles outside [-180, 180] or not one per experience.
@@ -242,22 +233,12 @@ class RotatedMNIST(Benchmark):
         self,
         root: str | Path = "data",
         n_experiences: int = 10,
-        seed: int | None = 0,
+        *,
         rotations_list: Sequence[float] | None = None,
-        task_labels: bool = False,
-        download: bool = False,
-        loader: LoaderSettings = LoaderSettings(batch_size=128),
+        **kwargs: Any,
     ):
-        train, test = _raw_mnist(root, download)
-        rotated(
-            train,
-            test,
-            n_experiences,
-            angles=rotations_list,
-            seed=seed,
-            transform=mnist_batch_transform(),
-            task_labels=task_labels,
-            loader=loader,
-            name="RotatedMNIST",
-            out=self,
-        )
+        self._angles = rotations_list
+        super().__init__(root, n_experiences, **kwargs)
+
+    def _scenario(self, train: Any, test: Any, n_experiences: int, **kwargs: Any) -> None:
+        rotated(train, test, n_experiences, angles=self._angles, **kwargs)

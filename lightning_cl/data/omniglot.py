@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,10 +11,9 @@ from PIL import Image
 from torch import Tensor
 from torchvision import datasets
 
-from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.dataset_not_found import check_dataset_files
 from lightning_cl.data.loader_settings import LoaderSettings
-from lightning_cl.data.scenarios import class_incremental
+from lightning_cl.data.scenarios import ClassIncrementalBenchmark
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
 from lightning_cl.data.transforms import normalize
 
@@ -75,7 +74,7 @@ def _per_class_split(labels: Tensor, test_fraction: float, seed: int) -> tuple[T
     return torch.cat(train).sort().values, torch.cat(test).sort().values
 
 
-class SplitOmniglot(Benchmark):
+class SplitOmniglot(ClassIncrementalBenchmark):
     """Omniglot characters split by class (Avalanche's ``SplitOmniglot``, with a usable test set).
 
     Normalisation is Avalanche's (mean 0.9221, std 0.2681), no augmentation; images are
@@ -89,15 +88,12 @@ class SplitOmniglot(Benchmark):
         root: folder holding ``omniglot-py``.
         n_experiences: number of experiences; must divide the number of characters (964 for
             the background set: 1, 2, 4, 241, 482, 964) unless ``per_exp_classes`` is given.
-        seed: class-order shuffle seed (``None``: in order).
-        class_order: a fixed class order.
-        task_labels: task-incremental instead of class-incremental.
         background: use the background set (else the evaluation set).
         test_fraction: fraction of each character's drawings held out for testing.
         download: download the archive if absent.
         loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128).
-        per_exp_classes: classes per experience.
-        class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
+        **kwargs: ``seed``, ``class_order``, ``task_labels``, ``per_exp_classes``,
+            ``class_ids_from_zero_in_each_exp``: see :class:`~lightning_cl.data.ClassIncrementalBenchmark`.
 
     Raises:
         ValueError: for an impossible split or ``test_fraction`` outside (0, 1).
@@ -112,31 +108,18 @@ class SplitOmniglot(Benchmark):
         self,
         root: str | Path = "data",
         n_experiences: int = 4,
-        seed: int | None = None,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
+        *,
         background: bool = True,
         test_fraction: float = 0.2,
         download: bool = False,
         loader: LoaderSettings = LoaderSettings(batch_size=128),
-        per_exp_classes: Sequence[int] | dict[int, int] | None = None,
-        class_ids_from_zero_in_each_exp: bool = False,
+        **kwargs: Any,
     ):
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be a fraction in (0, 1), got {test_fraction!r}")
         images, labels, self.class_names = omniglot_tensors(root, background, download)
         train_idx, test_idx = _per_class_split(labels, test_fraction, 0)
         norm = normalize(OMNIGLOT_MEAN, OMNIGLOT_STD)
-        class_incremental(
-            TensorClassificationDataset(images[train_idx], labels[train_idx], norm),
-            TensorClassificationDataset(images[test_idx], labels[test_idx], norm),
-            n_experiences,
-            class_order=class_order,
-            seed=seed,
-            task_labels=task_labels,
-            per_exp_classes=per_exp_classes,
-            class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-            loader=loader,
-            name="SplitOmniglot",
-            out=self,
-        )
+        train = TensorClassificationDataset(images[train_idx], labels[train_idx], norm)
+        test = TensorClassificationDataset(images[test_idx], labels[test_idx], norm)
+        super().__init__(train, test, n_experiences, loader=loader, **kwargs)

@@ -18,6 +18,7 @@ from lightning_cl.data.stream import Stream
 from lightning_cl.data.transforms import BatchTransform
 
 __all__ = [
+    "ClassIncrementalBenchmark",
     "class_incremental",
     "resolve_class_order",
     "split_classes",
@@ -282,6 +283,74 @@ def class_incremental(
     return build_benchmark(
         out, train, test, n_classes=n_classes, class_order=order, scenario=scenario, name=name
     )
+
+
+class ClassIncrementalBenchmark(Benchmark):
+    """A dataset's train and test splits divided by class, with the arguments of every ``Split*`` benchmark.
+
+    :class:`~lightning_cl.data.SplitMNIST`, :class:`~lightning_cl.data.SplitCIFAR10`,
+    :class:`~lightning_cl.data.SplitOmniglot` and the other ``Split*`` benchmarks load their two
+    splits and pass them here; their own signatures list only their dataset's arguments
+    (``root``, ``download``, ``augment``, their default number of experiences and loader
+    settings) and forward the rest as ``**kwargs``, which ``LightningCLI`` follows to this
+    signature (``lightning-cl fit --print_config`` lists them all). Any dataset with
+    ``targets`` can be used the same way, directly or by subclassing.
+
+    Args:
+        train_dataset: map-style dataset of ``(x, y)`` with ``targets``.
+        test_dataset: the same for evaluation.
+        n_experiences: number of experiences; must divide the number of classes unless
+            ``per_exp_classes`` sets the group sizes.
+        seed: class-order shuffle seed (``None``: classes in sorted order).
+        class_order: a fixed class order instead of a shuffle (not with ``seed``).
+        task_labels: give experience ``i`` task label ``i`` (task-incremental) instead of 0.
+        per_exp_classes: classes per experience, a list of counts or Avalanche's mapping
+            ``{experience: count}``.
+        class_ids_from_zero_in_each_exp: relabel each experience's classes ``0..k-1``.
+        loader: the loader settings of every experience (:class:`LoaderSettings`).
+        train_transform: batched augmentation of the training batches.
+
+    Raises:
+        ValueError: for an impossible split (see :func:`class_incremental`).
+
+    Example:
+        >>> from lightning_cl.data import TensorClassificationDataset
+        >>> ds = TensorClassificationDataset(torch.randn(60, 3), torch.arange(60) % 6)
+        >>> bench = ClassIncrementalBenchmark(ds, ds, n_experiences=3, seed=0)
+        >>> bench.n_experiences, bench.n_classes
+        (3, 6)
+    """
+
+    #: Arguments that a subclass passes itself (its constructor loads the data).
+    given_by_subclass: tuple[str, ...] = ("train_dataset", "test_dataset")
+
+    def __init__(
+        self,
+        train_dataset: Any,
+        test_dataset: Any,
+        n_experiences: int = 5,
+        seed: int | None = None,
+        class_order: Sequence[int] | None = None,
+        task_labels: bool = False,
+        per_exp_classes: Sequence[int] | Mapping[int, int] | None = None,
+        class_ids_from_zero_in_each_exp: bool = False,
+        loader: LoaderSettings = LoaderSettings(),
+        train_transform: BatchTransform | None = None,
+    ):
+        class_incremental(
+            train_dataset,
+            test_dataset,
+            n_experiences,
+            class_order=class_order,
+            seed=seed,
+            task_labels=task_labels,
+            per_exp_classes=per_exp_classes,
+            class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+            train_transform=train_transform,
+            loader=loader,
+            name=type(self).__name__,
+            out=self,
+        )
 
 
 def _by_class(targets: Tensor, groups: list[list[int]]) -> list[Tensor]:

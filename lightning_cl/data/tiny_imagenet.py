@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from lightning_cl.data.benchmark import Benchmark
 from lightning_cl.data.dataset_not_found import check_dataset_files
 from lightning_cl.data.image_files import ImageFilesDataset
 from lightning_cl.data.loader_settings import LoaderSettings
-from lightning_cl.data.scenarios import class_incremental
+from lightning_cl.data.scenarios import ClassIncrementalBenchmark
 from lightning_cl.data.transforms import BatchRandomHorizontalFlip, normalize
 
 __all__ = ["TINY_IMAGENET_MEAN", "TINY_IMAGENET_STD", "SplitTinyImageNet", "tiny_imagenet_datasets"]
@@ -66,7 +66,7 @@ def tiny_imagenet_datasets(root: str | Path) -> tuple[ImageFilesDataset, ImageFi
     )
 
 
-class SplitTinyImageNet(Benchmark):
+class SplitTinyImageNet(ClassIncrementalBenchmark):
     """Tiny ImageNet (200 classes, 100,000 train / 10,000 test images) split by class.
 
     Avalanche's ``SplitTinyImageNet`` defaults: 10 experiences, class order shuffled with
@@ -79,11 +79,11 @@ class SplitTinyImageNet(Benchmark):
         n_experiences: number of experiences.
         seed: class-order shuffle seed (Avalanche's default 0; ``None``: in order).
         class_order: a fixed class order.
-        task_labels: task-incremental instead of class-incremental.
-        class_ids_from_zero_in_each_exp: relabel each experience's classes from zero.
         augment: flip the training batches.
         loader: the loader settings (:class:`~lightning_cl.data.LoaderSettings`; batches of 128,
             4 workers decoding images).
+        **kwargs: ``task_labels``, ``per_exp_classes``, ``class_ids_from_zero_in_each_exp``: see
+            :class:`~lightning_cl.data.ClassIncrementalBenchmark`.
 
     Raises:
         ValueError: for an impossible split.
@@ -99,24 +99,22 @@ class SplitTinyImageNet(Benchmark):
         self,
         root: str | Path = "data",
         n_experiences: int = 10,
+        *,
         seed: int | None = 0,
         class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
-        class_ids_from_zero_in_each_exp: bool = False,
         augment: bool = True,
         loader: LoaderSettings = LoaderSettings(batch_size=128, num_workers=4),
+        **kwargs: Any,
     ):
         train, test = tiny_imagenet_datasets(root)
-        class_incremental(
+        flip = BatchRandomHorizontalFlip() if augment else None
+        super().__init__(
             train,
             test,
             n_experiences,
-            class_order=class_order,
             seed=None if class_order is not None else seed,
-            task_labels=task_labels,
-            class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
-            train_transform=BatchRandomHorizontalFlip() if augment else None,
+            class_order=class_order,
             loader=loader,
-            name="SplitTinyImageNet",
-            out=self,
+            train_transform=flip,
+            **kwargs,
         )

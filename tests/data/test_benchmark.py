@@ -66,3 +66,31 @@ def test_unknown_and_positional_arguments_name_the_public_class():
         SplitDigits(foo=1)
     with pytest.raises(TypeError, match=r"^SplitDigits\(\): too many positional arguments"):
         SplitDigits(5, 1, None, False, None, 3)
+
+
+def test_class_incremental_benchmark_splits_any_dataset_by_class():
+    import torch
+
+    from lightning_cl.data import ClassIncrementalBenchmark, TensorClassificationDataset
+
+    ds = TensorClassificationDataset(torch.randn(60, 3), torch.arange(60) % 6)
+    bench = ClassIncrementalBenchmark(
+        ds, ds, n_experiences=3, class_order=[5, 4, 3, 2, 1, 0], task_labels=True
+    )
+    assert [e.classes_in_this_experience for e in bench.train_stream] == [[4, 5], [2, 3], [0, 1]]
+    assert [e.task_labels for e in bench.train_stream] == [[0], [1], [2]]
+    assert bench.name == "ClassIncrementalBenchmark" and bench.scenario == "task_incremental"
+    with pytest.raises(ValueError, match="either class_order or seed"):
+        ClassIncrementalBenchmark(ds, ds, n_experiences=3, class_order=[0, 1, 2, 3, 4, 5], seed=1)
+
+
+def test_split_benchmarks_forward_the_shared_arguments():
+    # SplitDigits lists only its own arguments; the shared ones reach ClassIncrementalBenchmark.
+    bench = SplitDigits(n_experiences=2, per_exp_classes=[4, 6], class_ids_from_zero_in_each_exp=True, seed=3)
+    assert [len(e.classes_in_this_experience) for e in bench.train_stream] == [4, 6]
+    assert bench.train_stream[1].classes_in_this_experience == list(range(6))
+    assert bench.name == "SplitDigits"
+    with pytest.raises(
+        TypeError, match=r"^SplitDigits\(\) got unexpected keyword arguments \['train_dataset'\]"
+    ):
+        SplitDigits(train_dataset=None)

@@ -348,3 +348,14 @@ def test_set_up_facts_in_the_readme_and_the_extras() -> None:
     assert (ROOT / "notebooks" / "01_quickstart.ipynb").is_file()
     markers = (ROOT / "setup.cfg").read_text()
     assert "slow:" in markers and "distributed:" in markers
+
+
+def test_print_config_lists_the_arguments_a_benchmark_forwards(capsys) -> None:
+    # SplitMNIST's signature forwards seed, class_order, ... as **kwargs: LightningCLI follows them.
+    with pytest.raises(SystemExit):
+        main(["fit", "--benchmark", "lightning_cl.data.SplitMNIST", "--print_config"])
+    args = yaml.safe_load(capsys.readouterr().out)["benchmark"]["init_args"]
+    assert {"root", "download", "loader", "seed", "class_order", "task_labels", "per_exp_classes"} <= set(
+        args
+    )
+    assert "train_dataset" not in args
