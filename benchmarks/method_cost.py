@@ -28,8 +28,8 @@ import lightning as L
 import torch
 
 from lightning_cl.data import LoaderSettings, PermutedMNIST
-from lightning_cl.methods import AGEM, EWC, GEM, MAS, SI, CWRStar, LwF, Replay
-from lightning_cl.models import MLP, ContinualModule
+from lightning_cl.methods import AGEM, EWC, GEM, MAS, PNN, SI, CWRStar, LwF, Replay
+from lightning_cl.models import MLP, ContinualModule, ProgressiveNetwork
 from lightning_cl.training import fit_stream
 
 METHODS: dict[str, Callable[[], list[L.Callback]]] = {
@@ -42,6 +42,12 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "AGEM(250, sample_size=256)": lambda: [AGEM(patterns_per_experience=250, sample_size=256)],
     "GEM(256, memory_strength=0.5)": lambda: [GEM(patterns_per_experience=256, memory_strength=0.5)],
     "CWRStar()": lambda: [CWRStar()],
+    "PNN() (task labels)": lambda: [PNN()],
+}
+# Methods that need task labels (experience i has task label i) and a model of their own.
+TASK_INCREMENTAL = {"PNN() (task labels)"}
+MODELS: dict[str, Callable[[], torch.nn.Module]] = {
+    "PNN() (task labels)": lambda: ProgressiveNetwork(input_size=784, hidden_size=512, hidden_layers=2),
 }
 
 
@@ -59,11 +65,18 @@ class FitClock(L.Callback):
         self.seconds += time.perf_counter() - self._start
 
 
-def run(root: str, make: Callable[[], list[L.Callback]]) -> tuple[float, Any]:
+def run(
+    root: str,
+    make: Callable[[], list[L.Callback]],
+    model: Callable[[], torch.nn.Module] | None = None,
+    task_labels: bool = False,
+) -> tuple[float, Any]:
     L.seed_everything(1, verbose=False)
-    bench = PermutedMNIST(root, n_experiences=5, seed=1, loader=LoaderSettings(batch_size=128))
+    bench = PermutedMNIST(
+        root, n_experiences=5, seed=1, task_labels=task_labels, loader=LoaderSettings(batch_size=128)
+    )
     module = ContinualModule(
-        MLP(num_classes=10, input_size=784, hidden_size=512, drop_rate=0.0),
+        model() if model else MLP(num_classes=10, input_size=784, hidden_size=512, drop_rate=0.0),
         optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9),
     )
     clock = FitClock()
@@ -96,7 +109,7 @@ def main() -> None:
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            seconds, results = run(args.root, METHODS[name])
+            seconds, results = run(args.root, METHODS[name], MODELS.get(name), name in TASK_INCREMENTAL)
             times[name].append(seconds)
             last[name] = results
             print(f"round {r}: {name}: {seconds:.1f} s, avg acc {results.average_accuracy:.3f}", flush=True)

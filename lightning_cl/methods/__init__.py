@@ -24,6 +24,7 @@ from lightning_cl.methods.lwf import LwF, distillation_loss
 from lightning_cl.methods.mas import MAS, output_sensitivity
 from lightning_cl.methods.penalties import quadratic_penalty
 from lightning_cl.methods.per_sample import per_sample_gradient_sums
+from lightning_cl.methods.pnn import PNN, progressive_network_of
 from lightning_cl.methods.replay import Replay
 from lightning_cl.methods.rwalk import RWalk
 from lightning_cl.methods.selection import (
@@ -44,6 +45,7 @@ __all__ = [
     "GEM",
     "LFL",
     "MAS",
+    "PNN",
     "SI",
     "CWRStar",
     "ClosestToCenterSelection",
@@ -67,6 +69,7 @@ __all__ = [
     "output_linear",
     "output_sensitivity",
     "per_sample_gradient_sums",
+    "progressive_network_of",
     "project_gradient",
     "quadratic_penalty",
     "rank_shard",
