@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger
@@ -34,6 +35,7 @@ from lightning_cl.training.fit_stream import (
     resolve_logger,
     start_up_lines,
 )
+from lightning_cl.training.reproduce import main as reproduce_main
 
 __all__ = ["DEBUG_ENV", "DEFAULT_CONFIG", "ContinualCLI", "main"]
 
@@ -62,6 +64,14 @@ _CKPT_HELP = (
 _STRICT_HELP = (
     "On resume, require trainer.callbacks to hold the CL methods whose states the checkpoint "
     "holds (matched by state_key); false allows a deliberate change. (type: bool, default: true)"
+)
+_REPRODUCE_HELP = (
+    "Run the published-result configs of configs/reproduce/ and check each against its target "
+    "(see 'lightning-cl reproduce --help')"
+)
+_REPRODUCE_KEY_HELP = (
+    "The target of a configs/reproduce/ file (value, tolerance, metric, source, data), read by "
+    "'lightning-cl reproduce'; ignored by fit. (type: Optional[dict], default: null)"
 )
 # The errors a configuration or its data can raise; anything else keeps its traceback.
 _USER_ERRORS = (
@@ -127,6 +137,8 @@ class ContinualCLI(LightningCLI):
             _rewrite_method_help(subparser)
             self._subcommand_parsers[name] = subparser
             subcommands.add_subcommand(name, subparser, help=_FIT_HELP.split("; ", 1)[0])
+        # Listed in the usage only: main() hands `lightning-cl reproduce ...` to its own parser.
+        subcommands.add_subcommand("reproduce", ArgumentParser(), help=_REPRODUCE_HELP)
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # As LightningCLI's, without its `data` section: the data is the benchmark.
@@ -136,6 +148,9 @@ class ContinualCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_subclass_arguments(Benchmark, "benchmark", required=True, instantiate=True)
         parser.add_argument("--strict_callbacks", type=bool, default=True, help=_STRICT_HELP)
+        # The target section of the configs/reproduce/ files: read by `lightning-cl reproduce`,
+        # accepted and ignored here, so those files run unchanged with `lightning-cl fit --config`.
+        parser.add_argument("--reproduce", type=dict[str, Any] | None, default=None, help=_REPRODUCE_KEY_HELP)
 
     def instantiate_classes(self) -> None:
         try:
@@ -241,8 +256,10 @@ def _with_default_config(argv: list[str]) -> list[str]:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lightning-cl``.
 
-    ``lightning-cl`` alone prints usage. ``lightning-cl fit`` runs the built-in default
-    experiment, and ``lightning-cl fit --trainer.max_epochs 2`` (any options, no ``--config``)
+    ``lightning-cl`` alone prints usage. ``lightning-cl reproduce ...`` runs the published-result
+    configs (:func:`lightning_cl.training.reproduce.main`) and exits with its status.
+    ``lightning-cl fit`` runs the built-in default experiment, and
+    ``lightning-cl fit --trainer.max_epochs 2`` (any options, no ``--config``)
     runs it with those options applied. An error in the configuration or its data (a bad
     benchmark or method argument, a missing dataset) is printed as the library's message in a
     line or two and exits with status 1; set ``LIGHTNING_CL_DEBUG=1`` for the full traceback.
@@ -257,6 +274,8 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     if not argv:
         argv = ["--help"]
+    if argv[0] == "reproduce":
+        raise SystemExit(reproduce_main(argv[1:]))
     argv = _with_default_config(argv)
     with warnings.catch_warnings():
         # argv is sys.argv[1:] itself, or the default configuration in its place.

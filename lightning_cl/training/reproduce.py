@@ -1,0 +1,621 @@
+"""``lightning-cl reproduce``: run the published-result configs and check their targets.
+
+Each file under ``configs/reproduce/`` is an ordinary ``lightning-cl fit`` config (``model``,
+``benchmark``, ``trainer``, ``seed_everything``) with one more top-level section,
+``reproduce``, that ``fit`` accepts and ignores (so ``lightning-cl fit --config
+configs/reproduce/<name>.yaml`` runs it unchanged)::
+
+    reproduce:
+      value: 0.97               # the published number
+      tolerance: 0.03           # how far below it (or around it, see ``check``) still counts
+      check: at_least           # "at_least": mean >= value - tolerance (continual-learning-
+                                #   baselines' test); "within": |mean - value| <= tolerance
+      metric: average_accuracy  # a scalar of results.json (default: final average accuracy)
+      source: "Zenke et al. 2017; continual-learning-baselines si_smnist"
+      data: [MNIST/raw]         # paths under the data root the run needs
+      seeds: [1, 2, 3]          # default seeds (--seeds overrides)
+      quick:                    # optional: the reduced run of --quick
+        args: [--trainer.max_epochs, "1"]
+        value: 0.20             # optional: the quick run's own target (default: the target)
+        tolerance: 0.03
+
+``lightning-cl reproduce`` runs each config once per seed (``seed_everything`` and, where the
+benchmark has one, its ``seed`` set to the seed), reads the metric from the run's
+``results.json``, prints a table (config, target, measured mean and spread, within tolerance,
+time), writes it as ``reproduce.json`` and ``reproduce.md`` and exits with status 1 when a
+target is missed or a run fails. A config whose data is absent is listed as skipped with the
+reason and does not change the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lightning_cl.data.dataset_not_found import DatasetNotFoundError
+
+__all__ = [
+    "CHECKS",
+    "DATA_ENV",
+    "REPRODUCE_KEY",
+    "ReproduceConfig",
+    "ReproduceResult",
+    "Target",
+    "default_config_dir",
+    "load_configs",
+    "main",
+    "markdown_table",
+    "reproduce",
+    "run_once",
+    "text_table",
+]
+
+REPRODUCE_KEY = "reproduce"
+"""The top-level config section that holds the target (``lightning-cl fit`` ignores it)."""
+DATA_ENV = "LIGHTNING_CL_DATA"
+"""Environment variable naming the data root when ``--data-root`` is not given."""
+CHECKS = ("at_least", "within")
+"""How a measured mean is compared with the target: ``at_least`` or ``within``."""
+JSON_FILE = "reproduce.json"
+MARKDOWN_FILE = "reproduce.md"
+
+Status = Literal["passed", "missed", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A published number and how close a run must come to it.
+
+    Args:
+        value: the published value of ``metric``.
+        tolerance: the allowed distance (>= 0).
+        metric: a scalar key of ``results.json`` (``average_accuracy``: the final average
+            accuracy over the test stream's experiences; ``seen_accuracy``, ``forgetting``, ...).
+        check: ``"at_least"`` (mean >= value - tolerance: a higher result passes, the check of
+            continual-learning-baselines) or ``"within"`` (|mean - value| <= tolerance).
+        source: where the number comes from (paper and table, or the baselines' experiment).
+
+    Raises:
+        ValueError: for a non-finite value, a negative tolerance or an unknown check.
+
+    Example:
+        >>> Target(0.97, 0.03).passes(0.95), Target(0.2, 0.03, check="within").passes(0.25)
+        (True, False)
+    """
+
+    value: float
+    tolerance: float
+    metric: str = "average_accuracy"
+    check: str = "at_least"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.value, int | float)
+            or isinstance(self.value, bool)
+            or not math.isfinite(self.value)
+        ):
+            raise ValueError(f"target value must be a finite number, got {self.value!r}")
+        if (
+            not isinstance(self.tolerance, int | float)
+            or isinstance(self.tolerance, bool)
+            or not self.tolerance >= 0
+        ):
+            raise ValueError(f"tolerance must be a number >= 0, got {self.tolerance!r}")
+        if self.check not in CHECKS:
+            raise ValueError(f"check must be one of {CHECKS}, got {self.check!r}")
+
+    def passes(self, measured: float) -> bool:
+        """Whether ``measured`` meets the target (a small float slack of 1e-9 on the bound)."""
+        if not math.isfinite(measured):
+            return False
+        if self.check == "at_least":
+            return measured >= self.value - self.tolerance - 1e-9
+        return abs(measured - self.value) <= self.tolerance + 1e-9
+
+    def describe(self) -> str:
+        """The target as the table shows it: ``0.970 (>= -0.03)`` or ``0.200 (± 0.03)``."""
+        sign = ">= -" if self.check == "at_least" else "± "
+        return f"{self.value:.3f} ({sign}{self.tolerance:g})"
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """One config of ``configs/reproduce/``: its path, its target and what it needs.
+
+    Args:
+        name: the file's stem, the name ``lightning-cl reproduce NAME`` selects.
+        path: the YAML file.
+        target: the target of the full run.
+        data: paths under the data root the run needs (e.g. ``MNIST/raw``).
+        seeds: the seeds run when ``--seeds`` is not given.
+        quick_args: extra ``fit`` options of the ``--quick`` run; ``None``: not in ``--quick``.
+        quick_target: the ``--quick`` run's target.
+        has_root: the benchmark takes a ``root`` (the data root is passed to it).
+        has_seed: the benchmark takes a ``seed`` (set to each run's seed).
+    """
+
+    name: str
+    path: Path
+    target: Target
+    data: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (1,)
+    quick_args: tuple[str, ...] | None = None
+    quick_target: Target | None = None
+    has_root: bool = False
+    has_seed: bool = False
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ReproduceConfig:
+        """Read a config and its ``reproduce`` section.
+
+        Raises:
+            ValueError: if the file has no ``reproduce`` section or the section is malformed
+                (the message names the file and the key).
+        """
+        path = Path(path)
+        config = yaml.safe_load(path.read_text())
+        if not isinstance(config, dict) or not isinstance(config.get(REPRODUCE_KEY), dict):
+            raise ValueError(f"{path}: a reproduce config needs a top-level '{REPRODUCE_KEY}:' section")
+        section: dict[str, Any] = config[REPRODUCE_KEY]
+        known = {"value", "tolerance", "metric", "check", "source", "data", "seeds", "quick", "notes"}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown} in '{REPRODUCE_KEY}', allowed: {sorted(known)}")
+        for key in ("value", "tolerance"):
+            if key not in section:
+                raise ValueError(f"{path}: '{REPRODUCE_KEY}.{key}' is required")
+        try:
+            target = Target(
+                value=section["value"],
+                tolerance=section["tolerance"],
+                metric=section.get("metric", "average_accuracy"),
+                check=section.get("check", "at_least"),
+                source=str(section.get("source", "")),
+            )
+            quick = section.get("quick")
+            quick_args: tuple[str, ...] | None = None
+            quick_target: Target | None = None
+            if quick is not None:
+                if not isinstance(quick, dict):
+                    raise ValueError(f"'quick' must be a mapping, got {quick!r}")
+                quick_args = tuple(str(a) for a in quick.get("args", []))
+                quick_target = Target(
+                    value=quick.get("value", target.value),
+                    tolerance=quick.get("tolerance", target.tolerance),
+                    metric=target.metric,
+                    check=quick.get("check", target.check),
+                    source=target.source,
+                )
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        seeds = section.get("seeds", [config.get("seed_everything", 1)])
+        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
+            raise ValueError(
+                f"{path}: '{REPRODUCE_KEY}.seeds' must be a non-empty list of ints, got {seeds!r}"
+            )
+        data = section.get("data", [])
+        if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+            raise ValueError(f"{path}: '{REPRODUCE_KEY}.data' must be a list of paths, got {data!r}")
+        bench_args = (config.get("benchmark") or {}).get("init_args") or {}
+        return cls(
+            name=path.stem,
+            path=path,
+            target=target,
+            data=tuple(data),
+            seeds=tuple(int(s) for s in seeds),
+            quick_args=quick_args,
+            quick_target=quick_target,
+            has_root="root" in bench_args,
+            has_seed="seed" in bench_args,
+        )
+
+    def missing_data(self, data_root: str | Path) -> list[str]:
+        """The needed paths absent under ``data_root``."""
+        return [d for d in self.data if not (Path(data_root) / d).exists()]
+
+
+@dataclass
+class ReproduceResult:
+    """The outcome of one config: the measured values per seed, against the target.
+
+    ``status`` is ``"passed"``, ``"missed"`` (the mean misses the target), ``"skipped"`` (data
+    absent; ``reason`` says which) or ``"failed"`` (the run raised; ``reason`` holds the error).
+    """
+
+    name: str
+    target: Target
+    status: Status
+    seeds: list[int] = field(default_factory=list)
+    measured: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    reason: str = ""
+    quick: bool = False
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.measured) if self.measured else None
+
+    @property
+    def spread(self) -> float | None:
+        """Sample standard deviation over the seeds (``None`` with fewer than 2)."""
+        return statistics.stdev(self.measured) if len(self.measured) > 1 else None
+
+    @property
+    def within_tolerance(self) -> bool | None:
+        return None if self.mean is None else self.target.passes(self.mean)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "quick": self.quick,
+            "target": asdict(self.target),
+            "seeds": self.seeds,
+            "measured": self.measured,
+            "mean": self.mean,
+            "spread": self.spread,
+            "within_tolerance": self.within_tolerance,
+            "seconds": self.seconds,
+            "total_seconds": sum(self.seconds),
+            "reason": self.reason,
+        }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def default_config_dir() -> Path:
+    """``configs/reproduce`` of the working directory, else of the source checkout."""
+    here = Path("configs") / "reproduce"
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[2] / "configs" / "reproduce"
+
+
+def load_configs(
+    directory: str | Path, names: Sequence[str] = (), quick: bool = False
+) -> list[ReproduceConfig]:
+    """The reproduce configs of ``directory`` (sorted by name), or those ``names`` select.
+
+    Args:
+        directory: the folder of ``*.yaml`` reproduce configs.
+        names: config names (file stems) to keep; empty: all.
+        quick: keep only the configs that have a ``quick`` run.
+
+    Returns:
+        The configs.
+
+    Raises:
+        ValueError: for a missing folder or a name that is not one of its configs (the message
+            lists them).
+
+    Example:
+        >>> [c.name for c in load_configs(default_config_dir(), ["split_mnist_naive"])]  # doctest: +SKIP
+        ['split_mnist_naive']
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"config folder {str(directory)!r} does not exist")
+    configs = [ReproduceConfig.from_file(p) for p in sorted(directory.glob("*.yaml"))]
+    if names:
+        by_name = {c.name: c for c in configs}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ValueError(f"unknown config names {unknown}; available: {sorted(by_name)}")
+        configs = [by_name[n] for n in dict.fromkeys(names)]
+    if quick:
+        configs = [c for c in configs if c.quick_args is not None]
+    return configs
+
+
+def run_once(
+    config: ReproduceConfig,
+    seed: int,
+    data_root: str | Path,
+    run_dir: str | Path,
+    quick: bool = False,
+    extra_args: Sequence[str] = (),
+    quiet: bool = False,
+) -> tuple[float, Path]:
+    """Run ``config`` with ``lightning-cl fit`` (in this process) for one seed.
+
+    Args:
+        config: the config.
+        seed: ``seed_everything`` and, where the benchmark has one, its ``seed``.
+        data_root: passed as ``benchmark.init_args.root`` where the benchmark takes a root.
+        run_dir: the run's ``trainer.default_root_dir``.
+        quick: add the config's quick options.
+        extra_args: further ``fit`` options, applied last.
+        quiet: swallow the run's own output (its tables and progress lines).
+
+    Returns:
+        The measured value of the target's metric and the path of ``results.json``.
+
+    Raises:
+        ValueError: if ``results.json`` lacks the metric or holds no number for it.
+    """
+    from lightning_cl.training.cli import ContinualCLI  # the CLI imports this module
+
+    args = ["fit", "--config", str(config.path), "--seed_everything", str(seed)]
+    if config.has_seed:
+        args += ["--benchmark.init_args.seed", str(seed)]
+    if config.has_root:
+        args += ["--benchmark.init_args.root", str(data_root)]
+    if quick and config.quick_args:
+        args += list(config.quick_args)
+    args += ["--trainer.default_root_dir", str(run_dir), *extra_args]
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        stack.enter_context(warnings.catch_warnings())
+        # The command line is built here on purpose, not taken from sys.argv.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        ContinualCLI(args=args)
+    found = sorted(Path(run_dir).glob("**/results.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ValueError(f"{config.name}: the run wrote no results.json under {run_dir}")
+    results = json.loads(found[-1].read_text())
+    target = config.quick_target if quick and config.quick_target is not None else config.target
+    value = results.get(target.metric)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        scalars = sorted(k for k, v in results.items() if isinstance(v, int | float))
+        raise ValueError(
+            f"{config.name}: results.json has no number for metric {target.metric!r} "
+            f"(got {value!r}); scalar keys: {scalars}"
+        )
+    return float(value), found[-1]
+
+
+def reproduce(
+    configs: Sequence[ReproduceConfig],
+    data_root: str | Path,
+    out_dir: str | Path,
+    seeds: Sequence[int] | None = None,
+    quick: bool = False,
+    extra_args: Sequence[str] = (),
+    quiet: bool = False,
+    log: Any = None,
+) -> list[ReproduceResult]:
+    """Run every config for its seeds and compare the mean with its target.
+
+    Args:
+        configs: the configs (see :func:`load_configs`).
+        data_root: the folder that holds the datasets (``MNIST/raw``, ...).
+        out_dir: each run's log directory is ``out_dir/<name>/seed_<seed>``.
+        seeds: the seeds of every config; ``None``: each config's own (with ``quick``, its first).
+        quick: the configs' quick runs, against their quick targets.
+        extra_args: further ``fit`` options for every run (e.g. ``--trainer.accelerator cpu``).
+        quiet: swallow the runs' own output.
+        log: a text stream for one progress line per run (``None``: none).
+
+    Returns:
+        One :class:`ReproduceResult` per config, in order.
+
+    Example:
+        >>> results = reproduce(load_configs("configs/reproduce", ["split_mnist_naive"]),
+        ...                     "../shared/data", "runs/reproduce")  # doctest: +SKIP
+        >>> results[0].status  # doctest: +SKIP
+        'passed'
+    """
+    results: list[ReproduceResult] = []
+    for config in configs:
+        target = config.quick_target if quick and config.quick_target is not None else config.target
+        result = ReproduceResult(config.name, target, "skipped", quick=quick)
+        results.append(result)
+        missing = config.missing_data(data_root)
+        if missing:
+            result.reason = f"data absent: {', '.join(str(Path(data_root) / m) for m in missing)}"
+            _log(log, f"{config.name}: skipped ({result.reason})")
+            continue
+        run_seeds = list(seeds) if seeds else (list(config.seeds[:1]) if quick else list(config.seeds))
+        try:
+            for seed in run_seeds:
+                start = time.perf_counter()
+                value, _ = run_once(
+                    config,
+                    seed,
+                    data_root,
+                    Path(out_dir) / config.name / f"seed_{seed}",
+                    quick=quick,
+                    extra_args=extra_args,
+                    quiet=quiet,
+                )
+                result.seconds.append(time.perf_counter() - start)
+                result.seeds.append(seed)
+                result.measured.append(value)
+                _log(
+                    log,
+                    f"{config.name}: seed {seed}: {target.metric} {value:.4f} ({result.seconds[-1]:.0f} s)",
+                )
+        except DatasetNotFoundError as err:
+            result.status, result.reason = "skipped", f"data absent: {_first_line(err)}"
+            _log(log, f"{config.name}: skipped ({result.reason})")
+            continue
+        except (Exception, SystemExit) as err:  # a failed run is reported, the others still run
+            result.status, result.reason = "failed", f"{type(err).__name__}: {_first_line(err)}"
+            _log(log, f"{config.name}: failed ({result.reason})")
+            continue
+        result.status = "passed" if result.within_tolerance else "missed"
+    return results
+
+
+def _log(log: Any, line: str) -> None:
+    if log is not None:
+        print(line, file=log, flush=True)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or repr(err)
+    return text.splitlines()[0]
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _rows(results: Sequence[ReproduceResult]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        measured = _fmt(r.mean)
+        if r.spread is not None:
+            measured += f" ± {r.spread:.3f}"
+        within = {True: "yes", False: "no", None: "-"}[r.within_tolerance]
+        status = r.status + (f": {r.reason}" if r.reason else "")
+        rows.append(
+            [
+                r.name + (" (quick)" if r.quick else ""),
+                r.target.describe(),
+                measured,
+                ",".join(str(s) for s in r.seeds) or "-",
+                within,
+                f"{sum(r.seconds):.0f} s" if r.seconds else "-",
+                status,
+            ]
+        )
+    return rows
+
+
+_HEADER = ["config", "target", "measured", "seeds", "within tolerance", "time", "status"]
+
+
+def text_table(results: Sequence[ReproduceResult]) -> str:
+    """The results as an aligned plain-text table (one row per config).
+
+    Example:
+        >>> r = ReproduceResult("x", Target(0.5, 0.1), "passed", [1], [0.55], [2.0])
+        >>> "x" in text_table([r]) and "0.550" in text_table([r])
+        True
+    """
+    rows = [_HEADER, *_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(results: Sequence[ReproduceResult]) -> str:
+    """The results as a Markdown table, with each target's source.
+
+    Example:
+        >>> r = ReproduceResult("x", Target(0.5, 0.1, source="a paper"), "missed", [1], [0.1], [2.0])
+        >>> markdown_table([r]).splitlines()[2].startswith("| x | 0.500")
+        True
+    """
+    header = [*_HEADER, "source"]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for r, row in zip(results, _rows(results), strict=True):
+        lines.append("| " + " | ".join([*row, r.target.source]).replace("\n", " ") + " |")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightning-cl reproduce",
+        description=(
+            "Run the published-result configs (configs/reproduce/*.yaml: ordinary 'lightning-cl fit' "
+            "configs with a 'reproduce' section holding the target), print config, target, measured "
+            "mean ± spread over seeds, within tolerance and time, write reproduce.json and "
+            "reproduce.md, and exit with status 1 when a target is missed or a run fails. Configs "
+            "whose data is absent are listed as skipped with the reason."
+        ),
+        allow_abbrev=False,
+    )
+    parser.add_argument("names", nargs="*", help="config names (file stems) to run; default: all")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=(
+            "only the configs with a quick run, reduced as each config says, against its quick "
+            "target, first seed"
+        ),
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help=f"folder holding the datasets (MNIST/raw, ...); default: ${DATA_ENV}, else 'data'",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="seeds of every config; default: each config's own"
+    )
+    parser.add_argument(
+        "--config-dir", default=None, help="folder of the reproduce configs; default: configs/reproduce"
+    )
+    parser.add_argument(
+        "--out", default="runs/reproduce", help="output folder: reproduce.json, reproduce.md and the runs"
+    )
+    parser.add_argument("--list", action="store_true", help="list the configs and their targets, run nothing")
+    parser.add_argument("--quiet", action="store_true", help="hide the runs' own output (tables, progress)")
+    parser.add_argument(
+        "--fit-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="options passed on to every 'lightning-cl fit' run (everything after --fit-args)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lightning-cl reproduce``.
+
+    Args:
+        argv: the options (after ``reproduce``); ``None`` reads ``sys.argv[2:]``.
+
+    Returns:
+        0 when every run config met its target (skipped ones aside), 1 when one missed or failed.
+
+    Raises:
+        SystemExit: with status 2 for unknown options or config names, as argparse does.
+    """
+    parser = _parser()
+    options = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
+    data_root = options.data_root or os.environ.get(DATA_ENV) or "data"
+    try:
+        configs = load_configs(options.config_dir or default_config_dir(), options.names, options.quick)
+    except ValueError as err:
+        parser.error(str(err))
+    if options.list:
+        for c in configs:
+            print(f"{c.name}: {c.target.metric} {c.target.describe()}  [{c.target.source}]")
+        return 0
+    results = reproduce(
+        configs,
+        data_root,
+        options.out,
+        seeds=options.seeds,
+        quick=options.quick,
+        extra_args=options.fit_args,
+        quiet=options.quiet,
+        log=sys.stderr,
+    )
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "quick": options.quick,
+        "data_root": str(data_root),
+        "results": [r.to_dict() for r in results],
+    }
+    (out / JSON_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+    (out / MARKDOWN_FILE).write_text(markdown_table(results) + "\n")
+    print(text_table(results))
+    print(f"written: {out / JSON_FILE}, {out / MARKDOWN_FILE}")
+    bad = [r.name for r in results if r.status in ("missed", "failed")]
+    if bad:
+        print(f"missed or failed: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0

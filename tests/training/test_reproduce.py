@@ -1,0 +1,259 @@
+"""``lightning-cl reproduce``: targets checked, tables written, missed targets fail, absent data skips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lightning_cl.training import reproduce as rep
+from lightning_cl.training.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "configs" / "reproduce").glob("*.yaml"))
+
+
+def _digits_config(**target: Any) -> dict[str, Any]:
+    """A two-experience SplitDigits run of a few batches, with a ``reproduce`` section."""
+    section = {"value": 0.5, "tolerance": 0.5, "check": "within", "source": "a test", **target}
+    return {
+        "seed_everything": 1,
+        "model": {
+            "model": {
+                "class_path": "lightning_cl.models.MLP",
+                "init_args": {"num_classes": 10, "input_size": 64, "hidden_size": 32, "drop_rate": 0.0},
+            },
+            "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}},
+        },
+        "benchmark": {
+            "class_path": "lightning_cl.data.SplitDigits",
+            "init_args": {"n_experiences": 2, "seed": 1, "loader": {"batch_size": 32}},
+        },
+        "trainer": {
+            "max_epochs": 1,
+            "accelerator": "cpu",
+            "devices": 1,
+            "limit_train_batches": 4,
+            "limit_test_batches": 2,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "enable_checkpointing": False,
+            "log_every_n_steps": 1,
+            "callbacks": [],
+        },
+        "reproduce": section,
+    }
+
+
+def _write(folder: Path, name: str, config: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _run(argv: list[str]) -> int:
+    return rep.main(argv)
+
+
+def test_reproduce_config_runs_unchanged_with_fit(tmp_path: Path, capsys) -> None:
+    config = _write(tmp_path / "configs", "digits", _digits_config())
+    cli_main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run")])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("results: "))
+    results = json.loads(Path(line.removeprefix("results: ")).read_text())
+    assert len(results["accuracy_matrix"]) == 2
+
+
+def test_table_json_and_markdown(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "configs"
+    _write(folder, "digits", _digits_config())
+    out = tmp_path / "out"
+    code = _run(["--config-dir", str(folder), "--out", str(out), "--data-root", str(tmp_path), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    data = json.loads((out / "reproduce.json").read_text())
+    [row] = data["results"]
+    run_results = json.loads(next((out / "digits" / "seed_1").glob("**/results.json")).read_text())
+    # The measured value is the run's own final average accuracy, and it meets the target.
+    assert row["measured"] == [pytest.approx(run_results["average_accuracy"])]
+    assert row["status"] == "passed" and row["within_tolerance"] is True
+    assert row["seeds"] == [1] and row["target"]["value"] == 0.5 and row["target"]["source"] == "a test"
+    assert len(row["seconds"]) == 1 and row["seconds"][0] > 0
+    table_row = next(line for line in printed.splitlines() if line.startswith("digits"))
+    assert f"{run_results['average_accuracy']:.3f}" in table_row
+    assert "0.500 (± 0.5)" in table_row and "passed" in table_row
+    markdown = (out / "reproduce.md").read_text().splitlines()
+    assert markdown[0].startswith("| config | target | measured")
+    assert markdown[2].startswith("| digits | 0.500 (± 0.5) |") and markdown[2].endswith("| a test |")
+
+
+def test_missed_target_exits_non_zero(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "configs"
+    _write(folder, "impossible", _digits_config(value=1.0, tolerance=0.0, check="at_least"))
+    out = tmp_path / "out"
+    code = _run(["--config-dir", str(folder), "--out", str(out), "--data-root", str(tmp_path), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "missed or failed: impossible" in captured.err
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert row["status"] == "missed" and row["within_tolerance"] is False
+    assert row["measured"][0] < 1.0
+
+
+def test_console_command_exits_with_the_status(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "configs"
+    _write(folder, "impossible", _digits_config(value=1.0, tolerance=0.0))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["reproduce", "--config-dir", str(folder), "--out", str(tmp_path / "out"), "--quiet"])
+    assert exit_info.value.code == 1
+
+
+def test_absent_data_is_skipped_with_the_reason(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "configs"
+    _write(folder, "needs_files", _digits_config(data=["cifar-100-python"]))
+    # No data list, but the benchmark's own check finds no MNIST files under the root.
+    mnist = _digits_config()
+    mnist["benchmark"] = {"class_path": "lightning_cl.data.SplitMNIST", "init_args": {"root": "data"}}
+    _write(folder, "mnist_absent", mnist)
+    out = tmp_path / "out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = _run(["--config-dir", str(folder), "--out", str(out), "--data-root", str(empty), "--quiet"])
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads((out / "reproduce.json").read_text())["results"]}
+    assert rows["needs_files"]["status"] == "skipped"
+    assert rows["needs_files"]["reason"] == f"data absent: {empty / 'cifar-100-python'}"
+    assert rows["mnist_absent"]["status"] == "skipped"
+    assert "data absent" in rows["mnist_absent"]["reason"] and "MNIST" in rows["mnist_absent"]["reason"]
+    assert rows["needs_files"]["measured"] == [] and rows["needs_files"]["mean"] is None
+    table = capsys.readouterr().out
+    assert "skipped: data absent" in table
+
+
+def test_seeds_and_names_select_the_runs(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "configs"
+    _write(folder, "a", _digits_config())
+    _write(folder, "b", _digits_config())
+    out = tmp_path / "out"
+    argv = ["b", "--seeds", "1", "2", "--config-dir", str(folder), "--out", str(out), "--quiet"]
+    assert _run(argv) == 0
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert row["name"] == "b" and row["seeds"] == [1, 2]
+    for seed, value in zip(row["seeds"], row["measured"], strict=True):
+        run = json.loads(next((out / "b" / f"seed_{seed}").glob("**/results.json")).read_text())
+        assert value == pytest.approx(run["average_accuracy"])
+    assert row["mean"] == pytest.approx(sum(row["measured"]) / 2)
+    assert row["spread"] is not None and row["spread"] >= 0
+    with pytest.raises(SystemExit) as exit_info:
+        _run(["c", "--config-dir", str(folder), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "unknown config names ['c']; available: ['a', 'b']" in capsys.readouterr().err
+
+
+def test_quick_runs_only_the_quick_configs_with_their_options_and_target(tmp_path: Path) -> None:
+    folder = tmp_path / "configs"
+    # The quick run's own option (one training batch) and target; the full target is impossible.
+    quick = {"args": ["--trainer.limit_train_batches", "1"], "value": 0.5, "tolerance": 0.5}
+    _write(folder, "with_quick", _digits_config(value=1.0, tolerance=0.0, quick=quick))
+    _write(folder, "without_quick", _digits_config())
+    out = tmp_path / "out"
+    assert _run(["--quick", "--config-dir", str(folder), "--out", str(out), "--quiet"]) == 0
+    data = json.loads((out / "reproduce.json").read_text())
+    [row] = data["results"]
+    assert data["quick"] is True and row["name"] == "with_quick" and row["quick"] is True
+    assert row["target"]["value"] == 0.5 and row["status"] == "passed"
+    saved = yaml.safe_load(next((out / "with_quick" / "seed_1").glob("**/config.yaml")).read_text())
+    assert saved["trainer"]["limit_train_batches"] == 1
+
+
+def test_list_prints_the_targets(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "configs"
+    _write(folder, "digits", _digits_config(value=0.25, tolerance=0.01, check="at_least"))
+    assert _run(["--list", "--config-dir", str(folder)]) == 0
+    assert capsys.readouterr().out.strip() == "digits: average_accuracy 0.250 (>= -0.01)  [a test]"
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"value": 0.5}, "'reproduce.tolerance' is required"),
+        ({"value": 0.5, "tolerance": -0.1}, "tolerance must be a number >= 0, got -0.1"),
+        ({"value": 0.5, "tolerance": 0.1, "check": "near"}, "check must be one of ('at_least', 'within')"),
+        ({"value": float("nan"), "tolerance": 0.1}, "target value must be a finite number"),
+        ({"value": 0.5, "tolerance": 0.1, "seed": [1]}, "unknown keys ['seed']"),
+        ({"value": 0.5, "tolerance": 0.1, "seeds": []}, "'reproduce.seeds' must be a non-empty list of ints"),
+    ],
+)
+def test_bad_target_sections_are_refused(tmp_path: Path, section: dict[str, Any], message: str) -> None:
+    config = _digits_config()
+    config["reproduce"] = section
+    path = _write(tmp_path, "bad", config)
+    with pytest.raises(ValueError, match=r"bad\.yaml") as err:
+        rep.ReproduceConfig.from_file(path)
+    assert message in str(err.value)
+
+
+def test_a_config_without_target_is_refused(tmp_path: Path) -> None:
+    config = _digits_config()
+    del config["reproduce"]
+    path = _write(tmp_path, "plain", config)
+    with pytest.raises(ValueError, match="needs a top-level 'reproduce:' section"):
+        rep.ReproduceConfig.from_file(path)
+
+
+def test_target_checks() -> None:
+    at_least, within = rep.Target(0.9, 0.03), rep.Target(0.2, 0.03, check="within")
+    assert at_least.passes(0.87) and at_least.passes(0.99) and not at_least.passes(0.869)
+    assert within.passes(0.17) and within.passes(0.23) and not within.passes(0.24)
+    assert not within.passes(float("nan"))
+
+
+def test_help_lists_the_subcommand(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    assert "reproduce" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["reproduce", "--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "--quick" in printed and "--data-root" in printed and "--seeds" in printed
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_configs_declare_their_target_and_parse_for_fit(path: Path, capsys) -> None:
+    config = rep.ReproduceConfig.from_file(path)
+    assert config.target.source and config.data and config.has_root
+    assert 0.0 < config.target.value < 1.0 and config.target.tolerance == 0.03
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["reproduce"]["value"] == config.target.value
+
+
+def test_every_mnist_target_of_the_issue_has_a_config() -> None:
+    names = {p.stem for p in SHIPPED}
+    assert {
+        "split_mnist_naive",
+        "split_mnist_lwf",
+        "split_mnist_si_task_incremental",
+        "split_mnist_rwalk_task_incremental",
+        "permuted_mnist_ewc",
+        "permuted_mnist_si",
+        "permuted_mnist_lfl",
+        "permuted_mnist_gem",
+        "permuted_mnist_agem",
+    } <= names
+
+
+@pytest.mark.slow
+def test_quick_targets_are_met_on_real_mnist(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = _run(["--quick", "--data-root", str(data_root), "--out", str(out), "--quiet"])
+    data = json.loads((out / "reproduce.json").read_text())
+    assert len(data["results"]) >= 2
+    assert all(r["status"] == "passed" for r in data["results"]), data["results"]
+    assert code == 0
