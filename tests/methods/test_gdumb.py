@@ -1,0 +1,142 @@
+"""GDumb: a greedy class-balanced memory; the model re-initialised and trained on the memory alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from lightning_cl.data import SplitDigits
+from lightning_cl.methods import ContinualCallback, GDumb, Replay, greedy_class_balanced
+from lightning_cl.training import fit_stream
+from tests.conftest import digits_module, quiet_trainer_kwargs, stream_trainer_kwargs
+
+
+class _Probe(ContinualCallback):
+    """Records the weights each fit starts from and the labels of every training batch."""
+
+    def __init__(self) -> None:
+        self.starts: list[dict[str, torch.Tensor]] = []
+        self.labels: list[list[torch.Tensor]] = []
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self.starts.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+        self.labels.append([])
+
+    def penalty(self, module: Any, batch: Any, logits: torch.Tensor) -> None:
+        self.labels[-1].append(batch[1].cpu())
+
+
+def _order(n: int) -> torch.Tensor:
+    return torch.arange(n)
+
+
+def test_the_greedy_sampler_balances_classes_and_lends_room_to_the_others() -> None:
+    g = torch.Generator().manual_seed(0)
+    targets = torch.tensor([0] * 6 + [1, 1] + [2, 2])
+    held = greedy_class_balanced({}, targets, 6, _order(10), g)
+    assert {c: len(v) for c, v in held.items()} == {0: 2, 1: 2, 2: 2}
+    assert held[1] == [6, 7] and held[2] == [8, 9]  # the later classes entered in full
+    # A class with one sample keeps it; the other fills the rest of the memory.
+    held = greedy_class_balanced({}, torch.tensor([0] * 10 + [1]), 6, _order(11), g)
+    assert {c: len(v) for c, v in held.items()} == {0: 5, 1: 1}
+    # Arriving later, a new class still gets its share from the largest class.
+    held = greedy_class_balanced(
+        {0: [0, 1, 2, 3, 4, 5]}, torch.tensor([0] * 6 + [1] * 5), 6, _order(11)[6:], g
+    )
+    assert {c: len(v) for c, v in held.items()} == {0: 3, 1: 3}
+
+
+def test_the_memory_is_class_balanced_after_every_experience() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    gdumb, module = GDumb(mem_size=50, seed=0), digits_module()
+    seen: list[int] = []
+    for experience in bench.train_stream[:3]:
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[gdumb]).fit(module, datamodule=experience)
+        seen += experience.classes_in_this_experience
+        counts = gdumb.class_counts()
+        assert sorted(counts) == sorted(seen)
+        assert sum(counts.values()) == 50 and max(counts.values()) - min(counts.values()) <= 1
+        # Indices into the stream's dataset, pointing at samples of the labels it records.
+        assert torch.equal(experience.dataset.base_targets[gdumb.indices], gdumb.targets)
+
+
+@pytest.mark.parametrize("init", ["initial", "reset"])
+def test_the_model_is_reinitialised_and_trained_on_the_memory_alone(init: str) -> None:
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module = digits_module()
+    initial = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+    gdumb, probe = GDumb(mem_size=40, init=init, seed=0), _Probe()
+    ends = []
+    for experience in bench.train_stream[:3]:
+        trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=2), callbacks=[gdumb, probe])
+        trainer.fit(module, datamodule=experience)
+        ends.append({k: v.detach().clone() for k, v in module.model.state_dict().items()})
+        # Two passes over the memory, and nothing else: its labels, as many as it holds.
+        labels = torch.cat(probe.labels[-1])
+        assert len(labels) == 2 * len(gdumb)
+        classes, counts = torch.unique(labels, return_counts=True)
+        assert dict(zip(classes.tolist(), (counts // 2).tolist())) == gdumb.class_counts()
+    for start, end in zip(probe.starts[1:], ends[:-1]):
+        assert not torch.equal(start["head.weight"], end["head.weight"])
+        same_as_initial = all(torch.equal(start[k], initial[k]) for k in initial)
+        assert same_as_initial == (init == "initial")
+
+
+def test_replay_next_to_gdumb_is_refused_before_anything_changes() -> None:
+    gdumb, module = GDumb(mem_size=20), digits_module()
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[gdumb, Replay(mem_size=20)])
+    with pytest.raises(MisconfigurationException, match=r"GDumb trains on its memory alone.*Replay"):
+        trainer.fit(module, datamodule=SplitDigits(n_experiences=5, seed=1).train_stream[0])
+    assert len(gdumb) == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="mem_size must be an int >= 1, got 0"):
+        GDumb(mem_size=0)
+    with pytest.raises(ValueError, match="init must be one of"):
+        GDumb(init="zeros")
+    with pytest.raises(ValueError, match="seed must be an int or None"):
+        GDumb(seed=1.5)  # type: ignore[arg-type]
+
+
+def test_state_round_trips_and_is_small() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    gdumb = GDumb(mem_size=30, seed=0)
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[gdumb]).fit(
+        digits_module(), datamodule=bench.train_stream[0]
+    )
+    state = gdumb.state_dict()
+    assert state["scratch"]["initial_state"] is None  # init="reset" keeps no copy of the weights
+    other = GDumb(mem_size=30)
+    other.load_state_dict(state)
+    assert torch.equal(other.indices, gdumb.indices) and other.class_counts() == gdumb.class_counts()
+    state["targets"] = (state["targets"] + 1) % 10  # as if saved over another dataset
+    other.load_state_dict(state)
+    with pytest.raises(ValueError, match="other labels"):
+        other.memory(bench.train_stream[1].dataset)
+
+
+@pytest.mark.slow
+def test_gdumb_beats_naive_on_split_digits() -> None:
+    averages = {}
+    for name, callbacks, epochs in (("naive", [], 2), ("gdumb", [GDumb(mem_size=200, seed=0)], 10)):
+        L.seed_everything(1)
+        results = fit_stream(
+            digits_module(),
+            SplitDigits(n_experiences=5, seed=1),
+            callbacks=callbacks,
+            logger=False,
+            trainer_kwargs=stream_trainer_kwargs(max_epochs=epochs),
+        )
+        averages[name] = results.average_accuracy
+    print(averages)
+    assert averages["naive"] < 0.25
+    assert averages["gdumb"] > averages["naive"] + 0.4, averages
