@@ -28,7 +28,7 @@ import lightning as L
 import torch
 
 from lightning_cl.data import LoaderSettings, PermutedMNIST
-from lightning_cl.methods import AGEM, EWC, GEM, MAS, PNN, SI, CWRStar, GDumb, LwF, Replay
+from lightning_cl.methods import AGEM, EWC, GEM, MAS, PNN, SI, CWRStar, GDumb, LwF, PackNet, Replay
 from lightning_cl.models import MLP, ContinualModule, ProgressiveNetwork
 from lightning_cl.training import fit_stream
 
@@ -44,11 +44,15 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "CWRStar()": lambda: [CWRStar()],
     "PNN() (task labels)": lambda: [PNN()],
     "GDumb(mem_size=500)": lambda: [GDumb(mem_size=500)],
+    "PackNet(0.5, post_prune_epochs=0) (task labels)": lambda: [PackNet(0.5, post_prune_epochs=0)],
 }
 # Methods that need task labels (experience i has task label i) and a model of their own.
-TASK_INCREMENTAL = {"PNN() (task labels)"}
+TASK_INCREMENTAL = {"PNN() (task labels)", "PackNet(0.5, post_prune_epochs=0) (task labels)"}
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "PNN() (task labels)": lambda: ProgressiveNetwork(input_size=784, hidden_size=512, hidden_layers=2),
+    "PackNet(0.5, post_prune_epochs=0) (task labels)": lambda: MLP(
+        input_size=784, hidden_size=512, drop_rate=0.0, head="multihead"
+    ),
 }
 
 

@@ -19,10 +19,12 @@ from lightning_cl.methods.ewc import EWC, fisher_information
 from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch
 from lightning_cl.methods.gdumb import GDumb, greedy_class_balanced
+from lightning_cl.methods.gdumb import GDumb, greedy_class_balanced
 from lightning_cl.methods.gem import GEM, gem_projection
 from lightning_cl.methods.lfl import LFL
 from lightning_cl.methods.lwf import LwF, distillation_loss
 from lightning_cl.methods.mas import MAS, output_sensitivity
+from lightning_cl.methods.packnet import PackNet
 from lightning_cl.methods.penalties import quadratic_penalty
 from lightning_cl.methods.per_sample import per_sample_gradient_sums
 from lightning_cl.methods.pnn import PNN, progressive_network_of
@@ -55,8 +57,10 @@ __all__ = [
     "FeatureSelection",
     "FromScratch",
     "GDumb",
+    "GDumb",
     "HerdingSelection",
     "LwF",
+    "PackNet",
     "RWalk",
     "RandomSelection",
     "Replay",
@@ -68,6 +72,7 @@ __all__ = [
     "experience_generator",
     "fisher_information",
     "gem_projection",
+    "greedy_class_balanced",
     "greedy_class_balanced",
     "output_linear",
     "output_sensitivity",

@@ -32,8 +32,8 @@ from lightning_cl.methods import (
     SI,
     CWRStar,
     FromScratch,
-    GDumb,
     LwF,
+    PackNet,
     Replay,
     RWalk,
     output_sensitivity,
@@ -62,8 +62,8 @@ METHODS = {
     "lfl": lambda: [LFL(lambda_e=1.0, freeze_head=False)],
     "rwalk": lambda: [RWalk(ewc_lambda=1.0)],
     "cwr": lambda: [CWRStar()],
-    "gdumb": lambda: [GDumb(mem_size=100)],
     "pnn": lambda: [PNN()],
+    "packnet": lambda: [PackNet(prune_ratio=0.5, post_prune_epochs=1)],
     "all": lambda: [
         Replay(mem_size=200),
         EWC(ewc_lambda=2.0),
@@ -77,8 +77,11 @@ METHODS = {
 
 # Methods that need a task-incremental stream (task label i in experience i), and the models
 # of the methods that need their own.
-TASK_INCREMENTAL = {"pnn"}
-MODELS = {"pnn": lambda: ProgressiveNetwork(input_size=64, hidden_size=64)}
+TASK_INCREMENTAL = {"pnn", "packnet"}
+MODELS = {
+    "pnn": lambda: ProgressiveNetwork(input_size=64, hidden_size=64),
+    "packnet": lambda: MLP(input_size=64, hidden_size=256, drop_rate=0.0, head="multihead"),
+}
 
 
 def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]:
@@ -106,14 +109,14 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["initial"] = float(sum(v.double().sum() for v in cb.initial_state.values()))
         if isinstance(cb, LFL) and cb.teacher_state is not None:
             out["lfl_teacher"] = float(sum(v.double().sum() for v in cb.teacher_state.values()))
-        if isinstance(cb, GDumb):
-            out["gdumb_memory"] = float(cb.indices.double().mul(torch.arange(len(cb)) + 1).sum())
         if isinstance(cb, RWalk) and cb.weights is not None:
             out["rwalk_weights"] = float(sum(v.double().sum() for v in cb.weights.values()))
             out["rwalk_fisher"] = float(sum(v.double().sum() for v in cb.fisher.values()))
         if isinstance(cb, CWRStar) and cb.consolidated is not None:
             out["cwr_consolidated"] = float(cb.consolidated.abs().sum())
             out["cwr_past"] = float(cb.past.double().mul(torch.arange(len(cb.past)) + 1).sum())
+        if isinstance(cb, PackNet):
+            out["packnet_owners"] = float(sum(o.double().sum() for o in cb.owners.values()))
     return out
 
 
