@@ -19,7 +19,6 @@ from lightning_cl.methods.ewc import EWC, fisher_information
 from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch
 from lightning_cl.methods.gdumb import GDumb, greedy_class_balanced
-from lightning_cl.methods.gdumb import GDumb, greedy_class_balanced
 from lightning_cl.methods.gem import GEM, gem_projection
 from lightning_cl.methods.lfl import LFL
 from lightning_cl.methods.lwf import LwF, distillation_loss
@@ -57,7 +56,6 @@ __all__ = [
     "FeatureSelection",
     "FromScratch",
     "GDumb",
-    "GDumb",
     "HerdingSelection",
     "LwF",
     "PackNet",
@@ -72,7 +70,6 @@ __all__ = [
     "experience_generator",
     "fisher_information",
     "gem_projection",
-    "greedy_class_balanced",
     "greedy_class_balanced",
     "output_linear",
     "output_sensitivity",
