@@ -32,6 +32,7 @@ from lightning_cl.methods import (
     SI,
     CWRStar,
     FromScratch,
+    GDumb,
     LwF,
     PackNet,
     Replay,
@@ -62,6 +63,7 @@ METHODS = {
     "lfl": lambda: [LFL(lambda_e=1.0, freeze_head=False)],
     "rwalk": lambda: [RWalk(ewc_lambda=1.0)],
     "cwr": lambda: [CWRStar()],
+    "gdumb": lambda: [GDumb(mem_size=100)],
     "pnn": lambda: [PNN()],
     "packnet": lambda: [PackNet(prune_ratio=0.5, post_prune_epochs=1)],
     "all": lambda: [
@@ -109,6 +111,8 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["initial"] = float(sum(v.double().sum() for v in cb.initial_state.values()))
         if isinstance(cb, LFL) and cb.teacher_state is not None:
             out["lfl_teacher"] = float(sum(v.double().sum() for v in cb.teacher_state.values()))
+        if isinstance(cb, GDumb):
+            out["gdumb_memory"] = float(cb.indices.double().mul(torch.arange(len(cb)) + 1).sum())
         if isinstance(cb, RWalk) and cb.weights is not None:
             out["rwalk_weights"] = float(sum(v.double().sum() for v in cb.weights.values()))
             out["rwalk_fisher"] = float(sum(v.double().sum() for v in cb.fisher.values()))
