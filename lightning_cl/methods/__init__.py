@@ -15,6 +15,8 @@ from lightning_cl.methods.cwr import CWRStar, output_linear
 from lightning_cl.methods.der import DER
 from lightning_cl.methods.distributed import all_reduce_tensors, rank_shard
 from lightning_cl.methods.episodic import EpisodicMemoryMethod
+from lightning_cl.methods.er_ace import ERACE, masked_cross_entropy
+from lightning_cl.methods.er_aml import ERAML, asymmetric_metric_loss
 from lightning_cl.methods.ewc import EWC, fisher_information
 from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch
@@ -42,6 +44,8 @@ __all__ = [
     "AGEM",
     "BUFFER_POLICIES",
     "DER",
+    "ERACE",
+    "ERAML",
     "EWC",
     "FROM_SCRATCH_INITS",
     "GEM",
@@ -65,12 +69,14 @@ __all__ = [
     "ReplayBuffer",
     "SelectionStrategy",
     "all_reduce_tensors",
+    "asymmetric_metric_loss",
     "capture_features",
     "distillation_loss",
     "experience_generator",
     "fisher_information",
     "gem_projection",
     "greedy_class_balanced",
+    "masked_cross_entropy",
     "output_linear",
     "output_sensitivity",
     "per_sample_gradient_sums",

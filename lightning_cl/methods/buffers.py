@@ -1,55 +1,102 @@
-"""Replay buffers that hold indices into the stream's datasets, chosen by a selection policy."""
+"""Replay buffers that hold indices into the stream's datasets: groups, quotas, a selection strategy."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_cl.data.dataset_view import DatasetView
+from lightning_cl.methods.selection import RandomSelection, SelectionStrategy, check_selection
 
-__all__ = ["BUFFER_POLICIES", "ReplayBuffer"]
+__all__ = ["BUFFER_POLICIES", "RESERVOIR_ALGORITHMS", "ReplayBuffer"]
 
-BUFFER_POLICIES = ("experience_balanced", "class_balanced", "reservoir")
+BUFFER_POLICIES = ("experience_balanced", "class_balanced", "task_balanced", "reservoir")
+"""How a memory is split into groups: by experience, by class, by task label, or one group."""
+RESERVOIR_ALGORITHMS = ("R", "priority")
+"""How :meth:`ReplayBuffer.offer` fills a ``"reservoir"`` buffer: Vitter's algorithm R, or priorities."""
 
 
 class ReplayBuffer:
-    """A fixed-size memory of samples, kept as indices into a base dataset.
+    """A fixed-size memory of samples, kept as indices into a base dataset, split into groups.
 
-    Every sample offered to the buffer draws a uniform random priority once; a group keeps its
-    highest-priority samples, so shrinking a group keeps a uniform random subset of it and the
-    buffer's content depends only on the seed and the data, never on the order of operations.
+    **Groups** (``policy``, a closed set of names, :data:`BUFFER_POLICIES`):
 
-    Policies:
+    - ``"experience_balanced"`` (Avalanche's ``ExperienceBalancedBuffer``): one group per
+      experience (the ``experience_index`` given to :meth:`update` / :meth:`offer`).
+    - ``"class_balanced"`` (``ClassBalancedBuffer``): one group per class.
+    - ``"task_balanced"``: one group per task label (Avalanche's ``ParametricBuffer`` grouped by task).
+    - ``"reservoir"`` (``ReservoirSamplingBuffer``): one group, a uniform random subset of all
+      samples seen.
 
-    - ``"experience_balanced"`` (Avalanche's ``ExperienceBalancedBuffer``): ``mem_size`` split
-      equally among the experiences seen, each a random subset of its experience.
-    - ``"class_balanced"`` (``ClassBalancedBuffer``): split equally among the classes seen.
-    - ``"reservoir"`` (``ReservoirSamplingBuffer``): a uniform random subset of all samples
-      seen, the same distribution as reservoir sampling over the stream.
+    **Quotas**: ``mem_size`` is split evenly over the groups seen so far, re-balanced each time a
+    group appears. When it does not divide evenly, the first groups (lowest experience, class
+    or task) get one sample more. A group with fewer samples than its quota keeps them all (the
+    rest of its quota stays empty).
 
-    When ``mem_size`` does not divide evenly, the first groups (lowest experience or class
-    index) get one sample more.
+    **Selection** (``selection``, a :class:`~lightning_cl.methods.SelectionStrategy`): which
+    samples a group keeps. The strategy orders a group's candidates (what it held and what
+    arrives) best first, and the group keeps the front of the order, so a group that shrinks
+    keeps its best samples and never chooses again. The default,
+    :class:`~lightning_cl.methods.RandomSelection`, draws a uniform random priority once per
+    sample offered and a group keeps its highest priorities: any group is a uniform random
+    subset of its samples, and the content depends only on the seed and the data, never on the
+    order of operations. Strategies on features (:class:`~lightning_cl.methods.HerdingSelection`,
+    :class:`~lightning_cl.methods.ClosestToCenterSelection`) read the model given to
+    :meth:`update` and rank a group's candidates again whenever new ones arrive.
+
+    **End of experience or online**: :meth:`update` offers an experience's samples at once;
+    :meth:`offer` offers a training step's samples (online, task-free streams, random selection
+    only). A ``"reservoir"`` buffer fed by :meth:`offer` follows Vitter's algorithm R by default
+    (``reservoir="R"``; Vitter, 1985): the ``i``-th sample seen enters while the memory is not
+    full, later it replaces a uniformly drawn slot with probability ``mem_size / i``. The other
+    groupings, and ``reservoir="priority"`` (Avalanche's way, the same distribution), merge each
+    step's samples by priority.
 
     Args:
         mem_size: maximum number of samples.
-        policy: one of :data:`BUFFER_POLICIES`.
+        policy: the grouping, one of :data:`BUFFER_POLICIES`.
+        selection: the selection strategy (default :class:`~lightning_cl.methods.RandomSelection`).
+        reservoir: how :meth:`offer` fills a ``"reservoir"`` buffer, one of
+            :data:`RESERVOIR_ALGORITHMS`.
 
     Raises:
-        ValueError: for ``mem_size < 0`` or an unknown policy.
+        ValueError: for ``mem_size < 0``, an unknown policy or reservoir algorithm, or a
+            selection that is not a :class:`~lightning_cl.methods.SelectionStrategy`.
+
+    Example:
+        >>> import torch
+        >>> from lightning_cl.data import TensorClassificationDataset
+        >>> base = TensorClassificationDataset(torch.zeros(12, 1), torch.arange(12) % 3)
+        >>> buffer = ReplayBuffer(5, "class_balanced")
+        >>> buffer.update(DatasetView(base, range(12)), 0, torch.Generator().manual_seed(0))
+        >>> buffer.quotas(), torch.bincount(buffer.targets).tolist()
+        ({0: 2, 1: 2, 2: 1}, [2, 2, 1])
     """
 
-    def __init__(self, mem_size: int, policy: str = "experience_balanced"):
+    def __init__(
+        self,
+        mem_size: int,
+        policy: str = "experience_balanced",
+        selection: SelectionStrategy | None = None,
+        reservoir: str = "R",
+    ):
         if not isinstance(mem_size, int) or isinstance(mem_size, bool) or mem_size < 0:
             raise ValueError(f"mem_size must be an int >= 0, got {mem_size!r}")
         if policy not in BUFFER_POLICIES:
             raise ValueError(f"policy must be one of {BUFFER_POLICIES}, got {policy!r}")
+        if reservoir not in RESERVOIR_ALGORITHMS:
+            raise ValueError(f"reservoir must be one of {RESERVOIR_ALGORITHMS}, got {reservoir!r}")
         self.mem_size = mem_size
         self.policy = policy
+        self.selection = check_selection(selection)
+        self.reservoir = reservoir
         # group key -> (indices into the base dataset, task labels, priorities, targets), by priority desc.
         self.groups: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         self.base_size: int | None = None
+        self.seen = 0
+        """Samples offered so far (by :meth:`update` and :meth:`offer`)."""
 
     def __len__(self) -> int:
         return sum(len(g[0]) for g in self.groups.values())
@@ -75,24 +122,140 @@ class ReplayBuffer:
         """The class target of every sample held, in the order of :attr:`indices`."""
         return self._cat(3)
 
-    def update(self, data: DatasetView, experience_index: int, generator: torch.Generator) -> None:
+    def update(
+        self,
+        data: DatasetView,
+        experience_index: int,
+        generator: torch.Generator,
+        module: nn.Module | None = None,
+    ) -> None:
         """Offer all samples of ``data`` (an experience's view of the stream's dataset) to the buffer.
 
+        Args:
+            data: the samples.
+            experience_index: the group of ``"experience_balanced"``.
+            generator: the source of the priorities (seeded the same on every rank).
+            module: the model, for selection strategies on its features.
+
         Raises:
-            ValueError: if ``data`` views another dataset than the samples already held.
+            ValueError: if ``data`` views another dataset than the samples already held, or the
+                selection needs a model and ``module`` is missing. The buffer is then unchanged.
         """
         self._check_base(data)
-        priority = torch.rand(len(data), generator=generator)
-        targets = data.targets
-        if self.policy == "experience_balanced":
-            self._merge(int(experience_index), data.indices, data.task_labels, priority, targets)
-        elif self.policy == "class_balanced":
-            for c in torch.unique(targets).tolist():
-                mask = targets == c
-                self._merge(int(c), data.indices[mask], data.task_labels[mask], priority[mask], targets[mask])
+        if self.selection.needs_model and module is None:
+            raise ValueError(
+                f"the buffer's selection {self.selection!r} reads the model's features: pass module="
+            )
+        keys = self._keys(data, experience_index)
+        if type(self.selection) is RandomSelection:
+            self._merge_by_priority(data, keys, torch.rand(len(data), generator=generator))
         else:
-            self._merge(0, data.indices, data.task_labels, priority, targets)
+            self._merge_by_selection(data, keys, generator, module)
+        self.seen += len(data)
         self.base_size = len(data.base_targets)
+
+    def offer(self, data: DatasetView, experience_index: int, generator: torch.Generator) -> None:
+        """Offer one training step's samples (in stream order) to the buffer: the online update.
+
+        A ``"reservoir"`` buffer follows Vitter's algorithm R (``reservoir="R"``) or merges by
+        priority (``"priority"``); the other groupings merge by priority, group by group.
+
+        Args:
+            data: the step's samples, in the order the stream gave them.
+            experience_index: the group of ``"experience_balanced"``.
+            generator: the source of the draws (seeded the same on every rank, a new one per step).
+
+        Raises:
+            ValueError: if ``data`` views another dataset than the samples already held, or the
+                selection is not random (a per-step choice on features is not offered).
+        """
+        if type(self.selection) is not RandomSelection:
+            raise ValueError(
+                f"online updates choose at random; the buffer's selection is {self.selection!r}: "
+                "update it at the end of experiences instead"
+            )
+        self._check_base(data)
+        if self.policy == "reservoir" and self.reservoir == "R":
+            self._algorithm_r(data, generator)
+        else:
+            self._merge_by_priority(
+                data, self._keys(data, experience_index), torch.rand(len(data), generator=generator)
+            )
+        self.seen += len(data)
+        self.base_size = len(data.base_targets)
+
+    def _algorithm_r(self, data: DatasetView, generator: torch.Generator) -> None:
+        # Vitter's algorithm R: sample i (1-based over the stream) enters a free slot, or slot
+        # j = floor(u * i), u ~ U[0, 1), if j < mem_size. One uniform draw per sample, in stream order.
+        n = len(data)
+        if n == 0 or self.mem_size == 0:
+            return
+        draws = torch.rand(n, generator=generator, dtype=torch.float64)
+        held = self.groups.get(0)
+        indices = held[0].clone() if held is not None else torch.zeros(0, dtype=torch.long)
+        tasks = held[1].clone() if held is not None else torch.zeros(0, dtype=torch.long)
+        targets = held[3].clone() if held is not None else torch.zeros(0, dtype=torch.long)
+        free = min(self.mem_size - len(indices), n)
+        new_targets = data.targets
+        if free > 0:
+            indices = torch.cat([indices, data.indices[:free]])
+            tasks = torch.cat([tasks, data.task_labels[:free]])
+            targets = torch.cat([targets, new_targets[:free]])
+        seen = torch.arange(self.seen + 1, self.seen + n + 1, dtype=torch.float64)
+        slots = (draws * seen).long()
+        slots[:free] = -1  # those filled free slots
+        accepted = ((slots >= 0) & (slots < self.mem_size)).nonzero().flatten()
+        if len(accepted):
+            # In stream order, a later sample overwrites an earlier one in the same slot.
+            chosen = slots[accepted]
+            last = {int(slot): int(i) for slot, i in zip(chosen.tolist(), accepted.tolist())}
+            where = torch.tensor(list(last.keys()), dtype=torch.long)
+            which = torch.tensor(list(last.values()), dtype=torch.long)
+            indices[where] = data.indices[which]
+            tasks[where] = data.task_labels[which]
+            targets[where] = new_targets[which]
+        self.groups[0] = (indices, tasks, torch.zeros(len(indices)), targets)
+
+    def _keys(self, data: DatasetView, experience_index: int) -> Tensor:
+        """The group of every sample of ``data``."""
+        if self.policy == "experience_balanced":
+            return torch.full((len(data),), int(experience_index), dtype=torch.long)
+        if self.policy == "class_balanced":
+            return data.targets.long()
+        if self.policy == "task_balanced":
+            return data.task_labels.long()
+        return torch.zeros(len(data), dtype=torch.long)
+
+    def _merge_by_priority(self, data: DatasetView, keys: Tensor, priority: Tensor) -> None:
+        targets = data.targets
+        for key in torch.unique(keys).tolist():
+            mask = keys == key
+            self._merge(int(key), data.indices[mask], data.task_labels[mask], priority[mask], targets[mask])
+        self._shrink()
+
+    def _merge_by_selection(
+        self, data: DatasetView, keys: Tensor, generator: torch.Generator, module: nn.Module | None
+    ) -> None:
+        # Each group with new candidates ranks what it held and what arrives; the others shrink.
+        new_keys = [int(k) for k in torch.unique(keys).tolist()]
+        quotas = self._quotas(set(self.groups) | set(new_keys))
+        groups = dict(self.groups)
+        targets = data.targets
+        for key in new_keys:
+            mask = keys == key
+            fields = [data.indices[mask], data.task_labels[mask], targets[mask]]
+            if key in groups:
+                old = groups[key]
+                fields = [
+                    torch.cat([old[0], fields[0]]),
+                    torch.cat([old[1], fields[1]]),
+                    torch.cat([old[3], fields[2]]),
+                ]
+            candidates = DatasetView(data.base, fields[0], fields[1], data.base_targets)
+            order = self.selection.select(candidates, quotas[key], module=module, generator=generator)
+            rank = torch.arange(len(order), 0, -1, dtype=torch.float)  # best first, as priorities
+            groups[key] = (fields[0][order], fields[1][order], rank, fields[2][order])
+        self.groups = groups
         self._shrink()
 
     def _merge(
@@ -108,12 +271,14 @@ class ReplayBuffer:
         self.groups[key] = (indices[order], task_labels[order], priority[order], targets[order])
 
     def quotas(self) -> dict[int, int]:
-        """How many samples each group may keep."""
-        keys = sorted(self.groups)
+        """How many samples each group may keep: ``mem_size`` split evenly, the first groups one more."""
+        return self._quotas(set(self.groups))
+
+    def _quotas(self, keys: set[int]) -> dict[int, int]:
         if not keys:
             return {}
         share, extra = divmod(self.mem_size, len(keys))
-        return {k: share + (1 if r < extra else 0) for r, k in enumerate(keys)}
+        return {k: share + (1 if r < extra else 0) for r, k in enumerate(sorted(keys))}
 
     def _shrink(self) -> None:
         for key, quota in self.quotas().items():
@@ -170,6 +335,7 @@ class ReplayBuffer:
             "policy": self.policy,
             "groups": groups,
             "base_size": self.base_size,
+            "seen": self.seen,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -188,3 +354,4 @@ class ReplayBuffer:
             for k, g in state["groups"].items()
         }
         self.base_size = state.get("base_size")
+        self.seen = int(state.get("seen", 0))
