@@ -28,7 +28,20 @@ import lightning as L
 import torch
 
 from lightning_cl.data import LoaderSettings, PermutedMNIST
-from lightning_cl.methods import AGEM, EWC, GEM, MAS, PNN, SI, CWRStar, GDumb, LwF, PackNet, Replay
+from lightning_cl.methods import (
+    AGEM,
+    EWC,
+    GEM,
+    MAS,
+    PNN,
+    SI,
+    CWRStar,
+    GDumb,
+    LwF,
+    PackNet,
+    Replay,
+    StreamingLDA,
+)
 from lightning_cl.models import MLP, ContinualModule, ProgressiveNetwork
 from lightning_cl.training import fit_stream
 
@@ -43,8 +56,9 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "GEM(256, memory_strength=0.5)": lambda: [GEM(patterns_per_experience=256, memory_strength=0.5)],
     "CWRStar()": lambda: [CWRStar()],
     "PNN() (task labels)": lambda: [PNN()],
-    "GDumb(mem_size=500)": lambda: [GDumb(mem_size=500)],
     "PackNet(0.5, post_prune_epochs=0) (task labels)": lambda: [PackNet(0.5, post_prune_epochs=0)],
+    "StreamingLDA()": lambda: [StreamingLDA()],
+    "GDumb(mem_size=500)": lambda: [GDumb(mem_size=500)],
 }
 # Methods that need task labels (experience i has task label i) and a model of their own.
 TASK_INCREMENTAL = {"PNN() (task labels)", "PackNet(0.5, post_prune_epochs=0) (task labels)"}

@@ -39,6 +39,7 @@ from lightning_cl.methods.selection import (
     SelectionStrategy,
 )
 from lightning_cl.methods.si import SI
+from lightning_cl.methods.slda import SLDA_COVARIANCE_UPDATES, StreamingLDA, lda_scores
 
 __all__ = [
     "AGEM",
@@ -53,6 +54,7 @@ __all__ = [
     "MAS",
     "PNN",
     "SI",
+    "SLDA_COVARIANCE_UPDATES",
     "CWRStar",
     "ClosestToCenterSelection",
     "ContinualCallback",
@@ -68,6 +70,7 @@ __all__ = [
     "Replay",
     "ReplayBuffer",
     "SelectionStrategy",
+    "StreamingLDA",
     "all_reduce_tensors",
     "asymmetric_metric_loss",
     "capture_features",
@@ -76,6 +79,7 @@ __all__ = [
     "fisher_information",
     "gem_projection",
     "greedy_class_balanced",
+    "lda_scores",
     "masked_cross_entropy",
     "output_linear",
     "output_sensitivity",

@@ -24,6 +24,8 @@ from lightning_cl.data import LoaderSettings, SplitDigits
 from lightning_cl.methods import (
     AGEM,
     DER,
+    ERACE,
+    ERAML,
     EWC,
     GEM,
     LFL,
@@ -37,6 +39,7 @@ from lightning_cl.methods import (
     PackNet,
     Replay,
     RWalk,
+    StreamingLDA,
     output_sensitivity,
 )
 from lightning_cl.models import MLP, ContinualModule, ProgressiveNetwork
@@ -64,8 +67,11 @@ METHODS = {
     "rwalk": lambda: [RWalk(ewc_lambda=1.0)],
     "cwr": lambda: [CWRStar()],
     "gdumb": lambda: [GDumb(mem_size=100)],
+    "er_ace": lambda: [ERACE(mem_size=200)],
+    "er_aml": lambda: [ERAML(mem_size=200)],
     "pnn": lambda: [PNN()],
     "packnet": lambda: [PackNet(prune_ratio=0.5, post_prune_epochs=1)],
+    "slda": lambda: [StreamingLDA()],
     "all": lambda: [
         Replay(mem_size=200),
         EWC(ewc_lambda=2.0),
@@ -111,6 +117,8 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["initial"] = float(sum(v.double().sum() for v in cb.initial_state.values()))
         if isinstance(cb, LFL) and cb.teacher_state is not None:
             out["lfl_teacher"] = float(sum(v.double().sum() for v in cb.teacher_state.values()))
+        if isinstance(cb, ERACE | ERAML):
+            out[f"{type(cb).__name__.lower()}_memory"] = float(cb.buffer.indices.double().sum())
         if isinstance(cb, GDumb):
             out["gdumb_memory"] = float(cb.indices.double().mul(torch.arange(len(cb)) + 1).sum())
         if isinstance(cb, RWalk) and cb.weights is not None:
@@ -121,6 +129,10 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["cwr_past"] = float(cb.past.double().mul(torch.arange(len(cb.past)) + 1).sum())
         if isinstance(cb, PackNet):
             out["packnet_owners"] = float(sum(o.double().sum() for o in cb.owners.values()))
+        if isinstance(cb, StreamingLDA) and cb.means is not None:
+            out["slda_means"] = float(cb.means.sum())
+            out["slda_sigma"] = float(cb.sigma.abs().sum())
+            out["slda_counts"] = float(cb.counts.double().mul(torch.arange(len(cb.counts)) + 1).sum())
     return out
 
 
