@@ -25,6 +25,7 @@ from lightning_cl.methods.gem import GEM, gem_projection
 from lightning_cl.methods.lfl import LFL
 from lightning_cl.methods.lwf import LwF, distillation_loss
 from lightning_cl.methods.mas import MAS, output_sensitivity
+from lightning_cl.methods.mir import MIR, interference_scores
 from lightning_cl.methods.packnet import PackNet
 from lightning_cl.methods.penalties import quadratic_penalty
 from lightning_cl.methods.per_sample import per_sample_gradient_sums
@@ -52,6 +53,7 @@ __all__ = [
     "GEM",
     "LFL",
     "MAS",
+    "MIR",
     "PNN",
     "SI",
     "SLDA_COVARIANCE_UPDATES",
@@ -79,6 +81,7 @@ __all__ = [
     "fisher_information",
     "gem_projection",
     "greedy_class_balanced",
+    "interference_scores",
     "lda_scores",
     "masked_cross_entropy",
     "output_linear",
