@@ -22,6 +22,7 @@ from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch
 from lightning_cl.methods.gdumb import GDumb, greedy_class_balanced
 from lightning_cl.methods.gem import GEM, gem_projection
+from lightning_cl.methods.gss import GSSGreedy, gss_greedy_replace, gss_scores
 from lightning_cl.methods.lfl import LFL
 from lightning_cl.methods.lwf import LwF, distillation_loss
 from lightning_cl.methods.mas import MAS, output_sensitivity
@@ -64,6 +65,7 @@ __all__ = [
     "FeatureSelection",
     "FromScratch",
     "GDumb",
+    "GSSGreedy",
     "HerdingSelection",
     "LwF",
     "PackNet",
@@ -81,6 +83,8 @@ __all__ = [
     "fisher_information",
     "gem_projection",
     "greedy_class_balanced",
+    "gss_greedy_replace",
+    "gss_scores",
     "interference_scores",
     "lda_scores",
     "masked_cross_entropy",
