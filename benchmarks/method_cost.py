@@ -33,10 +33,13 @@ from lightning_cl.methods import (
     EWC,
     GEM,
     MAS,
+    MIR,
     PNN,
     SI,
     CWRStar,
     GDumb,
+    GSSGreedy,
+    HerdingSelection,
     LwF,
     PackNet,
     Replay,
@@ -48,6 +51,12 @@ from lightning_cl.training import fit_stream
 METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "none (fine-tuning)": lambda: [],
     "Replay(mem_size=500)": lambda: [Replay(mem_size=500)],
+    "Replay(500, online reservoir)": lambda: [Replay(mem_size=500, policy="reservoir", online=True)],
+    "Replay(500, class_balanced, herding)": lambda: [
+        Replay(mem_size=500, policy="class_balanced", selection=HerdingSelection())
+    ],
+    "MIR(500, subsample=50, mem_batch_size=10)": lambda: [MIR(mem_size=500, subsample=50, mem_batch_size=10)],
+    "GSSGreedy(500, n_reference=10)": lambda: [GSSGreedy(mem_size=500, n_reference=10, mem_batch_size=10)],
     "EWC(ewc_lambda=100)": lambda: [EWC(ewc_lambda=100.0)],
     "LwF(alpha=1.0)": lambda: [LwF(alpha=1.0)],
     "SI(si_lambda=0.1)": lambda: [SI(si_lambda=0.1)],
