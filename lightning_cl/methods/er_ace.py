@@ -1,0 +1,146 @@
+"""ER-ACE (Caccia et al., 2022): replay with an asymmetric cross-entropy on the incoming data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sized
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_cl.data.experience import Experience
+from lightning_cl.methods.base import Batch, ContinualCallback
+from lightning_cl.methods.buffers import ReplayBuffer
+from lightning_cl.methods.replay import Replay
+
+__all__ = ["ERACE", "masked_cross_entropy"]
+
+
+def masked_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    r"""Cross-entropy over the classes present in ``targets`` only (ER-ACE's incoming-data loss).
+
+    With :math:`C_{in}` the distinct classes of the batch,
+
+    .. math:: -\frac1B \sum_i \log \frac{e^{z_{i,y_i}}}{\sum_{c \in C_{in}} e^{z_{i,c}}}
+
+    every other unit (earlier classes, classes not seen yet) is left out of the softmax, so the
+    incoming data pushes no old class's logit down. Computed in float32.
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0, 9.0], [0.0, 2.0, 9.0]])
+        >>> round(float(masked_cross_entropy(z, torch.tensor([0, 1]))), 4)  # class 2 left out
+        0.1269
+    """
+    present = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    present[targets] = True
+    return F.cross_entropy(logits.float().masked_fill(~present, float("-inf")), targets)
+
+
+class _ReplayLoss(ContinualCallback):
+    """A replay memory (a :class:`Replay` inside) for methods that replace the task loss."""
+
+    def __init__(self, mem_size: int, policy: str, mem_batch_size: int | None, seed: int | None):
+        self.replay = Replay(mem_size=mem_size, policy=policy, mem_batch_size=mem_batch_size, seed=seed)
+
+    @property
+    def buffer(self) -> ReplayBuffer:
+        """The memory (indices into the stream's dataset)."""
+        return self.replay.buffer
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(mem_size=self.buffer.mem_size, policy=self.buffer.policy)
+
+    def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        self.replay.on_experience_start(trainer, module, experience)
+
+    def train_dataloaders(self, experience: Experience, current: Sized) -> dict[str, Iterable[Any]]:
+        return self.replay.train_dataloaders(experience, current)
+
+    def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        self.replay.on_experience_end(trainer, module, experience)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.replay.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.replay.load_state_dict(state_dict)
+
+
+def _check_common(mem_size: Any, seed: Any) -> None:
+    if not isinstance(mem_size, int) or isinstance(mem_size, bool) or mem_size < 0:
+        raise ValueError(f"mem_size must be an int >= 0, got {mem_size!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+
+
+class ERACE(_ReplayLoss):
+    r"""ER-ACE (Caccia et al., 2022, "New insights on reducing abrupt representation change in
+    online continual learning", Sec. 4, Eq. 3): experience replay whose incoming data sees only its
+    own classes.
+
+    Every training step after the first experience holds the current batch :math:`X_{in}` and a
+    memory batch :math:`X_{bf}` (a :class:`Replay` memory). The task loss becomes
+
+    .. math::
+        \mathcal L = \mathrm{CE}_{C_{in}}(X_{in}) + \mathrm{CE}(X_{bf})
+
+    where :math:`\mathrm{CE}_{C_{in}}` is the cross-entropy over the classes present in the
+    current batch only (:func:`masked_cross_entropy`: every other logit, of earlier and of unseen
+    classes, is left out of the softmax), and the memory's cross-entropy is over all outputs. The
+    incoming classes then do not push the old classes' logits down, the abrupt change of the old
+    representations the paper measures. Without memory rows (the first experience) the loss is
+    the masked term alone.
+
+    Choices, stated:
+
+    - The mask is per batch, the classes present in the incoming batch (the paper, and
+      Avalanche's ``ACECriterion``).
+    - The two terms are summed (the paper); Avalanche's ``ER_ACE`` averages them: pass
+      ``average_terms=True``.
+    - The memory is a reservoir over all samples seen (the paper's buffer), updated when an
+      experience ends (the paper updates it online; for online streams cut the stream with
+      ``split_online``); Avalanche uses a class-balanced memory: ``policy="class_balanced"``.
+
+    Args:
+        mem_size: memory size in samples.
+        mem_batch_size: memory samples per step (default: the experience's batch size).
+        policy: the memory's selection policy (see :data:`~lightning_cl.methods.BUFFER_POLICIES`).
+        average_terms: halve the sum of the two terms (Avalanche).
+        seed: seed of the memory's selection (``None``: torch's initial seed on rank 0).
+
+    Raises:
+        ValueError: for a negative ``mem_size``, a non-positive ``mem_batch_size``, an unknown
+            policy or a ``seed`` that is not an int.
+
+    Example:
+        >>> ace = ERACE(mem_size=200)
+        >>> len(ace.buffer), ace.buffer.policy
+        (0, 'reservoir')
+    """
+
+    def __init__(
+        self,
+        mem_size: int = 200,
+        mem_batch_size: int | None = None,
+        policy: str = "reservoir",
+        average_terms: bool = False,
+        seed: int | None = None,
+    ):
+        _check_common(mem_size, seed)
+        super().__init__(mem_size, policy, mem_batch_size, seed)
+        self.average_terms = bool(average_terms)
+
+    def task_loss(
+        self, module: Any, batch: Batch, logits: Tensor, parts: Mapping[str, slice]
+    ) -> Tensor | None:
+        _, y, _ = batch
+        current = parts["current"]
+        loss = masked_cross_entropy(logits[current], y[current])
+        replay = parts.get("replay")
+        if replay is None or replay.stop == replay.start:
+            return loss
+        loss = loss + F.cross_entropy(logits[replay].float(), y[replay])
+        return loss / 2 if self.average_terms else loss

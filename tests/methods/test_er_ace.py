@@ -1,0 +1,91 @@
+"""ER-ACE: the incoming data's cross-entropy over its own classes, plain cross-entropy on the memory."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_cl.data import SplitDigits
+from lightning_cl.methods import ERACE, masked_cross_entropy
+from lightning_cl.training import fit_stream
+from tests.conftest import digits_module, stream_trainer_kwargs
+
+
+def test_the_incoming_loss_is_a_softmax_over_the_batchs_classes_only() -> None:
+    # Classes 1 and 3 are in the batch; 0 (an old class) and 2 (not seen yet) are left out.
+    logits = torch.tensor(
+        [[5.0, 1.0, 7.0, 0.0], [-2.0, 0.5, 9.0, 2.0], [3.0, 2.0, 1.0, -1.0]], requires_grad=True
+    )
+    y = torch.tensor([1, 3, 3])
+    loss = masked_cross_entropy(logits, y)
+    by_hand = -torch.stack(
+        [torch.log_softmax(logits[i, [1, 3]], 0)[int(j)] for i, j in enumerate([0, 1, 1])]
+    ).mean()
+    assert float(loss.detach()) == pytest.approx(float(by_hand.detach()), abs=1e-6)
+    loss.backward()
+    assert logits.grad is not None
+    assert torch.equal(logits.grad[:, [0, 2]], torch.zeros(3, 2))  # absent classes get no gradient
+    assert (logits.grad[:, [1, 3]] != 0).all()
+
+
+def test_the_task_loss_masks_the_current_rows_and_not_the_memory() -> None:
+    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([2, 3, 2, 0, 1, 4])
+    parts = {"current": slice(0, 3), "replay": slice(3, 6)}
+    expected = masked_cross_entropy(logits[:3], y[:3]) + F.cross_entropy(logits[3:], y[3:])
+    loss = ERACE().task_loss(None, (torch.zeros(6, 1), y, torch.zeros(6)), logits, parts)
+    assert float(loss) == pytest.approx(float(expected), abs=1e-6)
+    averaged = ERACE(average_terms=True).task_loss(
+        None, (torch.zeros(6, 1), y, torch.zeros(6)), logits, parts
+    )
+    assert float(averaged) == pytest.approx(float(expected) / 2, abs=1e-6)
+    # Without memory rows (the first experience): the masked term alone.
+    first = ERACE().task_loss(
+        None, (torch.zeros(3, 1), y[:3], torch.zeros(3)), logits[:3], {"current": slice(0, 3)}
+    )
+    assert float(first) == pytest.approx(float(masked_cross_entropy(logits[:3], y[:3])), abs=1e-6)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="mem_size must be an int >= 0"):
+        ERACE(mem_size=-1)
+    with pytest.raises(ValueError, match="policy must be one of"):
+        ERACE(policy="fifo")
+    with pytest.raises(ValueError, match="seed must be an int or None"):
+        ERACE(seed="1")  # type: ignore[arg-type]
+
+
+def test_state_round_trips() -> None:
+    ace = ERACE(mem_size=30, seed=0)
+    bench = SplitDigits(n_experiences=5, seed=1)
+    fit_stream(
+        digits_module(),
+        bench,
+        callbacks=[ace],
+        logger=False,
+        trainer_kwargs=stream_trainer_kwargs(),
+        max_experiences=1,
+    )
+    other = ERACE(mem_size=30, seed=0)
+    other.load_state_dict(ace.state_dict())
+    assert len(other.buffer) == 30 and torch.equal(other.buffer.indices, ace.buffer.indices)
+
+
+@pytest.mark.slow
+def test_er_ace_beats_naive_on_split_digits() -> None:
+    averages = {}
+    for name, callbacks in (("naive", []), ("er_ace", [ERACE(mem_size=200, seed=0)])):
+        L.seed_everything(1)
+        results = fit_stream(
+            digits_module(),
+            SplitDigits(n_experiences=5, seed=1),
+            callbacks=callbacks,
+            logger=False,
+            trainer_kwargs=stream_trainer_kwargs(max_epochs=2),
+        )
+        averages[name] = results.average_accuracy
+    print(averages)
+    assert averages["naive"] < 0.25
+    assert averages["er_ace"] > averages["naive"] + 0.4, averages
