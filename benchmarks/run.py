@@ -42,13 +42,17 @@ sys.path.insert(0, str(HERE))
 from common import class_order_for_seed, default_data_root, has_mnist  # noqa: E402
 
 METHODS = ("naive", "replay", "ewc")
-CONTENDERS = ("handwritten", "lightning_cl-loop", "lightning_cl-fit_stream", "avalanche")
+CONTENDERS = ("handwritten", "plain_lightning", "lightning_cl-loop", "lightning_cl-fit_stream", "avalanche")
 AVALANCHE_REQUIREMENT = "avalanche-lib==0.6.0"
 DEFAULT_AVALANCHE_VENV = HERE / ".venv-avalanche"
 
 # Targets of issue 5: ratio of medians to the hand-written loop of the same method.
 TRAIN_TARGETS = {"naive": 1.05, "replay": 1.15, "ewc": 1.15}
 EVAL_TARGET = 1.2
+# Targets of issue 16: ratio of medians to plain Lightning doing the same work (Naive); Replay and
+# EWC no further above plain Lightning than Naive is.
+PLAIN_TRAIN_TARGET = 1.03
+PLAIN_EVAL_TARGET = 1.05
 AVALANCHE_SPEEDUP_TARGET = 2.0
 STARTUP_TARGET_S = 0.5
 
@@ -121,6 +125,8 @@ def contender_command(contender: str, method: str, suite: Suite) -> tuple[str | 
         common += ["--data", suite.data]
     if contender == "handwritten":
         return sys.executable, [str(HERE / "contender_handwritten.py"), *common]
+    if contender == "plain_lightning":
+        return sys.executable, [str(HERE / "contender_plain_lightning.py"), *common]
     if contender.startswith("lightning_cl-"):
         runner = contender.split("-", 1)[1]
         return sys.executable, [str(HERE / "contender_lightning_cl.py"), "--runner", runner, *common]
@@ -320,12 +326,14 @@ def contender_tables(
     """The main table and the list of target verdicts (on ratios of medians; ratios of minima beside)."""
     lines = [
         "| method | contender | runs | total min / med (s) | train min / med (s) | eval min / med (s) | "
-        "train samples/s | avg acc | total / hand, med (min) | train / hand | eval / hand |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "train samples/s | avg acc | total / hand, med (min) | train / hand | eval / hand | "
+        "train / plain Lightning | eval / plain Lightning |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     verdicts = []
     for method in methods:
         hand = summary.get((method, "handwritten"))
+        plain = summary.get((method, "plain_lightning"))
         for contender in CONTENDERS:
             s = summary.get((method, contender))
             if s is None:
@@ -336,6 +344,13 @@ def contender_tables(
                     f"{_fmt(_ratio(s[f'{m}_med'], hand[f'{m}_med']))}x "
                     f"({_fmt(_ratio(s[f'{m}_min'], hand[f'{m}_min']))}x)"
                     for m in ("total_s", "train_s", "eval_s")
+                ]
+            ratios += ["-", "-"]
+            if plain is not None:
+                ratios[3:] = [
+                    f"{_fmt(_ratio(s[f'{m}_med'], plain[f'{m}_med']))}x "
+                    f"({_fmt(_ratio(s[f'{m}_min'], plain[f'{m}_min']))}x)"
+                    for m in ("train_s", "eval_s")
                 ]
             lines.append(
                 f"| {method} | {contender} | {int(s['runs'])} | "
@@ -369,7 +384,39 @@ def contender_tables(
                     f"  - {speedup:.2f}x faster than Avalanche (target >= {AVALANCHE_SPEEDUP_TARGET}x: "
                     f"{_check(speedup >= AVALANCHE_SPEEDUP_TARGET)})"
                 )
+    verdicts += plain_lightning_verdicts(methods, summary)
     return lines, verdicts
+
+
+def plain_lightning_verdicts(
+    methods: Sequence[str], summary: dict[tuple[str, str], dict[str, float]]
+) -> list[str]:
+    """Issue 16's targets: lightning_cl's own cost on top of plain Lightning doing the same work."""
+    verdicts = []
+    for contender in ("lightning_cl-loop", "lightning_cl-fit_stream"):
+        ratios = {}
+        for method in methods:
+            s, plain = summary.get((method, contender)), summary.get((method, "plain_lightning"))
+            if s is not None and plain is not None:
+                ratios[method] = {
+                    m: _ratio(s[f"{m}_med"], plain[f"{m}_med"]) for m in ("train_s", "eval_s", "total_s")
+                }
+        naive = ratios.get("naive")
+        for method, r in ratios.items():
+            line = f"- {method}, {contender} against plain Lightning: train {r['train_s']:.2f}x"
+            if method == "naive":
+                line += (
+                    f" (target <= {PLAIN_TRAIN_TARGET}x: {_check(r['train_s'] <= PLAIN_TRAIN_TARGET)}), "
+                    f"eval {r['eval_s']:.2f}x (target <= {PLAIN_EVAL_TARGET}x: "
+                    f"{_check(r['eval_s'] <= PLAIN_EVAL_TARGET)})"
+                )
+            elif naive is not None:
+                line += (
+                    f" (target: no more than Naive's {naive['train_s']:.2f}x: "
+                    f"{_check(r['train_s'] <= naive['train_s'])}), eval {r['eval_s']:.2f}x"
+                )
+            verdicts.append(line)
+    return verdicts
 
 
 def startup_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:

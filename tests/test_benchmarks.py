@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+# The quick suite runs every contender in processes of its own: a minute or more.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
-CONTENDERS = ("handwritten", "lightning_cl-loop", "lightning_cl-fit_stream")
+CONTENDERS = ("handwritten", "plain_lightning", "lightning_cl-loop", "lightning_cl-fit_stream")
 METHODS = ("naive", "replay", "ewc")
 
 
@@ -30,7 +33,7 @@ def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
         text=True,
         cwd=ROOT,
         env=env,
-        timeout=300,
+        timeout=900,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -75,3 +78,6 @@ def test_startup_and_scaling_are_reported(quick_report: tuple[str, dict]) -> Non
     assert [r["experience"] for r in rows] == list(range(len(rows)))
     assert all(r["peak_rss_mb"] > 0 and r["train_s"] > 0 for r in rows)
     assert "## Start-up" in text and "## Scaling" in text and "## Targets" in text
+    # lightning_cl against plain Lightning doing the same work, per method and runner.
+    for method in METHODS:
+        assert f"- {method}, lightning_cl-loop against plain Lightning: train " in text

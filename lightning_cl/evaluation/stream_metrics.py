@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 DEFAULT_METRICS = ("acc", "loss")
+_FLUSH_SAMPLES = 1 << 16  # deferred samples held at most (predictions, targets, losses: ~1.3 MB)
 """The metrics every evaluation measures: accuracy and the cross-entropy loss."""
 
 METRIC_SCOPES = ("minibatch", "epoch", "experience", "stream")
@@ -283,6 +284,31 @@ class StreamMetrics(nn.Module):
             [nn.ModuleDict({str(t): fresh(self.in_experience) for t in ts}) for ts in self.tasks]
         )
         self._losses = bool(self.loss_input)
+        # The default accuracy and loss of each column are updated once per evaluation from the
+        # batches' predictions, targets and losses, concatenated (the same states as one update
+        # per batch: micro accuracy and the mean are sums), instead of once per batch: a
+        # torchmetrics update costs more Python than the model's forward on small batches.
+        self.deferred = [n for n in DEFAULT_METRICS if n not in user and n in self.in_experience]
+        self._immediate = [
+            {n: m for n, m in cast(Mapping[str, Metric], column).items() if n not in self.deferred}
+            for column in self.per_column
+        ]
+        self._pending: list[list[tuple[Tensor, Tensor, Tensor | None]]] = [[] for _ in self.columns]
+        self._pending_samples = 0
+
+    def _flush(self) -> None:
+        """Update the deferred metrics with the batches held since the last flush."""
+        for column, pending in zip(self.per_column, self._pending):
+            if not pending:
+                continue
+            metrics = cast(Mapping[str, Metric], column)
+            if "acc" in self.deferred:
+                preds, target = torch.cat([p for p, _, _ in pending]), torch.cat([y for _, y, _ in pending])
+                metrics["acc"].update(preds, target)
+            if "loss" in self.deferred:
+                metrics["loss"].update(torch.cat([cast(Tensor, loss) for _, _, loss in pending]))
+            pending.clear()
+        self._pending_samples = 0
 
     def _update(
         self, metrics: Mapping[str, Metric], logits: Tensor, target: Tensor, loss: Tensor | None
@@ -313,8 +339,15 @@ class StreamMetrics(nn.Module):
         logits = pad_logits(logits, self.n_classes)
         if loss is None and self._losses:
             loss = F.cross_entropy(logits.float(), target, reduction="none")
-        column = self.per_column[dataloader_idx]
-        self._update(column, logits, target, loss)  # type: ignore[arg-type]
+        if self.deferred:
+            preds = logits.detach().argmax(dim=-1)
+            self._pending[dataloader_idx].append((preds, target, None if loss is None else loss.detach()))
+            self._pending_samples += len(target)
+            if self._pending_samples >= _FLUSH_SAMPLES:
+                self._flush()
+            self._update(self._immediate[dataloader_idx], logits, target, loss)
+        else:
+            self._update(self.per_column[dataloader_idx], logits, target, loss)  # type: ignore[arg-type]
         if self.stream:
             self._update(self.stream, logits, target, loss)  # type: ignore[arg-type]
         tasks = self.tasks[dataloader_idx]
@@ -347,6 +380,7 @@ class StreamMetrics(nn.Module):
         Returns:
             The measurements: per column (and task), then the stream's.
         """
+        self._flush()
         out: list[Measurement] = []
         stream: dict[str, Metric] = dict(self.stream_merged.items())  # type: ignore[arg-type]
         counts = dict.fromkeys(stream, 0)
@@ -374,6 +408,9 @@ class StreamMetrics(nn.Module):
 
     def reset(self) -> None:
         """Reset every state (for example after a sanity check)."""
+        for pending in self._pending:
+            pending.clear()
+        self._pending_samples = 0
         for module in self.modules():
             if isinstance(module, Metric):
                 module.reset()

@@ -171,3 +171,30 @@ def test_results_json_round_trip_keeps_tensors(tmp_path: object) -> None:
     state = MetricMatrices()
     state.load_state_dict(matrices.state_dict())
     assert state.results() == results
+
+
+def test_default_accuracy_and_loss_equal_per_batch_updates_across_a_flush(monkeypatch) -> None:
+    # The defaults are updated once from concatenated batches (and flushed when many are held):
+    # the values must be those of one torchmetrics update per batch.
+    import lightning_cl.evaluation.stream_metrics as sm
+
+    monkeypatch.setattr(sm, "_FLUSH_SAMPLES", 50)
+    g = torch.Generator().manual_seed(0)
+    tracker = StreamMetrics({}, columns=[0, 1], n_classes=4)
+    reference = {c: (MulticlassAccuracy(num_classes=4, average="micro"), MeanMetric()) for c in (0, 1)}
+    for step in range(12):
+        column = step % 2
+        logits = torch.randn(16, 4, generator=g)
+        y = torch.randint(0, 4, (16,), generator=g)
+        tracker.update(column, logits, y, torch.zeros(16, dtype=torch.long))
+        acc, loss = reference[column]
+        acc.update(logits, y)
+        loss.update(torch.nn.functional.cross_entropy(logits, y, reduction="none"))
+    values = {m.key("test"): float(m.value) for m in tracker.compute()}
+    for c in (0, 1):
+        assert values[f"test/acc/exp{c}"] == pytest.approx(float(reference[c][0].compute()), abs=1e-7)
+        assert values[f"test/loss/exp{c}"] == pytest.approx(float(reference[c][1].compute()), rel=1e-6)
+    pooled = (float(reference[0][0].compute()) + float(reference[1][0].compute())) / 2  # equal sizes
+    assert values["test/acc/stream"] == pytest.approx(pooled, abs=1e-7)
+    # Nothing is held after compute: a new evaluation starts empty.
+    assert tracker.compute() == []
