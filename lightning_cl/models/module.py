@@ -133,7 +133,9 @@ class ContinualModule(L.LightningModule):
       them), ``train/loss_epoch``, ``train/acc_epoch`` per epoch; ``train/penalty/<method>``
       per step and ``train/penalty/<method>_epoch``; a user's metric ``<name>`` as
       ``train/<name>_step`` (scope ``"minibatch"``) and ``train/<name>_epoch`` (``"epoch"``).
-    - ``val/<metric>/exp<j>``: on the experience's validation data, if it has any.
+    - ``val/<metric>/exp<j>``: on the experience's validation data, if it has any; during its
+      fit also ``val/<metric>`` (``val/loss``, ``val/acc``), the same value under a key that is
+      the same for every experience, for ``EarlyStopping`` and ``ReduceLROnPlateau``.
     - ``test/<metric>/exp<j>`` per test experience ``j`` (scope ``"experience"``), and
       ``test/<metric>/exp<j>/task<t>`` per task label of an experience that mixes tasks;
       ``test/<metric>/stream``: the metric over all samples of the tested stream (scope
@@ -150,7 +152,10 @@ class ContinualModule(L.LightningModule):
         criterion: the task loss (default: cross-entropy).
         optimizer: factory ``params -> Optimizer`` (a ``functools.partial``, or
             ``class_path``/``init_args`` in YAML). Default: SGD, lr 0.01, momentum 0.9.
-        lr_scheduler: optional factory ``optimizer -> LRScheduler``, stepped per epoch.
+        lr_scheduler: optional factory ``optimizer -> LRScheduler``, stepped per epoch, built
+            afresh at every experience (so a schedule restarts with each); a ``ReduceLROnPlateau``
+            monitors ``val/loss`` where the experience has validation data, else
+            ``train/loss_epoch``.
         optimizer_policy: at each new experience, ``"reset"`` builds a fresh optimizer (no
             state); ``"keep"`` carries the state (momentum, Adam moments) of every parameter that
             already existed with the same shape.
@@ -506,7 +511,13 @@ class ContinualModule(L.LightningModule):
             self._restore_optimizer_state(optimizer)
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        scheduler = self.scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            experience = getattr(self._trainer, "datamodule", None)
+            has_val = getattr(experience, "val_dataset", None) is not None
+            config["monitor"] = "val/loss" if has_val else "train/loss_epoch"
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     def _restore_optimizer_state(self, optimizer: Optimizer) -> None:
         for name, param in self.named_parameters():
@@ -566,6 +577,12 @@ class ContinualModule(L.LightningModule):
             for m in measurements
             if m.scalar and (m.column is not None or several)
         }
+        if stage == "val" and self.trainer.state.fn == "fit":
+            # The experience being trained, under keys that do not name it (val/loss, val/acc,
+            # val/<metric>): what EarlyStopping and ReduceLROnPlateau monitor over a stream.
+            for m in measurements:
+                if m.scalar and m.task is None and m.column == self.current_experience:
+                    values[f"val/{m.name}"] = float(m.value.reshape(()))
         if stage == "test":
             directions = {name: getattr(m, "higher_is_better", None) for name, m in self.user_metrics.items()}
             record_measurements(self.metric_matrices, self.current_experience, measurements, directions)

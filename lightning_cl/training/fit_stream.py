@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -38,6 +39,7 @@ __all__ = [
     "RESULTS_FILE",
     "fit_stream",
     "log_dir_of",
+    "per_experience_callbacks",
     "resolve_logger",
     "save_results",
     "start_up_lines",
@@ -223,6 +225,22 @@ def _resolve_last(
     return found
 
 
+def per_experience_callbacks(callbacks: Iterable[L.Callback]) -> list[L.Callback]:
+    """One experience's trainer callbacks: the same objects, and a fresh copy of each ``EarlyStopping``.
+
+    Lightning's ``EarlyStopping`` keeps its best value and patience count across fits; reused
+    over experiences it would compare one experience's validation loss with another's. A
+    ``deepcopy`` of the instance as passed in starts every experience afresh (Avalanche's
+    ``EarlyStoppingPlugin`` resets likewise).
+
+    Example:
+        >>> es = EarlyStopping(monitor="val/loss")
+        >>> [c is es for c in per_experience_callbacks([es])]
+        [False]
+    """
+    return [copy.deepcopy(c) if isinstance(c, EarlyStopping) else c for c in callbacks]
+
+
 def fit_stream(
     module: ContinualModule,
     benchmark: Benchmark,
@@ -242,7 +260,9 @@ def fit_stream(
     """Train ``module`` on every experience of ``benchmark.train_stream``, testing after each.
 
     Exactly the plain loop: for each experience a new ``L.Trainer(**trainer_kwargs)`` with the
-    same ``callbacks`` objects (so CL state carries over) and the same logger (so the run's
+    same ``callbacks`` objects (so CL state carries over; an ``EarlyStopping`` is the exception:
+    each experience gets a fresh copy of it, as passed in, so it stops that experience on that
+    experience's validation values alone) and the same logger (so the run's
     metrics land in one place, steps counted over the whole stream), ``trainer.fit`` on the
     experience, then ``trainer.test`` on the whole test stream, which fills row ``i`` of the
     accuracy matrix. With a logger, ``results.json`` and the accuracy-matrix figure
@@ -380,7 +400,7 @@ def fit_stream(
             first = position == start
             # Lightning appends its own defaults to the list it gets: each trainer gets a fresh list.
             trainer = L.Trainer(
-                callbacks=[*callbacks, info],
+                callbacks=[*per_experience_callbacks(callbacks), info],
                 logger=shared_logger,
                 enable_model_summary=summary and first,
                 **kwargs,
