@@ -30,16 +30,20 @@ import torch
 from lightning_cl.data import LoaderSettings, PermutedMNIST
 from lightning_cl.methods import (
     AGEM,
+    ERACE,
+    ERAML,
     EWC,
     GEM,
     MAS,
     MIR,
     PNN,
     SI,
+    BiC,
     CWRStar,
     GDumb,
     GSSGreedy,
     HerdingSelection,
+    ICaRL,
     LwF,
     PackNet,
     Replay,
@@ -68,6 +72,10 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "PackNet(0.5, post_prune_epochs=0) (task labels)": lambda: [PackNet(0.5, post_prune_epochs=0)],
     "StreamingLDA()": lambda: [StreamingLDA()],
     "GDumb(mem_size=500)": lambda: [GDumb(mem_size=500)],
+    "ERACE(mem_size=500)": lambda: [ERACE(mem_size=500)],
+    "ERAML(mem_size=500)": lambda: [ERAML(mem_size=500)],
+    "ICaRL(mem_size=500)": lambda: [ICaRL(mem_size=500)],
+    "BiC(mem_size=500)": lambda: [BiC(mem_size=500)],
 }
 # Methods that need task labels (experience i has task label i) and a model of their own.
 TASK_INCREMENTAL = {"PNN() (task labels)", "PackNet(0.5, post_prune_epochs=0) (task labels)"}

@@ -10,6 +10,7 @@ from lightning_cl.methods.base import (
     step_generator,
     stream_seed,
 )
+from lightning_cl.methods.bic import BiC, bias_correct
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
 from lightning_cl.methods.cwr import CWRStar, output_linear
 from lightning_cl.methods.der import DER
@@ -23,6 +24,7 @@ from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch
 from lightning_cl.methods.gdumb import GDumb, greedy_class_balanced
 from lightning_cl.methods.gem import GEM, gem_projection
 from lightning_cl.methods.gss import GSSGreedy, gss_greedy_replace, gss_scores
+from lightning_cl.methods.icarl import ICARL_REDUCTIONS, ICaRL, icarl_loss, nearest_mean_scores
 from lightning_cl.methods.lfl import LFL
 from lightning_cl.methods.lwf import LwF, distillation_loss
 from lightning_cl.methods.mas import MAS, output_sensitivity
@@ -52,12 +54,14 @@ __all__ = [
     "EWC",
     "FROM_SCRATCH_INITS",
     "GEM",
+    "ICARL_REDUCTIONS",
     "LFL",
     "MAS",
     "MIR",
     "PNN",
     "SI",
     "SLDA_COVARIANCE_UPDATES",
+    "BiC",
     "CWRStar",
     "ClosestToCenterSelection",
     "ContinualCallback",
@@ -67,6 +71,7 @@ __all__ = [
     "GDumb",
     "GSSGreedy",
     "HerdingSelection",
+    "ICaRL",
     "LwF",
     "PackNet",
     "RWalk",
@@ -77,6 +82,7 @@ __all__ = [
     "StreamingLDA",
     "all_reduce_tensors",
     "asymmetric_metric_loss",
+    "bias_correct",
     "capture_features",
     "distillation_loss",
     "experience_generator",
@@ -85,9 +91,11 @@ __all__ = [
     "greedy_class_balanced",
     "gss_greedy_replace",
     "gss_scores",
+    "icarl_loss",
     "interference_scores",
     "lda_scores",
     "masked_cross_entropy",
+    "nearest_mean_scores",
     "output_linear",
     "output_sensitivity",
     "per_sample_gradient_sums",

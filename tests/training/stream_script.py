@@ -32,9 +32,11 @@ from lightning_cl.methods import (
     MAS,
     PNN,
     SI,
+    BiC,
     CWRStar,
     FromScratch,
     GDumb,
+    ICaRL,
     LwF,
     PackNet,
     Replay,
@@ -69,6 +71,8 @@ METHODS = {
     "gdumb": lambda: [GDumb(mem_size=100)],
     "er_ace": lambda: [ERACE(mem_size=200)],
     "er_aml": lambda: [ERAML(mem_size=200)],
+    "icarl": lambda: [ICaRL(mem_size=200)],
+    "bic": lambda: [BiC(mem_size=200)],
     "pnn": lambda: [PNN()],
     "packnet": lambda: [PackNet(prune_ratio=0.5, post_prune_epochs=1)],
     "slda": lambda: [StreamingLDA()],
@@ -117,6 +121,12 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["initial"] = float(sum(v.double().sum() for v in cb.initial_state.values()))
         if isinstance(cb, LFL) and cb.teacher_state is not None:
             out["lfl_teacher"] = float(sum(v.double().sum() for v in cb.teacher_state.values()))
+        if isinstance(cb, BiC):
+            out["bic_memory"] = float(cb.buffer.indices.double().sum())
+            out["bic_bias"] = float(cb.alpha) + float(cb.beta)
+        if isinstance(cb, ICaRL):
+            out["icarl_exemplars"] = float(sum(v.double().sum() for v in cb.exemplars.values()))
+            out["icarl_means"] = float(cb.class_means.double().sum())
         if isinstance(cb, ERACE | ERAML):
             out[f"{type(cb).__name__.lower()}_memory"] = float(cb.buffer.indices.double().sum())
         if isinstance(cb, GDumb):

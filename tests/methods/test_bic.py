@@ -1,0 +1,97 @@
+"""BiC: a bias-correction layer on the new classes' logits, trained on held-out data; distillation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_cl.data import SplitDigits
+from lightning_cl.methods import BiC, ContinualCallback, bias_correct
+from lightning_cl.training import fit_stream
+from tests.conftest import digits_module, quiet_trainer_kwargs, stream_trainer_kwargs
+
+
+def test_the_layer_changes_only_the_new_classes_logits() -> None:
+    logits = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    corrected = bias_correct(logits, [3, 4], torch.tensor(0.5), torch.tensor(-2.0))
+    assert torch.equal(corrected[:, [0, 1, 2, 5]], logits[:, [0, 1, 2, 5]])
+    assert torch.allclose(corrected[:, [3, 4]], 0.5 * logits[:, [3, 4]] - 2.0)
+    assert torch.equal(bias_correct(logits, [], 0.5, 1.0), logits)
+
+
+class _Labels(ContinualCallback):
+    def __init__(self) -> None:
+        self.labels: list[torch.Tensor] = []
+
+    def penalty(self, module: Any, batch: Any, logits: torch.Tensor) -> None:
+        self.labels.append(batch[1].cpu())
+
+
+def test_held_out_samples_are_class_balanced_and_left_out_of_training() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    bic, probe, module = BiC(mem_size=40, val_fraction=0.25, seed=0), _Labels(), digits_module()
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[bic]).fit(module, datamodule=bench.train_stream[0])
+    assert bic.new_classes == []  # no correction after the first experience
+    experience = bench.train_stream[1]
+    trainer = L.Trainer(**quiet_trainer_kwargs(max_steps=1), callbacks=[bic, probe])
+    bic.on_experience_start(trainer, module, experience)  # the split, as set-up does it
+    held = bic.held_out
+    targets = experience.dataset.base_targets[held]
+    classes, counts = torch.unique(targets, return_counts=True)
+    # 25% of the 20 exemplars of each old class, and as many of each new class.
+    assert classes.tolist() == sorted(
+        bench.train_stream[0].classes_in_this_experience + experience.classes_in_this_experience
+    )
+    assert counts.tolist() == [5, 5, 5, 5]
+    loader = bic.current_dataloader(experience)
+    assert loader is not None
+    trained = torch.cat([b[1] for b in loader])
+    assert len(trained) == len(experience) + 40 - 20  # data and memory without the held-out samples
+
+
+def test_after_an_experience_evaluation_uses_the_corrected_logits() -> None:
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5, seed=1)
+    bic, module = BiC(mem_size=40, seed=0), digits_module()
+    for experience in bench.train_stream[:2]:
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[bic]).fit(module, datamodule=experience)
+    assert bic.new_classes == bench.train_stream[1].classes_in_this_experience
+    assert (float(bic.alpha), float(bic.beta)) != (1.0, 0.0)  # the layer was fitted
+    x = bench.test_stream[0].dataset.__getitems__(torch.arange(8))[0]
+    module.eval()
+    with torch.no_grad():
+        raw, corrected = module(x), bic.eval_logits(module, x, torch.zeros(8, dtype=torch.long))
+    assert corrected is not None
+    old = [c for c in range(10) if c not in bic.new_classes]
+    assert torch.equal(corrected[:, old], raw[:, old])
+    assert torch.allclose(corrected[:, bic.new_classes], bic.alpha * raw[:, bic.new_classes] + bic.beta)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="val_fraction must be a number in"):
+        BiC(val_fraction=1.0)
+    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+        BiC(temperature=0)
+    with pytest.raises(ValueError, match="bias_steps must be an int >= 1"):
+        BiC(bias_steps=0)
+
+
+@pytest.mark.slow
+def test_bic_beats_naive_on_split_digits() -> None:
+    averages = {}
+    for name, callbacks in (("naive", []), ("bic", [BiC(mem_size=200, seed=0)])):
+        L.seed_everything(1)
+        results = fit_stream(
+            digits_module(),
+            SplitDigits(n_experiences=5, seed=1),
+            callbacks=callbacks,
+            logger=False,
+            trainer_kwargs=stream_trainer_kwargs(max_epochs=2),
+        )
+        averages[name] = results.average_accuracy
+    print(averages)
+    assert averages["naive"] < 0.25
+    assert averages["bic"] > averages["naive"] + 0.4, averages
