@@ -128,9 +128,10 @@ class Target:
         return abs(measured - self.value) <= self.tolerance + 1e-9
 
     def describe(self) -> str:
-        """The target as the table shows it: ``0.970 (>= -0.03)`` or ``0.200 (± 0.03)``."""
-        sign = ">= -" if self.check == "at_least" else "± "
-        return f"{self.value:.3f} ({sign}{self.tolerance:g})"
+        """The target as the table shows it: ``0.970 (>= 0.940)`` or ``0.200 (± 0.03)``."""
+        if self.check == "at_least":
+            return f"{self.value:.3f} (>= {self.value - self.tolerance:.3f})"
+        return f"{self.value:.3f} (± {self.tolerance:g})"
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,7 @@ def test_list_prints_the_targets(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "configs"
     _write(folder, "digits", _digits_config(value=0.25, tolerance=0.01, check="at_least"))
     assert _run(["--list", "--config-dir", str(folder)]) == 0
-    assert capsys.readouterr().out.strip() == "digits: average_accuracy 0.250 (>= -0.01)  [a test]"
+    assert capsys.readouterr().out.strip() == "digits: average_accuracy 0.250 (>= 0.240)  [a test]"
 
 
 @pytest.mark.parametrize(
