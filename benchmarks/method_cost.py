@@ -26,8 +26,9 @@ from typing import Any
 
 import lightning as L
 import torch
-
 from lightning_cl.data import LoaderSettings, PermutedMNIST
+from lightning_cl.training import fit_stream
+
 from lightning_cl.methods import (
     AGEM,
     ERACE,
@@ -40,6 +41,7 @@ from lightning_cl.methods import (
     SI,
     BiC,
     CWRStar,
+    ExpertGate,
     GDumb,
     GSSGreedy,
     HerdingSelection,
@@ -49,8 +51,7 @@ from lightning_cl.methods import (
     Replay,
     StreamingLDA,
 )
-from lightning_cl.models import MLP, ContinualModule, ProgressiveNetwork
-from lightning_cl.training import fit_stream
+from lightning_cl.models import MLP, ContinualModule, ExpertGateNetwork, ProgressiveNetwork
 
 METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "none (fine-tuning)": lambda: [],
@@ -71,6 +72,7 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "PNN() (task labels)": lambda: [PNN()],
     "PackNet(0.5, post_prune_epochs=0) (task labels)": lambda: [PackNet(0.5, post_prune_epochs=0)],
     "StreamingLDA()": lambda: [StreamingLDA()],
+    "ExpertGate() (task labels)": lambda: [ExpertGate()],
     "GDumb(mem_size=500)": lambda: [GDumb(mem_size=500)],
     "ERACE(mem_size=500)": lambda: [ERACE(mem_size=500)],
     "ERAML(mem_size=500)": lambda: [ERAML(mem_size=500)],
@@ -78,12 +80,17 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "BiC(mem_size=500)": lambda: [BiC(mem_size=500)],
 }
 # Methods that need task labels (experience i has task label i) and a model of their own.
-TASK_INCREMENTAL = {"PNN() (task labels)", "PackNet(0.5, post_prune_epochs=0) (task labels)"}
+TASK_INCREMENTAL = {
+    "PNN() (task labels)",
+    "PackNet(0.5, post_prune_epochs=0) (task labels)",
+    "ExpertGate() (task labels)",
+}
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "PNN() (task labels)": lambda: ProgressiveNetwork(input_size=784, hidden_size=512, hidden_layers=2),
     "PackNet(0.5, post_prune_epochs=0) (task labels)": lambda: MLP(
         input_size=784, hidden_size=512, drop_rate=0.0, head="multihead"
     ),
+    "ExpertGate() (task labels)": lambda: ExpertGateNetwork(input_size=784, hidden_size=512, code_size=100),
 }
 
 

@@ -19,6 +19,7 @@ from lightning_cl.methods.episodic import EpisodicMemoryMethod
 from lightning_cl.methods.er_ace import ERACE, masked_cross_entropy
 from lightning_cl.methods.er_aml import ERAML, asymmetric_metric_loss
 from lightning_cl.methods.ewc import EWC, fisher_information
+from lightning_cl.methods.expert_gate import ExpertGate, expert_gate_network_of
 from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch
 from lightning_cl.methods.gdumb import GDumb, greedy_class_balanced
@@ -66,6 +67,7 @@ __all__ = [
     "ClosestToCenterSelection",
     "ContinualCallback",
     "EpisodicMemoryMethod",
+    "ExpertGate",
     "FeatureSelection",
     "FromScratch",
     "GDumb",
@@ -86,6 +88,7 @@ __all__ = [
     "capture_features",
     "distillation_loss",
     "experience_generator",
+    "expert_gate_network_of",
     "fisher_information",
     "gem_projection",
     "greedy_class_balanced",

@@ -2,6 +2,7 @@
 
 from lightning_cl.models.backbones import CNN, MLP, make_head
 from lightning_cl.models.eval_classifier import EvalClassifier, eval_classifier_of
+from lightning_cl.models.expert_gate import ExpertGateNetwork, GateAutoencoder
 from lightning_cl.models.heads import (
     MASK_VALUE,
     DynamicModule,
@@ -32,6 +33,8 @@ __all__ = [
     "ContinualModule",
     "DynamicModule",
     "EvalClassifier",
+    "ExpertGateNetwork",
+    "GateAutoencoder",
     "IncrementalClassifier",
     "LossTerm",
     "MultiHeadClassifier",

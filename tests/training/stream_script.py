@@ -19,8 +19,10 @@ from typing import Any
 
 import lightning as L
 import torch
-
 from lightning_cl.data import LoaderSettings, SplitDigits
+from lightning_cl.training import fit_stream
+from lightning_cl.training.checkpoint import checkpoint_name
+
 from lightning_cl.methods import (
     AGEM,
     DER,
@@ -34,6 +36,7 @@ from lightning_cl.methods import (
     SI,
     BiC,
     CWRStar,
+    ExpertGate,
     FromScratch,
     GDumb,
     ICaRL,
@@ -44,9 +47,7 @@ from lightning_cl.methods import (
     StreamingLDA,
     output_sensitivity,
 )
-from lightning_cl.models import MLP, ContinualModule, ProgressiveNetwork
-from lightning_cl.training import fit_stream
-from lightning_cl.training.checkpoint import checkpoint_name
+from lightning_cl.models import MLP, ContinualModule, ExpertGateNetwork, ProgressiveNetwork
 
 METHODS = {
     "naive": lambda: [],
@@ -76,6 +77,7 @@ METHODS = {
     "pnn": lambda: [PNN()],
     "packnet": lambda: [PackNet(prune_ratio=0.5, post_prune_epochs=1)],
     "slda": lambda: [StreamingLDA()],
+    "expert_gate": lambda: [ExpertGate()],
     "all": lambda: [
         Replay(mem_size=200),
         EWC(ewc_lambda=2.0),
@@ -89,10 +91,11 @@ METHODS = {
 
 # Methods that need a task-incremental stream (task label i in experience i), and the models
 # of the methods that need their own.
-TASK_INCREMENTAL = {"pnn", "packnet"}
+TASK_INCREMENTAL = {"pnn", "packnet", "expert_gate"}
 MODELS = {
     "pnn": lambda: ProgressiveNetwork(input_size=64, hidden_size=64),
     "packnet": lambda: MLP(input_size=64, hidden_size=256, drop_rate=0.0, head="multihead"),
+    "expert_gate": lambda: ExpertGateNetwork(input_size=64, hidden_size=64, code_size=16),
 }
 
 
@@ -143,6 +146,10 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["slda_means"] = float(cb.means.sum())
             out["slda_sigma"] = float(cb.sigma.abs().sum())
             out["slda_counts"] = float(cb.counts.double().mul(torch.arange(len(cb.counts)) + 1).sum())
+        if isinstance(cb, ExpertGate):
+            out["expert_gate_init"] = float(
+                sum((k + 1) * (v if v is not None else -1) for k, v in cb.initialised_from.items())
+            )
     return out
 
 
