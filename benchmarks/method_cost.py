@@ -38,6 +38,7 @@ from lightning_cl.methods import (
     MAS,
     MIR,
     PNN,
+    SCR,
     SI,
     BiC,
     CWRStar,
@@ -78,6 +79,7 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "ERAML(mem_size=500)": lambda: [ERAML(mem_size=500)],
     "ICaRL(mem_size=500)": lambda: [ICaRL(mem_size=500)],
     "BiC(mem_size=500)": lambda: [BiC(mem_size=500)],
+    "SCR(mem_size=500)": lambda: [SCR(mem_size=500)],
 }
 # Methods that need task labels (experience i has task label i) and a model of their own.
 TASK_INCREMENTAL = {

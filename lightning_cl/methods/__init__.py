@@ -36,6 +36,7 @@ from lightning_cl.methods.per_sample import per_sample_gradient_sums
 from lightning_cl.methods.pnn import PNN, progressive_network_of
 from lightning_cl.methods.replay import Replay
 from lightning_cl.methods.rwalk import RWalk
+from lightning_cl.methods.scr import SCR, supervised_contrastive_loss
 from lightning_cl.methods.selection import (
     ClosestToCenterSelection,
     FeatureSelection,
@@ -60,6 +61,7 @@ __all__ = [
     "MAS",
     "MIR",
     "PNN",
+    "SCR",
     "SI",
     "SLDA_COVARIANCE_UPDATES",
     "BiC",
@@ -109,4 +111,5 @@ __all__ = [
     "resolve_layer",
     "step_generator",
     "stream_seed",
+    "supervised_contrastive_loss",
 ]

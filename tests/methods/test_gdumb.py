@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_cl.data import SplitDigits
@@ -140,3 +142,39 @@ def test_gdumb_beats_naive_on_split_digits() -> None:
     print(averages)
     assert averages["naive"] < 0.25
     assert averages["gdumb"] > averages["naive"] + 0.4, averages
+
+
+def _stream(root: Path, ckpt_path: Path | None, max_experiences: int) -> tuple[Any, Any]:
+    L.seed_everything(1, verbose=False)
+    module = digits_module()
+    checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", save_top_k=-1, every_n_epochs=1)
+    kwargs = stream_trainer_kwargs(max_epochs=3)
+    kwargs.pop("enable_checkpointing")
+    results = fit_stream(
+        module,
+        SplitDigits(n_experiences=5, seed=1),
+        callbacks=[GDumb(mem_size=60, seed=0), checkpoints],
+        logger=False,
+        trainer_kwargs=kwargs,
+        checkpoint_dir=root / "experiences",
+        ckpt_path=ckpt_path,
+        max_experiences=max_experiences,
+    )
+    return module, results
+
+
+@pytest.mark.slow
+def test_a_resume_inside_an_experience_continues_the_memorys_loader_exactly(tmp_path: Path) -> None:
+    full_module, full = _stream(tmp_path / "full", None, 3)
+    inside = []
+    for path in (tmp_path / "full" / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(path, weights_only=True)
+        if checkpoint["lightning_cl"]["current_experience"] == 1 and checkpoint["epoch"] == 0:
+            inside.append(path)
+    assert len(inside) == 1
+    # Experiences 1 (from its second epoch on) and 2: the same numbers and weights.
+    resumed_module, resumed = _stream(tmp_path / "resumed", inside[0], 2)
+    assert resumed.trained == full.trained == [0, 1, 2]
+    assert resumed.accuracy_matrix == full.accuracy_matrix
+    for a, b in zip(full_module.parameters(), resumed_module.parameters()):
+        assert torch.equal(a, b)

@@ -33,6 +33,7 @@ from lightning_cl.methods import (
     LFL,
     MAS,
     PNN,
+    SCR,
     SI,
     BiC,
     CWRStar,
@@ -74,6 +75,7 @@ METHODS = {
     "er_aml": lambda: [ERAML(mem_size=200)],
     "icarl": lambda: [ICaRL(mem_size=200)],
     "bic": lambda: [BiC(mem_size=200)],
+    "scr": lambda: [SCR(mem_size=200)],
     "pnn": lambda: [PNN()],
     "packnet": lambda: [PackNet(prune_ratio=0.5, post_prune_epochs=1)],
     "slda": lambda: [StreamingLDA()],
@@ -130,7 +132,9 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
         if isinstance(cb, ICaRL):
             out["icarl_exemplars"] = float(sum(v.double().sum() for v in cb.exemplars.values()))
             out["icarl_means"] = float(cb.class_means.double().sum())
-        if isinstance(cb, ERACE | ERAML):
+        if isinstance(cb, SCR):
+            out["scr_means"] = float(cb.class_means.double().sum())
+        if isinstance(cb, ERACE | ERAML | SCR):
             out[f"{type(cb).__name__.lower()}_memory"] = float(cb.buffer.indices.double().sum())
         if isinstance(cb, GDumb):
             out["gdumb_memory"] = float(cb.indices.double().mul(torch.arange(len(cb)) + 1).sum())

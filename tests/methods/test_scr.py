@@ -1,0 +1,86 @@
+"""SCR: a supervised contrastive loss on current and memory samples; the nearest class mean classifies."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_cl.data import SplitDigits
+from lightning_cl.methods import SCR, supervised_contrastive_loss
+from lightning_cl.training import fit_stream
+from tests.conftest import digits_module, quiet_trainer_kwargs, stream_trainer_kwargs
+
+
+def test_the_contrastive_loss_by_hand() -> None:
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(5, 3, generator=g)
+    y = torch.tensor([0, 1, 0, 0, 2])  # class 2 has no positive: not an anchor
+    tau = 0.5
+    z = F.normalize(f, dim=1)
+    s = (z @ z.T / tau).tolist()
+    terms = []
+    for i in range(5):
+        positives = [p for p in range(5) if p != i and y[p] == y[i]]
+        if not positives:
+            continue
+        denominator = math.log(sum(math.exp(s[i][a]) for a in range(5) if a != i))
+        terms.append(sum(denominator - s[i][p] for p in positives) / len(positives))
+    expected = sum(terms) / len(terms)
+    assert float(supervised_contrastive_loss(f, y, tau)) == pytest.approx(expected, abs=1e-5)
+    lonely = torch.randn(2, 3, requires_grad=True)
+    zero = supervised_contrastive_loss(lonely, torch.tensor([0, 1]))
+    assert float(zero) == 0.0 and zero.requires_grad
+
+
+def test_the_classifier_is_the_nearest_mean_of_the_memorys_features() -> None:
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5, seed=1)
+    scr, module = SCR(mem_size=40, seed=0), digits_module()
+    for experience in bench.train_stream[:2]:
+        trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[scr])
+        trainer.fit(module, datamodule=experience)
+    trainer.test(module, datamodule=bench.test_stream, verbose=False)
+    memory = scr.buffer.dataset(bench.train_stream[1].dataset)
+    assert memory is not None
+    module.eval()
+    with torch.no_grad():
+        x, y, _ = memory.__getitems__(torch.arange(len(memory)))
+        phi = F.normalize(module.model.features(x), dim=1)
+        classes = torch.unique(y).tolist()
+        means = torch.stack([F.normalize(phi[y == c].mean(0), dim=0) for c in classes])
+        expected = []
+        for experience in bench.test_stream:
+            xt, yt, _ = experience.dataset.__getitems__(torch.arange(len(experience.dataset)))
+            nearest = torch.cdist(F.normalize(module.model.features(xt), dim=1), means).argmin(1)
+            expected.append(float((torch.tensor(classes)[nearest] == yt).float().mean()))
+    assert module.results.accuracy_matrix[-1] == pytest.approx(expected, abs=1e-6)
+    assert min(expected[:2]) > 0.5
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+        SCR(temperature=-1.0)
+    with pytest.raises(ValueError, match="augment must be a callable"):
+        SCR(augment="flip")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_scr_beats_naive_on_split_digits() -> None:
+    averages = {}
+    for name, callbacks in (("naive", []), ("scr", [SCR(mem_size=200, seed=0)])):
+        L.seed_everything(1)
+        results = fit_stream(
+            digits_module(),
+            SplitDigits(n_experiences=5, seed=1),
+            callbacks=callbacks,
+            logger=False,
+            trainer_kwargs=stream_trainer_kwargs(max_epochs=2),
+        )
+        averages[name] = results.average_accuracy
+    print(averages)
+    assert averages["naive"] < 0.25
+    assert averages["scr"] > averages["naive"] + 0.4, averages
