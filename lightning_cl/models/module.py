@@ -68,6 +68,9 @@ class NonFiniteLossError(FloatingPointError):
     """
 
 
+_PENDING_SAMPLES = 1 << 16  # training samples whose predictions wait for one metric update, at most
+
+
 def check_new_trainer(trainer: L.Trainer) -> None:
     """Refuse a ``Trainer`` that has already run a fit: one ``Trainer`` per experience.
 
@@ -232,6 +235,9 @@ class ContinualModule(L.LightningModule):
         self._n_classes = 0
         self._penalty_sums: dict[str, Tensor] = {}
         self._penalty_steps = 0
+        # Training steps whose predictions, targets and loss wait for one metric update.
+        self._train_pending: list[tuple[Tensor, Tensor, Tensor, int]] = []
+        self._train_pending_samples = 0
         # The callback that replaces the task loss, and the one that classifies at evaluation
         # (found once per fit or evaluation, so a step pays one attribute check for each).
         self._task_loss_owner: LossTerm | None = None
@@ -291,13 +297,18 @@ class ContinualModule(L.LightningModule):
         preds = logits.detach().argmax(dim=-1)
         if self.train_user_metrics:
             self._update_train_user_metrics(logits.detach(), y, loss.detach())
-        # Epoch values: plain metric updates, logged once in `on_train_epoch_end`. Each `self.log`
-        # call costs Lightning ~0.3 ms, so step values are logged only when something shows them.
-        accuracy = self.train_metrics["acc"]
-        self.train_metrics["loss"].update(loss.detach(), n)
+        # Epoch values, logged once in `on_train_epoch_end`. Each `self.log` call costs Lightning
+        # ~0.3 ms, so step values are logged only when something shows them; otherwise the
+        # step's predictions and loss wait, and update the metrics in one call (a torchmetrics
+        # update costs more Python than a small model's step).
         if not self._step_values_shown():
-            accuracy.update(preds, y)
+            self._train_pending.append((preds, y, loss.detach(), n))
+            self._train_pending_samples += n
+            if self._train_pending_samples >= _PENDING_SAMPLES:
+                self._flush_train_metrics()
         else:
+            accuracy = self.train_metrics["acc"]
+            self.train_metrics["loss"].update(loss.detach(), n)
             batch_accuracy = accuracy(preds, y)  # forward: the batch's value, and the epoch's state updated
             for name, term in penalties.items():
                 self.log(f"train/penalty/{name}", term, on_step=True, on_epoch=False, batch_size=n)
@@ -350,11 +361,25 @@ class ContinualModule(L.LightningModule):
         every = int(getattr(trainer, "log_every_n_steps", 50))
         return bool(trainer.loggers) and (trainer.global_step + 1) % every == 0
 
+    def _flush_train_metrics(self) -> None:
+        """Update the epoch's accuracy and mean loss with the steps held since the last flush."""
+        pending, self._train_pending, self._train_pending_samples = self._train_pending, [], 0
+        if not pending or self.train_metrics is None:
+            return
+        self.train_metrics["acc"].update(
+            torch.cat([p for p, _, _, _ in pending]), torch.cat([y for _, y, _, _ in pending])
+        )
+        losses = torch.stack([loss.float().reshape(()) for _, _, loss, _ in pending])
+        weights = torch.tensor([float(n) for _, _, _, n in pending], device=losses.device)
+        self.train_metrics["loss"].update(losses, weights)
+
     def on_train_epoch_start(self) -> None:
         self._penalty_sums, self._penalty_steps = {}, 0
+        self._train_pending, self._train_pending_samples = [], 0
 
     def on_train_epoch_end(self) -> None:
         assert self.train_metrics is not None
+        self._flush_train_metrics()
         for name, total in self._penalty_sums.items():
             # The epoch's mean penalty, the same on every rank up to the data each one saw.
             self.log(f"train/penalty/{name}_epoch", total / max(1, self._penalty_steps), on_epoch=True)

@@ -401,3 +401,26 @@ def test_metrics_from_yaml(capsys: Any) -> None:
     assert printed["metrics"]["f1"]["class_path"] == "torchmetrics.classification.MulticlassF1Score"
     assert printed["metrics"]["top3"]["init_args"]["top_k"] == 3
     assert printed["metric_scopes"] == ["epoch", "experience", "stream"]
+
+
+def test_epoch_accuracy_and_loss_are_those_of_every_training_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The steps' predictions and losses wait and update the epoch metrics in one call (flushed
+    # when many are held): with a learning rate of 0 the epoch values must be the fixed model's
+    # accuracy and mean loss over the experience's training samples.
+    import lightning_cl.models.module as module_file
+    from tests.conftest import digits_module
+
+    monkeypatch.setattr(module_file, "_PENDING_SAMPLES", 100)
+    L.seed_everything(0, verbose=False)
+    experience = SplitDigits(n_experiences=2, seed=0, loader=LoaderSettings(batch_size=32)).train_stream[0]
+    module = digits_module(optimizer=partial(torch.optim.SGD, lr=0.0))
+    trainer = L.Trainer(**quiet_trainer_kwargs())
+    trainer.fit(module, datamodule=experience)
+    x = torch.stack([experience.dataset[i][0] for i in range(len(experience.dataset))])
+    y = torch.tensor([int(experience.dataset[i][1]) for i in range(len(experience.dataset))])
+    with torch.no_grad():
+        logits = module(x)
+    expected_acc = float((logits.argmax(-1) == y).float().mean())
+    expected_loss = float(torch.nn.functional.cross_entropy(logits, y))
+    assert float(trainer.callback_metrics["train/acc_epoch"]) == pytest.approx(expected_acc, abs=1e-6)
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(expected_loss, rel=1e-5)
