@@ -246,6 +246,7 @@ def test_every_mnist_target_of_the_issue_has_a_config() -> None:
         "permuted_mnist_lfl",
         "permuted_mnist_gem",
         "permuted_mnist_agem",
+        "split_mnist_online_replay",
     } <= names
 
 
