@@ -53,6 +53,9 @@ class PackNet(ContinualCallback):
     - The state is one ``uint8`` owner per prunable weight (0: free, ``k``: the ``k``-th task)
       and the tasks' order: an assignment, not a copy of weights.
     - An evaluation batch must hold one task label (the test stream's experiences do).
+    - The masking is done by this callback: evaluate with a trainer that has it among its
+      callbacks (``fit_stream`` tests with the experience's trainer; in the plain loop, call
+      ``trainer.test`` on the trainer that fitted).
 
     Args:
         prune_ratio: the fraction of the free weights pruned after each task, in (0, 1), or one
@@ -114,7 +117,7 @@ class PackNet(ContinualCallback):
         """The pruning fraction of experience ``experience_index``."""
         return self._ratios[min(int(experience_index), len(self._ratios) - 1)]
 
-    def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
+    def prunable(self, model: nn.Module) -> dict[str, Tensor]:
         """The weights PackNet assigns to tasks, by ``named_parameters`` name (outside the output layer)."""
         head = self.head_layer
         return {

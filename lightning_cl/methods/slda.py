@@ -87,6 +87,8 @@ class StreamingLDA(ContinualCallback, EvalClassifier):
       it keep theirs, so DDP has parameters to synchronise).
     - Under DDP every rank gathers the step's features and labels from all ranks (rank order)
       and applies the same updates, so the statistics are identical on every rank.
+    - It classifies where it is a callback of the evaluating trainer (as ``fit_stream`` tests);
+      a trainer without it evaluates the model's own head.
 
     Args:
         feature_layer: the name (in ``model.named_modules()``) of the frozen feature extractor's

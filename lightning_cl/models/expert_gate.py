@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_cl.models.backbones import MLP
-from lightning_cl.models.heads import MASK_VALUE, DynamicModule
+from lightning_cl.models.heads import MASK_VALUE, DynamicModule, IncrementalClassifier
 
 __all__ = ["ExpertGateNetwork", "GateAutoencoder"]
 
@@ -154,12 +154,14 @@ class ExpertGateNetwork(DynamicModule):
                     f"task label {task} has no expert in the ExpertGateNetwork (experts: {self.tasks}): add "
                     "lightning_cl.methods.ExpertGate() to the callbacks, which adds one per new task label"
                 )
-            self.experts[str(task)].head.adaptation(torch.unique(targets[task_labels == task]).tolist())
+            head = cast(IncrementalClassifier, cast(MLP, self.experts[str(task)]).head)
+            head.adaptation(torch.unique(targets[task_labels == task]).tolist())
 
     def forward(self, x: Tensor, task_labels: Tensor | None = None) -> Tensor:
         routes = task_labels if self.training and task_labels is not None else self.route(x)
         # As wide as the widest expert: every class the network knows has a column.
-        width = max((int(e.head.out_features) for e in self.experts.values()), default=1)
+        heads = [cast(IncrementalClassifier, cast(MLP, e).head) for e in self.experts.values()]
+        width = max((h.out_features for h in heads), default=1)
         out = x.new_full((x.shape[0], width), MASK_VALUE)
         for t in torch.unique(routes).tolist():
             if str(t) in self.experts:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -163,17 +163,17 @@ class ProgressiveNetwork(DynamicModule):
             column.head.adaptation(torch.unique(targets[task_labels == task]).tolist())
 
     def _column_output(self, x: Tensor, k: int) -> Tensor:
-        columns = list(self.columns.values())[: k + 1]
-        hs = [F.relu(col.layers[0](x)) for col in columns]  # type: ignore[index]
+        columns = cast(list[_Column], list(self.columns.values())[: k + 1])
+        hs = [F.relu(col.layers[0](x)) for col in columns]
         for i in range(1, self.hidden_layers):
             new = []
             for j, col in enumerate(columns):
-                pre = col.layers[i](hs[j])  # type: ignore[index]
+                pre = col.layers[i](hs[j])
                 if j > 0:
-                    pre = pre + col.laterals[i - 1](torch.cat(hs[:j], dim=1))  # type: ignore[index]
+                    pre = pre + col.laterals[i - 1](torch.cat(hs[:j], dim=1))
                 new.append(F.relu(pre))
             hs = new
-        return columns[k].head(hs[k])  # type: ignore[operator]
+        return columns[k].head(hs[k])
 
     def forward(self, x: Tensor, task_labels: Tensor) -> Tensor:
         x = x.flatten(1)

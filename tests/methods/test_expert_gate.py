@@ -20,6 +20,7 @@ def _module() -> ContinualModule:
     return ContinualModule(net, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9))
 
 
+@pytest.mark.slow  # 3 experiences of 4 epochs: ~10 s on a quiet 2-core machine
 def test_held_out_samples_of_each_task_are_routed_to_its_expert() -> None:
     L.seed_everything(0)
     bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
