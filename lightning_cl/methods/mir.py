@@ -190,8 +190,11 @@ class MIR(ContinualCallback):
         return self._seed
 
     def _group(self, experience: Experience) -> int:
+        """The experience group: the origin experience on an online stream with known boundaries."""
         origin = experience.online
-        return origin.origin_experience.index if origin is not None else experience.index
+        if origin is not None and origin.access_task_boundaries:
+            return origin.origin_experience.index
+        return experience.index
 
     @override
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:

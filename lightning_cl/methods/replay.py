@@ -82,9 +82,10 @@ class Replay(ContinualCallback):
       is as fresh as the last mini-experience.
 
     On an online stream, ``"experience_balanced"`` groups by the origin experience
-    (``experience.online.origin_experience.index``), which needs the experience boundaries
-    (``access_task_boundaries=True``); without them it is refused at set-up, and
-    ``"class_balanced"`` or ``"reservoir"`` work.
+    (``experience.online.origin_experience.index``) where the boundaries are known
+    (``access_task_boundaries=True``); where they are hidden, by the mini-experience, the only
+    experience the method sees (as Avalanche's ``ExperienceBalancedBuffer``): prefer
+    ``"class_balanced"`` or ``"reservoir"`` there.
 
     The memory holds indices into the stream's dataset, not copies of the samples, so its
     checkpointed state is a few integer tensors.
@@ -171,24 +172,14 @@ class Replay(ContinualCallback):
         return self._seed
 
     def _group(self, experience: Experience) -> int:
-        """The experience group: the origin experience on an online stream."""
+        """The experience group: the origin experience on an online stream with known boundaries."""
         origin = experience.online
-        return origin.origin_experience.index if origin is not None else experience.index
+        if origin is not None and origin.access_task_boundaries:
+            return origin.origin_experience.index
+        return experience.index
 
     @override
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
-        origin = experience.online
-        if (
-            self.buffer.policy == "experience_balanced"
-            and origin is not None
-            and not origin.access_task_boundaries
-        ):
-            raise MisconfigurationException(
-                "Replay(policy='experience_balanced') groups the memory by origin experience, but this "
-                "online stream hides the experience boundaries (split_online(..., "
-                "access_task_boundaries=False)): use policy='class_balanced' or 'reservoir', or "
-                "access_task_boundaries=True"
-            )
         self._shared_seed(trainer)
 
     def train_dataloaders(self, experience: Experience, current: Sized) -> dict[str, Iterable[Any]]:

@@ -6,7 +6,6 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_cl.data import LoaderSettings, SplitDigits, split_online
 from lightning_cl.methods import HerdingSelection, Replay
@@ -52,19 +51,16 @@ def test_online_reservoir_memory_is_updated_inside_an_experience() -> None:
     assert torch.equal(restored.buffer.indices, replay.buffer.indices) and restored.buffer.seen == seen
 
 
-def test_experience_balanced_needs_the_boundaries_of_an_online_stream() -> None:
+def test_experience_groups_on_an_online_stream_follow_the_boundaries_flag() -> None:
     bench = SplitDigits(n_experiences=5, seed=1)
-    hidden = split_online(bench.train_stream[:1], 100)
-    with pytest.raises(MisconfigurationException, match="access_task_boundaries"):
-        L.Trainer(**quiet_trainer_kwargs(), callbacks=[Replay(mem_size=20, online=True)]).fit(
-            digits_module(), datamodule=hidden[0]
-        )
-    known = split_online(bench.train_stream[:2], 150, access_task_boundaries=True)
-    replay, module = Replay(mem_size=20, online=True), digits_module()
-    for mini in known:
-        L.Trainer(**quiet_trainer_kwargs(), callbacks=[replay]).fit(module, datamodule=mini)
-    # Groups are the origin experiences, not the mini-experiences.
-    assert sorted(replay.buffer.groups) == [0, 1] and len(replay.buffer) == 20
+    for known, groups in ((True, [0, 1]), (False, list(range(4)))):
+        online = split_online(bench.train_stream[:2], 150, access_task_boundaries=known)
+        assert len(online) == 4
+        replay, module = Replay(mem_size=20, online=True), digits_module()
+        for mini in online:
+            L.Trainer(**quiet_trainer_kwargs(), callbacks=[replay]).fit(module, datamodule=mini)
+        # Known boundaries: the origin experiences; hidden: the mini-experiences.
+        assert sorted(replay.buffer.groups) == groups and len(replay.buffer) == 20
 
 
 def test_online_feature_selection_is_refused() -> None:
