@@ -31,6 +31,7 @@ from lightning_cl.training import fit_stream
 
 from lightning_cl.methods import (
     AGEM,
+    AR1,
     ERACE,
     ERAML,
     EWC,
@@ -70,6 +71,7 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "AGEM(250, sample_size=256)": lambda: [AGEM(patterns_per_experience=250, sample_size=256)],
     "GEM(256, memory_strength=0.5)": lambda: [GEM(patterns_per_experience=256, memory_strength=0.5)],
     "CWRStar()": lambda: [CWRStar()],
+    "AR1(mem_size=1500)": lambda: [AR1(latent_layer="features.1", mem_size=1500)],
     "PNN() (task labels)": lambda: [PNN()],
     "PackNet(0.5, post_prune_epochs=0) (task labels)": lambda: [PackNet(0.5, post_prune_epochs=0)],
     "StreamingLDA()": lambda: [StreamingLDA()],

@@ -4,6 +4,7 @@ Naive fine-tuning is a :class:`~lightning_cl.models.ContinualModule` with no CL 
 """
 
 from lightning_cl.methods.agem import AGEM, project_gradient
+from lightning_cl.methods.ar1 import AR1
 from lightning_cl.methods.base import (
     ContinualCallback,
     experience_generator,
@@ -49,6 +50,7 @@ from lightning_cl.methods.slda import SLDA_COVARIANCE_UPDATES, StreamingLDA, lda
 
 __all__ = [
     "AGEM",
+    "AR1",
     "BUFFER_POLICIES",
     "DER",
     "ERACE",

@@ -16,7 +16,7 @@ from lightning_cl.models.eval_classifier import EvalClassifier
 from lightning_cl.models.heads import MASK_VALUE
 from lightning_cl.models.module import merge_batch
 
-__all__ = ["SLDA_COVARIANCE_UPDATES", "StreamingLDA", "lda_scores"]
+__all__ = ["SLDA_COVARIANCE_UPDATES", "StreamingLDA", "lda_scores", "modules_up_to"]
 
 SLDA_COVARIANCE_UPDATES = ("paper", "exact")
 
@@ -132,14 +132,14 @@ class StreamingLDA(ContinualCallback, EvalClassifier):
     # ------------------------------------------------------------------ training: the updates
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         layer = resolve_layer(module.model, self.feature_layer)
-        for part in _extractor(module.model, self.feature_layer):
+        for part in modules_up_to(module.model, self.feature_layer):
             for param in part.parameters(recurse=False):
                 param.requires_grad_(False)
         self._remove_hook()
         self._hook = layer.register_forward_hook(self._record)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for part in _extractor(pl_module.model, self.feature_layer):  # type: ignore[arg-type]
+        for part in modules_up_to(pl_module.model, self.feature_layer):  # type: ignore[arg-type]
             part.training = False  # this module only: the layers after it train as usual
 
     def _record(self, layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -237,9 +237,20 @@ class StreamingLDA(ContinualCallback, EvalClassifier):
         self.n_seen = int(state_dict.get("n_seen", 0))
 
 
-def _extractor(model: nn.Module, layer: str) -> list[nn.Module]:
+def modules_up_to(model: nn.Module, layer: str) -> list[nn.Module]:
     """The modules that compute ``layer``'s output: itself, what is inside it, and the leaf modules
-    registered before it (for the reference backbones and any ``nn.Sequential``, the layers before it)."""
+    registered before it (for the reference backbones and any ``nn.Sequential``, the layers before it).
+
+    Their own parameters (``parameters(recurse=False)``) are what freezing "up to ``layer``" freezes.
+
+    Raises:
+        ValueError: if ``model`` has no layer ``layer``.
+
+    Example:
+        >>> from lightning_cl.models import MLP
+        >>> [type(m).__name__ for m in modules_up_to(MLP(input_size=4, hidden_size=3), "features.1")]
+        ['Flatten', 'Linear']
+    """
     resolve_layer(model, layer)
     names = [name for name, _ in model.named_modules()]
     position = names.index(layer)

@@ -25,6 +25,7 @@ from lightning_cl.training.checkpoint import checkpoint_name
 
 from lightning_cl.methods import (
     AGEM,
+    AR1,
     DER,
     ERACE,
     ERAML,
@@ -70,6 +71,7 @@ METHODS = {
     "lfl": lambda: [LFL(lambda_e=1.0, freeze_head=False)],
     "rwalk": lambda: [RWalk(ewc_lambda=1.0)],
     "cwr": lambda: [CWRStar()],
+    "ar1": lambda: [AR1(latent_layer="features.1", mem_size=200)],
     "gdumb": lambda: [GDumb(mem_size=100)],
     "er_ace": lambda: [ERACE(mem_size=200)],
     "er_aml": lambda: [ERAML(mem_size=200)],
@@ -141,6 +143,8 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
         if isinstance(cb, RWalk) and cb.weights is not None:
             out["rwalk_weights"] = float(sum(v.double().sum() for v in cb.weights.values()))
             out["rwalk_fisher"] = float(sum(v.double().sum() for v in cb.fisher.values()))
+        if isinstance(cb, AR1):
+            out["ar1_memory"] = float(cb.indices.double().mul(torch.arange(len(cb.indices)) + 1).sum())
         if isinstance(cb, CWRStar) and cb.consolidated is not None:
             out["cwr_consolidated"] = float(cb.consolidated.abs().sum())
             out["cwr_past"] = float(cb.past.double().mul(torch.arange(len(cb.past)) + 1).sum())

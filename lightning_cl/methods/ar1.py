@@ -1,0 +1,157 @@
+"""AR1* with latent replay (Maltoni and Lomonaco, 2019; Pellegrini et al., 2020)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sized
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightning_cl.data.dataset_view import DatasetView
+from lightning_cl.data.experience import Experience
+from lightning_cl.methods.base import experience_generator, stream_seed
+from lightning_cl.methods.cwr import CWRStar
+from lightning_cl.methods.slda import modules_up_to
+
+__all__ = ["AR1"]
+
+
+class AR1(CWRStar):
+    r"""AR1* with latent replay: CWR* on the output layer, a replay memory entering above a frozen layer.
+
+    On top of :class:`CWRStar` (consolidated output weights):
+
+    - After the first experience, the layers up to ``latent_layer`` (the latent replay layer) are
+      frozen (Pellegrini et al., 2020, Sec. 3: the layers below the replay layer learn on the
+      first batch only); the layers between it and the output layer keep learning.
+    - A memory of ``mem_size`` past samples is replayed: every training step adds a memory batch
+      of ``mem_batch_size`` samples. When experience :math:`i` (counted from 0) ends,
+      :math:`h = \min(\text{mem\_size} / (i + 1), n_i)` random samples of it replace :math:`h`
+      random memory entries (the first experience fills it): the paper's Alg. 1 and
+      Avalanche's ``AR1``.
+    - CWR*'s classes and counts of an experience include the memory's (Avalanche's AR1): the
+      output rows of the replayed classes train too, and their consolidation weighs the
+      memory's samples.
+
+    Choices, stated:
+
+    - The memory holds indices of samples, and their latent activations are recomputed through
+      the frozen layers at every step: the activations the paper stores, without storing them,
+      where the layers below the latent layer are frozen (Avalanche stores the activations of
+      the first epoch of each experience, while the first experience's layers still learned).
+    - The paper's AR1 also regularises the layers above the latent layer with SI: add
+      ``SI(si_lambda=...)`` to the same callbacks list (Avalanche's ``AR1`` has
+      ``ewc_lambda=0``, no SI, by default). Batch renormalisation is the model's to choose.
+    - The memory's choices use a generator seeded by the shared seed and the experience, the
+      same on every rank.
+
+    Args:
+        latent_layer: name of the latent replay layer: it and the layers before it are frozen
+            after the first experience.
+        mem_size: samples in the memory (>= 1).
+        mem_batch_size: memory samples per step (default: the experience's batch size).
+        head_layer, init, mean_shift: as :class:`CWRStar`.
+        seed: seed of the memory's choices (``None``: torch's initial seed on rank 0).
+
+    Raises:
+        ValueError: for ``mem_size`` or ``mem_batch_size`` below 1, and as :class:`CWRStar`.
+
+    Example:
+        >>> AR1(mem_size=500).mem_size
+        500
+    """
+
+    def __init__(
+        self,
+        latent_layer: str = "features",
+        mem_size: int = 1500,
+        mem_batch_size: int | None = None,
+        head_layer: str = "head",
+        init: str = "zero",
+        mean_shift: str = "classes",
+        seed: int | None = None,
+    ):
+        super().__init__(head_layer=head_layer, init=init, mean_shift=mean_shift, freeze_remaining=False)
+        if isinstance(mem_size, bool) or not isinstance(mem_size, int) or mem_size < 1:
+            raise ValueError(f"mem_size must be an int >= 1, got {mem_size!r}")
+        if mem_batch_size is not None and (isinstance(mem_batch_size, bool) or mem_batch_size < 1):
+            raise ValueError(f"mem_batch_size must be a positive int or None, got {mem_batch_size!r}")
+        self.latent_layer = latent_layer
+        self.mem_size = mem_size
+        self.mem_batch_size = mem_batch_size
+        self.seed = seed
+        self.indices = torch.zeros(0, dtype=torch.long)  # into the stream's dataset
+        self.memory_task_labels = torch.zeros(0, dtype=torch.long)
+        self._seed: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(latent_layer=self.latent_layer, mem_size=self.mem_size)
+
+    def memory(self, data: DatasetView) -> DatasetView | None:
+        """The memory as a view of ``data``'s dataset (``None`` while it is empty)."""
+        if len(self.indices) == 0:
+            return None
+        return DatasetView(data.base, self.indices, self.memory_task_labels, data.base_targets)
+
+    def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        if self._seed is None:
+            self._seed = stream_seed(trainer, self.seed)
+        super().on_experience_start(trainer, module, experience)
+        model: nn.Module = module.model
+        if self.trained_experiences > 0:
+            for part in modules_up_to(model, self.latent_layer):
+                for param in part.parameters(recurse=False):
+                    self._frozen.append((param, param.requires_grad))
+                    param.requires_grad_(False)
+        memory = self.memory(experience.dataset)
+        if memory is not None and self._counts is not None:
+            held = torch.bincount(memory.targets.long().cpu())
+            width = max(len(held), len(self._counts))
+            counts = torch.zeros(width, dtype=torch.long)
+            counts[: len(self._counts)] += self._counts
+            counts[: len(held)] += held
+            self._counts = counts
+            self._current = sorted(int(c) for c in torch.nonzero(counts > 0).flatten())
+
+    def train_dataloaders(self, experience: Experience, current: Sized) -> dict[str, Iterable[Any]]:
+        memory = self.memory(experience.dataset)
+        if memory is None:
+            return {}
+        batch_size = self.mem_batch_size or experience.batch_size
+        draws = max(1, len(current)) * batch_size * experience.trainer.world_size  # type: ignore[union-attr]
+        return {
+            "latent_replay": experience.loader(memory, train=True, batch_size=batch_size, num_samples=draws)
+        }
+
+    def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        super().on_experience_end(trainer, module, experience)  # consolidates (and counts this experience)
+        generator = experience_generator(int(self._seed or 0), experience.index)
+        data = experience.dataset
+        i = self.trained_experiences - 1  # this experience, counted from 0
+        h = min(self.mem_size // (i + 1), len(data))
+        chosen = torch.randperm(len(data), generator=generator)[:h]
+        new, tasks = data.indices[chosen].cpu(), data.task_labels[chosen].long().cpu()
+        if len(self.indices) == 0:
+            self.indices, self.memory_task_labels = new.clone(), tasks.clone()
+            return
+        slots = torch.randperm(len(self.indices), generator=generator)[:h]
+        self.indices, self.memory_task_labels = self.indices.clone(), self.memory_task_labels.clone()
+        self.indices[slots] = new[: len(slots)]
+        self.memory_task_labels[slots] = tasks[: len(slots)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "indices": self.indices,
+            "memory_task_labels": self.memory_task_labels,
+            "seed": self._seed,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.indices = state_dict.get("indices", torch.zeros(0, dtype=torch.long))
+        self.memory_task_labels = state_dict.get("memory_task_labels", torch.zeros(0, dtype=torch.long))
+        self._seed = state_dict.get("seed")
