@@ -41,6 +41,11 @@ class ContinualCallback(L.Callback, TrainDataSource, LossTerm):
     - :meth:`train_dataloaders` (from :class:`~lightning_cl.data.TrainDataSource`): extra training
       data (a replay memory), fed by further loaders next to the experience's own; the module
       concatenates the batches.
+    - :meth:`task_loss` (from ``LossTerm``), :meth:`current_dataloader` (from ``TrainDataSource``)
+      and, for a class that also subclasses :class:`~lightning_cl.models.EvalClassifier`,
+      ``eval_logits``: the task loss, the experience's training data and the classifier at
+      evaluation put in place of the module's own (ER-ACE, GDumb, iCaRL); at most one callback
+      of a trainer may replace each, a second is refused at set-up.
     - :meth:`on_experience_start` / :meth:`on_experience_end`: once per experience, from
       ``setup("fit")`` and ``on_fit_end``. ``on_fit_end`` runs only when the fit finished, so an
       interrupted experience leaves the method's state as it was.
