@@ -19,10 +19,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning_cl.data import LoaderSettings, SplitDigits
-from lightning_cl.training import fit_stream
-from lightning_cl.training.checkpoint import checkpoint_name
 
+from lightning_cl.data import LoaderSettings, SplitDigits
 from lightning_cl.methods import (
     AGEM,
     AR1,
@@ -33,6 +31,7 @@ from lightning_cl.methods import (
     GEM,
     LFL,
     MAS,
+    MIR,
     PNN,
     SCR,
     SI,
@@ -41,6 +40,8 @@ from lightning_cl.methods import (
     ExpertGate,
     FromScratch,
     GDumb,
+    GSSGreedy,
+    HerdingSelection,
     ICaRL,
     LwF,
     PackNet,
@@ -50,10 +51,19 @@ from lightning_cl.methods import (
     output_sensitivity,
 )
 from lightning_cl.models import MLP, ContinualModule, ExpertGateNetwork, ProgressiveNetwork
+from lightning_cl.training import fit_stream
+from lightning_cl.training.checkpoint import checkpoint_name
 
 METHODS = {
     "naive": lambda: [],
     "replay": lambda: [Replay(mem_size=200)],
+    # Replay updated after every step (Vitter's reservoir) and Replay choosing by herding.
+    "replay_online": lambda: [Replay(mem_size=200, policy="reservoir", online=True)],
+    "replay_herding": lambda: [Replay(mem_size=200, policy="class_balanced", selection=HerdingSelection())],
+    # Memory batches as large as the current ones: with 10 (the online papers' setting) five
+    # epochs per experience forget unevenly, and another sample order moves cells by 0.7.
+    "mir": lambda: [MIR(mem_size=200, subsample=64, mem_batch_size=32)],
+    "gss": lambda: [GSSGreedy(mem_size=200, n_reference=10, mem_batch_size=32)],
     "ewc": lambda: [EWC(ewc_lambda=2.0)],
     "both": lambda: [Replay(mem_size=200), EWC(ewc_lambda=2.0)],
     # Replay with the optimizer state (momentum) carried across experiences.
@@ -109,6 +119,12 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
         if isinstance(cb, Replay):
             held = cb.buffer.indices
             out["buffer"] = float(held.double().mul(torch.arange(len(held)) + 1).sum())
+        if isinstance(cb, MIR):
+            held = cb.buffer.indices
+            out["mir_memory"] = float(held.double().mul(torch.arange(len(held)) + 1).sum())
+        if isinstance(cb, GSSGreedy):
+            out["gss_memory"] = float(cb.indices.double().mul(torch.arange(len(cb)) + 1).sum())
+            out["gss_scores"] = float(cb.scores.double().sum())
         if isinstance(cb, EWC):
             out["fisher"] = float(
                 sum(f.double().sum() for a in cb.anchors.values() for f in a["fisher"].values())
