@@ -8,6 +8,11 @@ Replay and EWC are the hand-written contender's (same memory, same Fisher), insi
 What lightning_cl costs on top of this is lightning_cl's own; what this costs on top of the
 hand-written loop is Lightning's.
 
+``--log``: the module also logs, with ``self.log``, as many values as lightning_cl does (per
+training epoch: accuracy, loss, step; per test: accuracy and loss of every test experience and
+of the stream, the experience, the step), so that the cost of Lightning's logging itself
+(about a millisecond per key and call on this machine) is on both sides.
+
 Run: ``python benchmarks/contender_plain_lightning.py --method replay --data ../shared/data``.
 """
 
@@ -83,23 +88,59 @@ class Gathers:
 class PlainModule(L.LightningModule):
     """Cross-entropy (plus the EWC penalty once anchors exist); test accuracy counted per loader."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, log: bool = False):
         super().__init__()
         self.model = model
+        self.log_values = log
+        self.experience = 0
+        self.train_correct = self.train_seen = 0
+        self.train_loss = 0.0
         self.anchors: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
         self.correct: dict[int, int] = {}
         self.seen: dict[int, int] = {}
+        self.loss_sum: dict[int, float] = {}
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        loss = F.cross_entropy(self.model(x), y)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
         if self.anchors:
             loss = loss + ewc_penalty(self.model, self.anchors)
+        if self.log_values:
+            self.train_correct += int((logits.detach().argmax(-1) == y).sum())
+            self.train_seen += len(y)
+            self.train_loss += float(loss.detach()) * len(y)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self.log_values:
+            self.log("train/acc_epoch", self.train_correct / max(1, self.train_seen))
+            self.log("train/loss_epoch", self.train_loss / max(1, self.train_seen))
+            self.log("step", float(self.global_step))
+            self.train_correct = self.train_seen = 0
+            self.train_loss = 0.0
+
+    def on_test_epoch_end(self) -> None:
+        if not self.log_values:
+            return
+        for j in self.correct:
+            self.log(f"test/acc/exp{j}", self.correct[j] / self.seen[j], add_dataloader_idx=False)
+            self.log(f"test/loss/exp{j}", self.loss_sum[j] / self.seen[j], add_dataloader_idx=False)
+        self.log(
+            "test/acc/stream", sum(self.correct.values()) / sum(self.seen.values()), add_dataloader_idx=False
+        )
+        stream_loss = sum(self.loss_sum.values()) / sum(self.seen.values())
+        self.log("test/loss/stream", stream_loss, add_dataloader_idx=False)
+        self.log("experience", float(self.experience), add_dataloader_idx=False)
+        self.log("step", float(self.global_step), add_dataloader_idx=False)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
-        hits = int((self.model(x).argmax(-1) == y).sum())
+        logits = self.model(x)
+        hits = int((logits.argmax(-1) == y).sum())
+        if self.log_values:
+            loss = float(F.cross_entropy(logits, y, reduction="sum"))
+            self.loss_sum[dataloader_idx] = self.loss_sum.get(dataloader_idx, 0.0) + loss
         self.correct[dataloader_idx] = self.correct.get(dataloader_idx, 0) + hits
         self.seen[dataloader_idx] = self.seen.get(dataloader_idx, 0) + len(y)
 
@@ -107,7 +148,9 @@ class PlainModule(L.LightningModule):
         return torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
 
 
-def run(method: str, data_root: str | None, fraction: float, class_order: list[int]) -> RunRecord:
+def run(
+    method: str, data_root: str | None, fraction: float, class_order: list[int], log: bool = False
+) -> RunRecord:
     """Train and evaluate the stream with plain Lightning; return what was measured."""
     single_thread()
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -123,7 +166,7 @@ def run(method: str, data_root: str | None, fraction: float, class_order: list[i
         Gathers(test_x, test_y, list(idx.split(BATCH_SIZE)))
         for idx in split_by_class(test_y, class_order, N_EXPERIENCES)
     ]
-    module = PlainModule(mlp())
+    module = PlainModule(mlp(), log=log)
     generator = torch.Generator().manual_seed(SEED)
     setup_s = time.perf_counter() - _START
 
@@ -131,7 +174,8 @@ def run(method: str, data_root: str | None, fraction: float, class_order: list[i
     replay_groups: list[Tensor] = []
     matrix: list[list[float]] = []
     start = time.perf_counter()
-    for indices in train_exps:
+    for position, indices in enumerate(train_exps):
+        module.experience = position
         with clock.phase("train"):
             batches = list(indices[torch.randperm(len(indices), generator=generator)].split(BATCH_SIZE))
             if method == "replay" and replay_groups:
@@ -150,12 +194,12 @@ def run(method: str, data_root: str | None, fraction: float, class_order: list[i
                     ({n: p.detach().clone() for n, p in module.model.named_parameters()}, fisher)
                 )
         with clock.phase("eval"):
-            module.correct, module.seen = {}, {}
+            module.correct, module.seen, module.loss_sum = {}, {}, {}
             trainer.test(module, dataloaders=test_loaders, verbose=False)
             matrix.append([module.correct[j] / module.seen[j] for j in range(len(test_loaders))])
     total = time.perf_counter() - start
     return RunRecord(
-        contender="plain_lightning",
+        contender="plain_lightning-logged" if log else "plain_lightning",
         method=method,
         total_s=total,
         train_s=clock["train"],
@@ -172,9 +216,12 @@ def run(method: str, data_root: str | None, fraction: float, class_order: list[i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
+    parser.add_argument("--log", action="store_true", help="log as many values as lightning_cl does")
     args = parser.parse_args()
     root = args.data or default_data_root()
-    record = run(args.method, str(root) if root else None, args.fraction, parse_class_order(args.class_order))
+    record = run(
+        args.method, str(root) if root else None, args.fraction, parse_class_order(args.class_order), args.log
+    )
     write_record(record, args.json)
 
 

@@ -26,9 +26,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning_cl.data import LoaderSettings, PermutedMNIST
-from lightning_cl.training import fit_stream
 
+from lightning_cl.data import LoaderSettings, PermutedMNIST
 from lightning_cl.methods import (
     AGEM,
     AR1,
@@ -54,6 +53,7 @@ from lightning_cl.methods import (
     StreamingLDA,
 )
 from lightning_cl.models import MLP, ContinualModule, ExpertGateNetwork, ProgressiveNetwork
+from lightning_cl.training import fit_stream
 
 METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "none (fine-tuning)": lambda: [],
@@ -145,12 +145,17 @@ def main() -> None:
     parser.add_argument("--root", default=os.environ.get("LIGHTNING_CL_DATA", "data"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=str(Path(__file__).with_name("method_cost.md")))
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="run only the methods whose name starts with one of these"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     names = list(METHODS)
+    if args.only:  # fine-tuning, the reference, always runs
+        names = [names[0]] + [n for n in names[1:] if any(n.startswith(o) for o in args.only)]
     times: dict[str, list[float]] = {n: [] for n in names}
     last: dict[str, Any] = {}
     for r in range(args.rounds):

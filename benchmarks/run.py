@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -42,7 +43,14 @@ sys.path.insert(0, str(HERE))
 from common import class_order_for_seed, default_data_root, has_mnist  # noqa: E402
 
 METHODS = ("naive", "replay", "ewc")
-CONTENDERS = ("handwritten", "plain_lightning", "lightning_cl-loop", "lightning_cl-fit_stream", "avalanche")
+CONTENDERS = (
+    "handwritten",
+    "plain_lightning",
+    "plain_lightning-logged",
+    "lightning_cl-loop",
+    "lightning_cl-fit_stream",
+    "avalanche",
+)
 AVALANCHE_REQUIREMENT = "avalanche-lib==0.6.0"
 DEFAULT_AVALANCHE_VENV = HERE / ".venv-avalanche"
 
@@ -125,8 +133,9 @@ def contender_command(contender: str, method: str, suite: Suite) -> tuple[str | 
         common += ["--data", suite.data]
     if contender == "handwritten":
         return sys.executable, [str(HERE / "contender_handwritten.py"), *common]
-    if contender == "plain_lightning":
-        return sys.executable, [str(HERE / "contender_plain_lightning.py"), *common]
+    if contender.startswith("plain_lightning"):
+        logged = ["--log"] if contender.endswith("-logged") else []
+        return sys.executable, [str(HERE / "contender_plain_lightning.py"), *logged, *common]
     if contender.startswith("lightning_cl-"):
         runner = contender.split("-", 1)[1]
         return sys.executable, [str(HERE / "contender_lightning_cl.py"), "--runner", runner, *common]
@@ -393,17 +402,24 @@ def plain_lightning_verdicts(
 ) -> list[str]:
     """Issue 16's targets: lightning_cl's own cost on top of plain Lightning doing the same work."""
     verdicts = []
-    for contender in ("lightning_cl-loop", "lightning_cl-fit_stream"):
+    references = {
+        "plain_lightning": "plain Lightning",
+        "plain_lightning-logged": "plain Lightning logging as much",
+    }
+    for contender, reference in itertools.product(
+        ("lightning_cl-loop", "lightning_cl-fit_stream"), references
+    ):
+        label = references[reference]
         ratios = {}
         for method in methods:
-            s, plain = summary.get((method, contender)), summary.get((method, "plain_lightning"))
+            s, plain = summary.get((method, contender)), summary.get((method, reference))
             if s is not None and plain is not None:
                 ratios[method] = {
                     m: _ratio(s[f"{m}_med"], plain[f"{m}_med"]) for m in ("train_s", "eval_s", "total_s")
                 }
         naive = ratios.get("naive")
         for method, r in ratios.items():
-            line = f"- {method}, {contender} against plain Lightning: train {r['train_s']:.2f}x"
+            line = f"- {method}, {contender} against {label}: train {r['train_s']:.2f}x"
             if method == "naive":
                 line += (
                     f" (target <= {PLAIN_TRAIN_TARGET}x: {_check(r['train_s'] <= PLAIN_TRAIN_TARGET)}), "

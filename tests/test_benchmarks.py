@@ -19,7 +19,13 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
-CONTENDERS = ("handwritten", "plain_lightning", "lightning_cl-loop", "lightning_cl-fit_stream")
+CONTENDERS = (
+    "handwritten",
+    "plain_lightning",
+    "plain_lightning-logged",
+    "lightning_cl-loop",
+    "lightning_cl-fit_stream",
+)
 METHODS = ("naive", "replay", "ewc")
 
 

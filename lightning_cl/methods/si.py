@@ -11,7 +11,7 @@ from torch import Tensor
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback
 from lightning_cl.methods.penalties import quadratic_penalty
-from lightning_cl.models.heads import pad_to, slice_to
+from lightning_cl.models.heads import pad_to
 
 __all__ = ["SI", "SI_GRADIENTS"]
 
@@ -43,7 +43,8 @@ class SI(ContinualCallback):
     - :math:`\omega/(\Delta^2 + \xi)` is clipped from below at 0 (a weight that moved against its
       gradient is not important) and :math:`\Omega` from above at ``max_importance``: importances
       beyond :math:`1/(c \cdot lr)` make plain SGD on the penalty unstable.
-    - Snapshots are copies (``clone``), never views of the live weights.
+    - Snapshots are copies into buffers held for the experience (one batched copy of the
+      gradients and one of the weights per step), never views of the live weights.
     - The penalty has no factor 1/2 (the paper's form). Avalanche's ``SynapticIntelligence``
       halves it and scales :math:`\Omega` by 0.0015, so its ``si_lambda`` is about
       ``si_lambda / 0.00075`` here.
@@ -89,8 +90,11 @@ class SI(ContinualCallback):
         self.anchor: dict[str, Tensor] = {}  # theta*, the weights at the end of the last experience
         self.omega: dict[str, Tensor] = {}  # path integral of the running experience
         self.start: dict[str, Tensor] = {}  # weights at the start of the running experience
-        # (gradient, weights) read before an optimizer step, used after it
-        self._step: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+        # The parameters stepped, with their gradient and weights read into the buffers before
+        # the optimizer step, used after it.
+        self._step: list[tuple[str, Tensor]] | None = None
+        self._grad_buffer: dict[str, Tensor] = {}
+        self._weight_buffer: dict[str, Tensor] = {}
 
     @property
     def state_key(self) -> str:
@@ -104,38 +108,53 @@ class SI(ContinualCallback):
         # A fresh integral (a retried experience starts over). Resuming inside an experience,
         # Lightning restores the running integral after this hook.
         self.omega, self.start, self._step = {}, {}, None
+        self._grad_buffer, self._weight_buffer = {}, {}
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
         params = self._params(pl_module)
         if not self.start:  # the first step of the experience: the model has its final shape now
             self.start = {n: p.detach().float().clone() for n, p in params.items()}
             self.omega = {n: torch.zeros_like(s) for n, s in self.start.items()}
-        grads: dict[str, Tensor] = {}
-        for name, p in params.items():
-            if p.grad is None:
-                continue
-            g = p.grad.detach().float().clone()
-            if self.path_gradient == "task" and name in self.importance and self.si_lambda:
-                g -= self._penalty_grad(name, p)
-            grads[name] = g
-        self._step = (grads, {n: p.detach().float().clone() for n, p in params.items() if n in grads})
+        live = [(n, p) for n, p in params.items() if p.grad is not None and n in self.omega]
+        if not live:
+            self._step = None
+            return
+        # Snapshots go into buffers kept for the experience (one batched copy per step, no new
+        # tensors): the gradient the optimizer will use, and the weights before its step.
+        for name, _ in live:
+            if name not in self._grad_buffer:
+                self._grad_buffer[name] = torch.zeros_like(self.omega[name])
+                self._weight_buffer[name] = torch.zeros_like(self.omega[name])
+        grads = [self._grad_buffer[n] for n, _ in live]
+        torch._foreach_copy_(grads, [p.grad.detach() for _, p in live])  # type: ignore[union-attr]
+        if self.path_gradient == "task" and self.importance and self.si_lambda:
+            for (name, p), g in zip(live, grads):
+                if name in self.importance:
+                    self._subtract_penalty_grad(g, name, p)
+        torch._foreach_copy_([self._weight_buffer[n] for n, _ in live], [p.detach() for _, p in live])
+        self._step = live
 
-    def _penalty_grad(self, name: str, param: Tensor) -> Tensor:
+    def _subtract_penalty_grad(self, grad: Tensor, name: str, param: Tensor) -> None:
+        # g -= 2 c Omega (theta - theta*) on the slice that existed; units that grew are free.
         importance = self.importance[name].to(param.device)
-        offset = slice_to(param.detach(), importance.shape).float() - self.anchor[name].to(param.device)
-        return pad_to(2 * self.si_lambda * importance * offset, param.shape)  # units that grew: free
+        old = tuple(slice(0, k) for k in importance.shape)
+        offset = param.detach()[old].float() - self.anchor[name].to(param.device)
+        grad[old].addcmul_(importance, offset, value=-2.0 * self.si_lambda)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._step is None:  # no optimizer step in this batch (gradient accumulation)
             return
-        grads, before = self._step
-        self._step = None
-        params = self._params(pl_module)
+        live, self._step = self._step, None
+        names = [n for n, _ in live]
+        before = [self._weight_buffer[n] for n in names]
+        after = [p.detach() if p.dtype == torch.float32 else p.detach().float() for _, p in live]
         with torch.no_grad():
-            for name, g in grads.items():
-                self.omega[name] -= g * (params[name].detach().float() - before[name])
+            torch._foreach_sub_(before, after)  # theta_before - theta_after = -delta
+            torch._foreach_addcmul_(
+                [self.omega[n] for n in names], [self._grad_buffer[n] for n in names], before
+            )
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         if not self.start:  # no step was taken
@@ -149,6 +168,7 @@ class SI(ContinualCallback):
             self.importance[name] = new if self.max_importance is None else new.clamp_max(self.max_importance)
         self.anchor = {n: end[n] for n in self.importance}
         self.omega, self.start, self._step = {}, {}, None
+        self._grad_buffer, self._weight_buffer = {}, {}
 
     def penalty(self, module: Any, batch: Batch, logits: Tensor) -> Tensor | None:
         r"""SI's term :math:`c \sum_i \Omega_i (\theta_i - \theta^*_i)^2`.
