@@ -74,8 +74,11 @@ def test_mas_importance_under_ddp_is_the_whole_experiences(runs: dict[str, Any])
 # in one process for batch sizes 16-32), so a DDP-vs-single comparison would measure that; its
 # DDP check is the exact one above, and the identical state on the ranks. GDumb trains a fresh
 # model on its 100 memory samples (20 steps): the same memory on every rank and in one process
-# (checked above), but the shards' sample order alone moves a cell by up to 0.47.
-@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("mas", "gdumb")])
+# (checked above), but the shards' sample order alone moves a cell by up to 0.47. CWR*'s body
+# learns on the first experience's two classes only and is then frozen, so its consolidated head
+# swings with the sample order too (in one process, batch sizes 16-32: average 0.31-0.38, cells
+# by up to 0.24); its ranks hold the same state (checked above).
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("mas", "gdumb", "cwr")])
 def test_ddp_matches_a_single_process_with_the_same_global_batch(runs: dict[str, Any], method: str) -> None:
     ddp = torch.tensor(runs["rank0"][method]["accuracy_matrix"])
     single = torch.tensor(runs["single"][method]["accuracy_matrix"])
@@ -96,7 +99,9 @@ def test_ddp_matches_a_single_process_with_the_same_global_batch(runs: dict[str,
     assert float((ddp - single).abs().mean()) <= 0.03
     # RWalk's path scores integrate the whole trajectory, which another sample order changes: one
     # cell of its class-incremental run (0.19 average accuracy either way) moves by 14 samples.
-    bound = {"gem": 0.12, "der": 0.12, "all": 0.12, "rwalk": 0.2, **online}.get(method, 0.06)
+    # AR1's replayed classes re-enter CWR*'s consolidation: one process moves a cell by 0.10 with
+    # the batch size alone.
+    bound = {"gem": 0.12, "der": 0.12, "all": 0.12, "rwalk": 0.2, "ar1": 0.12, **online}.get(method, 0.06)
     assert float((ddp - single).abs().max()) <= bound
 
 
