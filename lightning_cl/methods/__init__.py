@@ -25,6 +25,7 @@ from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch
 from lightning_cl.methods.gdumb import GDumb, greedy_class_balanced
 from lightning_cl.methods.gem import GEM, gem_projection
+from lightning_cl.methods.generative_replay import REPLAY_RATIOS, GenerativeReplay
 from lightning_cl.methods.gss import GSSGreedy, gss_greedy_replace, gss_scores
 from lightning_cl.methods.icarl import ICARL_REDUCTIONS, ICaRL, icarl_loss, nearest_mean_scores
 from lightning_cl.methods.lfl import LFL
@@ -63,6 +64,7 @@ __all__ = [
     "MAS",
     "MIR",
     "PNN",
+    "REPLAY_RATIOS",
     "SCR",
     "SI",
     "SLDA_COVARIANCE_UPDATES",
@@ -76,6 +78,7 @@ __all__ = [
     "FromScratch",
     "GDumb",
     "GSSGreedy",
+    "GenerativeReplay",
     "HerdingSelection",
     "ICaRL",
     "LwF",

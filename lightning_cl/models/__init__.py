@@ -22,6 +22,7 @@ from lightning_cl.models.module import (
     merge_batch,
 )
 from lightning_cl.models.pnn import PNN_ADAPTERS, ProgressiveNetwork
+from lightning_cl.models.vae import VAE, VAE_LIKELIHOODS
 
 __all__ = [
     "CNN",
@@ -30,6 +31,8 @@ __all__ = [
     "ON_NONFINITE",
     "OPTIMIZER_POLICIES",
     "PNN_ADAPTERS",
+    "VAE",
+    "VAE_LIKELIHOODS",
     "ContinualModule",
     "DynamicModule",
     "EvalClassifier",

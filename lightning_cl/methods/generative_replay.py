@@ -1,0 +1,332 @@
+"""Deep generative replay (Shin et al., 2017): a generator's samples, labelled by the previous model."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor, nn
+
+from lightning_cl.data.experience import Experience
+from lightning_cl.methods.base import (
+    Batch,
+    ContinualCallback,
+    experience_generator,
+    step_generator,
+    stream_seed,
+)
+from lightning_cl.models.heads import MultiHeadClassifier, copy_at_state
+from lightning_cl.models.vae import VAE
+
+__all__ = ["REPLAY_RATIOS", "GenerativeReplay"]
+
+REPLAY_RATIOS = ("tasks_seen", "equal")
+"""Named weights of the current data in the loss: the paper's ``1 / tasks seen``, or Avalanche's ``1/2``."""
+
+_RANK_STRIDE = 104_729  # a prime: each rank draws its own generated samples at a step
+
+
+class GenerativeReplay(ContinualCallback):
+    r"""Deep generative replay: a VAE learns the inputs seen so far, the previous model labels its samples.
+
+    Shin et al. (2017, "Continual learning with deep generative replay", Sec. 3) pair a
+    generator with the solver (the classifier; together the *scholar*). After each experience:
+
+    - the **generator** is trained on the experience's inputs mixed with its own earlier
+      self's samples (Sec. 3.1), so it learns every input seen so far: the loss is
+      :math:`r\,\ell(x) + (1 - r)\,\ell(x')` per batch, :math:`\ell` the VAE's negative ELBO
+      (:meth:`~lightning_cl.models.VAE.loss`), :math:`x'` as many samples of the frozen
+      previous generator as the batch has inputs;
+    - a frozen copy of the **solver** (eval mode) is kept.
+
+    While a later experience trains, every step draws as many generated inputs :math:`x'` as
+    the step's current batch has samples (per rank), labels them
+    :math:`y' = \arg\max_k f_{old}(x')_k` (the paper's hard labels), and the task loss becomes
+    (Sec. 3.2, eq. 2)
+
+    .. math:: r\, \mathrm{CE}(f(x), y) + (1 - r)\, \mathrm{CE}(f(x'), y')
+
+    with the criterion of the module in place of CE, over every row of the step's batch (a
+    ``Replay`` memory joined in counts as current data). Choices, stated:
+
+    - ``replay_ratio``, the weight :math:`r` of the current data: ``"tasks_seen"`` (the default,
+      the paper: :math:`r = 1/N` while training the :math:`N`-th experience, so every task seen
+      weighs the same), ``"equal"`` (:math:`r = 1/2`: Avalanche's ``GenerativeReplayPlugin``,
+      which appends as many generated samples as current ones to the batch), or a number in
+      (0, 1]. The same :math:`r` mixes the generator's own replay.
+    - The generator is the paper's choice of family made smaller: a VAE (as Avalanche and
+      continual-learning-baselines use for MNIST) instead of the paper's WGAN-GP; it is trained
+      after the solver's fit on the experience, with a fresh Adam (lr ``generator_lr``, 1e-3 as
+      in continual-learning-baselines) for ``generator_epochs`` passes in batches of
+      ``generator_batch_size``, on the raw inputs (no training augmentation).
+    - Under DDP every rank trains the generator on the whole experience in the same seeded
+      order (:func:`~lightning_cl.methods.experience_generator`); rank 0's weights are then
+      broadcast, so the generators are identical even where kernels are not bitwise repeatable.
+      Each rank draws its own generated samples at a step (seeded by step and rank).
+    - Generated samples take the task label of the step's first current sample; a model with a
+      :class:`~lightning_cl.models.MultiHeadClassifier` is refused (an unconditional generator
+      cannot say which head a sample is for).
+    - It replaces the task loss, so it does not combine with another method that does (ER-ACE,
+      iCaRL, ...: refused at set-up); penalties (EWC, LwF) and extra loaders (Replay) combine.
+
+    Checkpointed state: the generator's weights, the frozen solver's weights, the number of
+    experiences trained and the seed (no data).
+
+    Args:
+        generator: the VAE to train (default: ``VAE(input_shape, hidden_size, latent_size)``,
+            built when the first experience ends, its input shape that of the data).
+        replay_ratio: weight of the current data, one of :data:`REPLAY_RATIOS` or a number in (0, 1].
+        generator_epochs: passes over each experience when training the generator.
+        generator_batch_size: batch size of the generator's training.
+        generator_lr: Adam's learning rate for the generator.
+        hidden_size: hidden width of the default VAE.
+        latent_size: code size of the default VAE.
+        seed: base seed of the generator's training order and of the generated samples (default:
+            torch's initial seed, as rank 0 has it).
+
+    Raises:
+        ValueError: for a ``replay_ratio`` not in :data:`REPLAY_RATIOS` nor in (0, 1], a
+            ``generator`` that is not a :class:`~lightning_cl.models.VAE`, epochs, batch size or
+            sizes that are not ints >= 1, or a ``generator_lr`` that is not a number > 0.
+
+    Example:
+        >>> gr = GenerativeReplay(replay_ratio="tasks_seen")
+        >>> gr.current_weight(0), gr.current_weight(3)
+        (1.0, 0.25)
+    """
+
+    def __init__(
+        self,
+        generator: VAE | None = None,
+        replay_ratio: str | float = "tasks_seen",
+        generator_epochs: int = 20,
+        generator_batch_size: int = 64,
+        generator_lr: float = 1e-3,
+        hidden_size: int = 400,
+        latent_size: int = 32,
+        seed: int | None = None,
+    ):
+        if generator is not None and not isinstance(generator, VAE):
+            raise ValueError(
+                f"generator must be a lightning_cl.models.VAE or None, got {type(generator).__name__}"
+            )
+        if isinstance(replay_ratio, str):
+            if replay_ratio not in REPLAY_RATIOS:
+                raise ValueError(
+                    f"replay_ratio must be one of {REPLAY_RATIOS} or a number in (0, 1], got {replay_ratio!r}"
+                )
+        elif (
+            isinstance(replay_ratio, bool)
+            or not isinstance(replay_ratio, int | float)
+            or not 0 < replay_ratio <= 1
+        ):
+            raise ValueError(
+                f"replay_ratio must be one of {REPLAY_RATIOS} or a number in (0, 1], got {replay_ratio!r}"
+            )
+        for name, value in (
+            ("generator_epochs", generator_epochs),
+            ("generator_batch_size", generator_batch_size),
+            ("hidden_size", hidden_size),
+            ("latent_size", latent_size),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if (
+            isinstance(generator_lr, bool)
+            or not isinstance(generator_lr, int | float)
+            or not generator_lr > 0
+        ):
+            raise ValueError(f"generator_lr must be a number > 0, got {generator_lr!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        self.generator = generator
+        self.replay_ratio = replay_ratio
+        self.generator_epochs = generator_epochs
+        self.generator_batch_size = generator_batch_size
+        self.generator_lr = float(generator_lr)
+        self.hidden_size = hidden_size
+        self.latent_size = latent_size
+        self.seed = seed
+        self.experiences_trained = 0
+        self.solver_state: dict[str, Tensor] | None = None
+        self._solver: nn.Module | None = None
+        self._solver_takes_tasks = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(replay_ratio=self.replay_ratio, seed=self.seed)
+
+    def current_weight(self, experiences_trained: int) -> float:
+        """The weight :math:`r` of the current data in the experience after ``experiences_trained`` ones.
+
+        Raises:
+            ValueError: for a negative ``experiences_trained``.
+        """
+        if experiences_trained < 0:
+            raise ValueError(f"experiences_trained must be >= 0, got {experiences_trained}")
+        if self.replay_ratio == "tasks_seen":
+            return 1.0 / (experiences_trained + 1)
+        if self.replay_ratio == "equal":
+            return 1.0 if experiences_trained == 0 else 0.5
+        return 1.0 if experiences_trained == 0 else float(self.replay_ratio)
+
+    @property
+    def solver(self) -> nn.Module | None:
+        """The frozen model of the end of the last experience, which labels generated samples."""
+        return self._solver
+
+    # ------------------------------------------------------------------ experience hooks
+    def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        if any(isinstance(m, MultiHeadClassifier) for m in module.model.modules()):
+            raise MisconfigurationException(
+                "GenerativeReplay labels unconditional generated samples with the previous model, "
+                "which a MultiHeadClassifier cannot do without a task label per sample: use a "
+                "single head (class- or domain-incremental streams)"
+            )
+        self.seed = stream_seed(trainer, self.seed)
+
+    def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        device = next(module.parameters()).device
+        self.seed = stream_seed(trainer, self.seed) if self.seed is None else self.seed
+        self.train_generator(experience, device, trainer)
+        state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+        self._set_solver(module.model, state)
+        self.solver_state = state
+        self.experiences_trained += 1
+
+    def train_generator(
+        self, experience: Experience, device: torch.device, trainer: L.Trainer | None = None
+    ) -> None:
+        """Train the generator on ``experience``'s inputs and its earlier self's samples (see the class).
+
+        Args:
+            experience: the experience whose inputs to learn.
+            device: where to train.
+            trainer: under DDP, rank 0's weights are broadcast through its strategy afterwards.
+        """
+        data = experience.dataset
+        if len(data) == 0:
+            return
+        if self.generator is None:
+            x0, _, _ = data.__getitems__([0])
+            self.generator = VAE(tuple(x0.shape[1:]), self.hidden_size, self.latent_size)
+        assert self.seed is not None
+        vae = self.generator.to(device).train()
+        previous = copy.deepcopy(vae).eval().requires_grad_(False) if self.experiences_trained else None
+        r = self.current_weight(self.experiences_trained)
+        optimizer = torch.optim.Adam(vae.parameters(), lr=self.generator_lr)
+        rng = experience_generator(self.seed, experience.index)
+        with torch.enable_grad(), torch.inference_mode(False):
+            for _ in range(self.generator_epochs):
+                order = torch.randperm(len(data), generator=rng)
+                for start in range(0, len(data), self.generator_batch_size):
+                    x, _, _ = data.__getitems__(order[start : start + self.generator_batch_size])
+                    x = x.to(device)
+                    loss = vae.loss(x, generator=rng)
+                    if previous is not None:
+                        replayed = previous.sample(len(x), generator=rng)
+                        loss = r * loss + (1 - r) * vae.loss(replayed, generator=rng)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+        vae.eval()
+        if trainer is not None and trainer.world_size > 1:
+            state = {k: v.detach().cpu() for k, v in vae.state_dict().items()}
+            vae.load_state_dict(trainer.strategy.broadcast(state, src=0))
+
+    def _set_solver(self, model: nn.Module, state: dict[str, Tensor]) -> None:
+        self._solver = copy_at_state(model, state).eval().requires_grad_(False)
+        self._solver_takes_tasks = "task_labels" in inspect.signature(self._solver.forward).parameters
+
+    # ------------------------------------------------------------------ replay
+    def generate(
+        self, n: int, task_label: int = 0, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``n`` generated samples labelled by the previous model: ``(x', argmax f_old(x'), t)``.
+
+        On the generator's device, without a graph.
+
+        Args:
+            n: how many samples.
+            task_label: the task label given to them (and to the previous model).
+            generator: a CPU generator for the codes.
+
+        Raises:
+            RuntimeError: before the first experience ended (no generator or previous model yet).
+        """
+        if self.generator is None or self._solver is None:
+            raise RuntimeError("GenerativeReplay generates after the first experience ended")
+        x = self.generator.eval().sample(n, generator=generator)
+        t = torch.full((n,), task_label, dtype=torch.long, device=x.device)
+        if next(self._solver.parameters()).device != x.device:
+            self._solver.to(x.device)
+        with torch.no_grad():
+            logits = self._solver(x, t) if self._solver_takes_tasks else self._solver(x)
+        return x, logits.argmax(dim=-1), t
+
+    def task_loss(
+        self, module: Any, batch: Batch, logits: Tensor, parts: Mapping[str, slice]
+    ) -> Tensor | None:
+        """:math:`r\\,` criterion on the step's batch :math:`+ (1 - r)\\,` criterion on generated samples.
+
+        ``None`` (the module's criterion alone) before the first experience ended.
+        """
+        if self._solver is None and self.solver_state is not None:  # restored from a checkpoint
+            self._set_solver(module.model, self.solver_state)
+        if self._solver is None or self.generator is None or self.experiences_trained == 0:
+            return None
+        x, y, t = batch
+        device = logits.device
+        if next(self.generator.parameters()).device != device:
+            self.generator.to(device)
+        assert self.seed is not None
+        rows = parts.get("current", slice(0, len(y)))
+        n = len(y[rows])
+        rng = step_generator(self.seed + _RANK_STRIDE * int(module.global_rank), module.global_step_all)
+        x_gen, y_gen, t_gen = self.generate(n, int(t[0]) if len(t) else 0, generator=rng)
+        r = self.current_weight(self.experiences_trained)
+        current = module.criterion(logits, y)
+        replayed = module.criterion(module(x_gen.to(x.dtype), t_gen), y_gen)
+        return r * current.float() + (1 - r) * replayed.float()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        gen = self.generator
+        return {
+            "generator": None
+            if gen is None
+            else {k: v.detach().cpu().clone() for k, v in gen.state_dict().items()},
+            "generator_config": None
+            if gen is None
+            else {
+                "input_shape": list(gen.input_shape),
+                "hidden_size": gen.encoder[0].out_features,
+                "latent_size": gen.latent_size,
+                "likelihood": gen.likelihood,
+            },
+            "solver": self.solver_state,
+            "experiences_trained": self.experiences_trained,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict["generator"] is not None:
+            if self.generator is None:
+                config = state_dict["generator_config"]
+                self.generator = VAE(
+                    tuple(config["input_shape"]),
+                    config["hidden_size"],
+                    config["latent_size"],
+                    config["likelihood"],
+                )
+            self.generator.load_state_dict(state_dict["generator"])
+            self.generator.eval()
+        self.solver_state = state_dict["solver"]
+        self.experiences_trained = int(state_dict["experiences_trained"])
+        self.seed = state_dict["seed"]
+        self._solver = None  # rebuilt from the live model's structure at the next training step

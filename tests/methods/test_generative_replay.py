@@ -1,0 +1,161 @@
+"""Generative replay: a VAE learns the inputs, the previous model labels its samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor, nn
+
+from lightning_cl.data import SplitDigits
+from lightning_cl.methods import ERACE, GenerativeReplay
+from lightning_cl.models import MLP, VAE, ContinualModule
+from lightning_cl.training import fit_stream
+from tests.conftest import digits_module, quiet_trainer_kwargs, stream_trainer_kwargs
+
+
+def test_the_vae_learns_to_reconstruct_digits() -> None:
+    data = SplitDigits(n_experiences=1, seed=1).train_stream[0].dataset
+    x, _, _ = data.__getitems__(torch.arange(256))
+    torch.manual_seed(0)
+    vae = VAE((1, 8, 8), hidden_size=128, latent_size=8)
+    rng = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    with torch.no_grad():
+        before = float(vae.loss(x, generator=torch.Generator().manual_seed(1)))
+        error_before = float((vae(x) - x).pow(2).mean())
+    for _ in range(150):
+        loss = vae.loss(x[torch.randperm(256, generator=rng)[:64]], generator=rng)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(vae.loss(x, generator=torch.Generator().manual_seed(1)))
+        error_after = float((vae(x) - x).pow(2).mean())
+    assert after < 0.7 * before
+    assert error_after < 0.5 * error_before
+    assert tuple(vae.sample(4).shape) == (4, 1, 8, 8)
+
+
+class AlwaysThree(nn.Module):
+    """A classifier whose logits put class 3 first whatever the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = torch.zeros(len(x), 10, device=x.device)
+        logits[:, 3] = 5.0
+        return logits * self.scale + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_generated_samples_are_labelled_by_the_previous_model() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module = ContinualModule(AlwaysThree())
+    gr = GenerativeReplay(generator_epochs=1, hidden_size=32, latent_size=4, seed=0)
+    with pytest.raises(RuntimeError, match="after the first experience"):
+        gr.generate(4)
+    trainer = L.Trainer(**quiet_trainer_kwargs())
+    gr.on_experience_end(trainer, module, bench.train_stream[0])
+    x, y, t = gr.generate(16, generator=torch.Generator().manual_seed(0))
+    assert tuple(x.shape) == (16, 1, 8, 8)
+    assert torch.equal(y, torch.full((16,), 3))
+    assert torch.equal(t, torch.zeros(16, dtype=torch.long))
+    # The labeller is a frozen copy: changing the live model afterwards changes no label.
+    with torch.no_grad():
+        module.model.scale.fill_(-1.0)
+    assert torch.equal(gr.generate(8)[1], torch.full((8,), 3))
+
+
+def test_the_task_loss_mixes_current_and_generated_by_the_ratio() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    torch.manual_seed(0)
+    module = digits_module()
+    gr = GenerativeReplay(generator_epochs=1, hidden_size=32, latent_size=4, seed=0)
+    trainer = L.Trainer(**quiet_trainer_kwargs())
+    module.trainer = trainer  # type: ignore[assignment]
+    x, y, t = bench.train_stream[1].dataset.__getitems__(torch.arange(8))
+    logits = module(x, t)
+    parts = {"current": slice(0, 8)}
+    assert gr.task_loss(module, (x, y, t), logits, parts) is None  # nothing learnt yet
+    gr.on_experience_end(trainer, module, bench.train_stream[0])
+    gr.on_experience_end(trainer, module, bench.train_stream[1])
+    assert gr.experiences_trained == 2 and gr.current_weight(2) == pytest.approx(1 / 3)
+    loss = gr.task_loss(module, (x, y, t), logits, parts)
+    rng = torch.Generator().manual_seed(0 + 7919 * (module.global_step_all + 1))
+    x_gen, y_gen, t_gen = gr.generate(8, generator=rng)
+    expected = module.criterion(logits, y) / 3 + 2 / 3 * module.criterion(module(x_gen, t_gen), y_gen)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), abs=1e-5)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="replay_ratio must be one of"):
+        GenerativeReplay(replay_ratio="half")
+    with pytest.raises(ValueError, match=r"replay_ratio must be one of .* got 0"):
+        GenerativeReplay(replay_ratio=0)
+    with pytest.raises(ValueError, match="generator_epochs must be an int >= 1"):
+        GenerativeReplay(generator_epochs=0)
+    with pytest.raises(ValueError, match="generator_lr must be a number > 0"):
+        GenerativeReplay(generator_lr=-1.0)
+    with pytest.raises(ValueError, match=r"generator must be a lightning_cl\.models\.VAE"):
+        GenerativeReplay(generator=nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        VAE((1, 8, 8), likelihood="poisson")
+    with pytest.raises(ValueError, match="input_shape must be"):
+        VAE(())
+
+
+def test_multi_head_models_and_a_second_task_loss_are_refused() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    module = ContinualModule(MLP(input_size=64, hidden_size=16, head="multihead"))
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[GenerativeReplay()])
+    with pytest.raises(MisconfigurationException, match="MultiHeadClassifier"):
+        trainer.fit(module, datamodule=bench.train_stream[0])
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[GenerativeReplay(), ERACE(mem_size=10)])
+    with pytest.raises(MisconfigurationException, match="each replace the task loss"):
+        trainer.fit(digits_module(), datamodule=SplitDigits(n_experiences=5, seed=1).train_stream[0])
+
+
+def _state_sum(state: dict[str, Any]) -> float:
+    return float(sum(v.double().sum() for v in state.values()))
+
+
+def test_state_round_trips_and_is_small() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module = digits_module()
+    gr = GenerativeReplay(generator_epochs=1, hidden_size=32, latent_size=4, seed=3)
+    gr.on_experience_end(L.Trainer(**quiet_trainer_kwargs()), module, bench.train_stream[0])
+    state = gr.state_dict()
+    fresh = GenerativeReplay()
+    fresh.load_state_dict(state)
+    assert fresh.generator is not None and fresh.generator.latent_size == 4
+    assert _state_sum(fresh.generator.state_dict()) == pytest.approx(_state_sum(state["generator"]))
+    assert fresh.experiences_trained == 1 and fresh.seed == 3
+    assert fresh.solver_state is not None
+    # No data in the state: the generator and one copy of the model.
+    n_values = sum(v.numel() for v in state["generator"].values()) + sum(
+        v.numel() for v in state["solver"].values()
+    )
+    assert n_values == sum(p.numel() for p in gr.generator.parameters()) + sum(  # type: ignore[union-attr]
+        v.numel() for v in module.model.state_dict().values()
+    )
+
+
+@pytest.mark.slow
+def test_class_incremental_digits_beats_naive() -> None:
+    def run(callbacks: list[Any]) -> float:
+        L.seed_everything(1)
+        bench = SplitDigits(n_experiences=5, seed=1)
+        results = fit_stream(
+            digits_module(), bench, callbacks=callbacks, trainer_kwargs=stream_trainer_kwargs(max_epochs=5)
+        )
+        return float(results.average_accuracy)
+
+    naive = run([])
+    generative = run([GenerativeReplay(seed=1)])
+    print(f"naive {naive:.3f} generative replay {generative:.3f}")
+    assert generative > naive + 0.15
