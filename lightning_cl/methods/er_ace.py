@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sized
 from typing import Any
 
@@ -56,8 +57,18 @@ class _ReplayLoss(ContinualCallback):
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         self.replay.on_experience_start(trainer, module, experience)
 
+    #: Draw memory batches from the memory as this experience's end leaves it, its own samples
+    #: included (ER-ACE, ER-AML: only the memory's cross-entropy ranks new classes against old).
+    replays_current = False
+
     def train_dataloaders(self, experience: Experience, current: Sized) -> dict[str, Iterable[Any]]:
-        return self.replay.train_dataloaders(experience, current)
+        if not self.replays_current or self.replay.online:
+            return self.replay.train_dataloaders(experience, current)
+        # The same draw as `on_experience_end` (same state, same generator), on a copy: the
+        # memory itself changes only when the experience has finished.
+        ahead = copy.deepcopy(self.replay)
+        ahead.on_experience_end(experience.trainer, experience.trainer.lightning_module, experience)  # type: ignore[arg-type, union-attr]
+        return ahead.train_dataloaders(experience, current)
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         self.replay.on_experience_end(trainer, module, experience)
@@ -91,8 +102,8 @@ class ERACE(_ReplayLoss):
     current batch only (:func:`masked_cross_entropy`: every other logit, of earlier and of unseen
     classes, is left out of the softmax), and the memory's cross-entropy is over all outputs. The
     incoming classes then do not push the old classes' logits down, the abrupt change of the old
-    representations the paper measures. Without memory rows (the first experience) the loss is
-    the masked term alone.
+    representations the paper measures. Without memory rows (``mem_size=0``) the loss is the masked
+    term alone.
 
     Choices, stated:
 
@@ -103,6 +114,11 @@ class ERACE(_ReplayLoss):
     - The memory is a reservoir over all samples seen (the paper's buffer), updated when an
       experience ends (the paper updates it online; for online streams cut the stream with
       ``split_online``); Avalanche uses a class-balanced memory: ``policy="class_balanced"``.
+      Memory batches are drawn from the memory as the experience's end will leave it, the
+      experience's own samples included (the paper's buffer holds the incoming samples;
+      Avalanche's ``ER_ACE`` updates its buffer before the experience): a memory of older
+      samples alone would give the new classes no cross-entropy against the old ones, so the
+      running experience's classes would never be predicted.
 
     Args:
         mem_size: memory size in samples.
@@ -132,6 +148,8 @@ class ERACE(_ReplayLoss):
         _check_common(mem_size, seed)
         super().__init__(mem_size, policy, mem_batch_size, seed)
         self.average_terms = bool(average_terms)
+
+    replays_current = True
 
     def task_loss(
         self, module: Any, batch: Batch, logits: Tensor, parts: Mapping[str, slice]

@@ -96,7 +96,7 @@ class ERAML(_ReplayLoss):
     features towards one sample of its class and pushes them away from the memory samples of
     other classes, on the cosine similarity of the features of layer ``feature_layer`` divided
     by the temperature :math:`\tau`. The classifier is trained by the memory's cross-entropy
-    alone, as in the paper. In the first experience (no memory) the loss is the cross-entropy
+    alone, as in the paper. Without memory rows (``mem_size=0``) the loss is the cross-entropy
     of the incoming data, since there are no negatives.
 
     Choices, stated:
@@ -108,7 +108,9 @@ class ERAML(_ReplayLoss):
     - The features are those of the forward pass that gave the step's logits (a hook on the
       layer), so no second forward pass is run.
     - The memory is a reservoir updated when an experience ends (as :class:`ERACE`); Avalanche
-      uses a class-balanced memory: ``policy="class_balanced"``.
+      uses a class-balanced memory: ``policy="class_balanced"``. As in :class:`ERACE`, memory
+      batches are drawn from the memory as the experience's end will leave it, the experience's
+      own samples included, since the memory's cross-entropy alone trains the classifier.
 
     Args:
         mem_size: memory size in samples.
@@ -148,6 +150,8 @@ class ERAML(_ReplayLoss):
         self.temperature = float(temperature)
         self._features: Tensor | None = None
         self._hook: RemovableHandle | None = None
+
+    replays_current = True
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)

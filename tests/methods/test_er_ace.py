@@ -89,3 +89,28 @@ def test_er_ace_beats_naive_on_split_digits() -> None:
     print(averages)
     assert averages["naive"] < 0.25
     assert averages["er_ace"] > averages["naive"] + 0.4, averages
+
+
+def test_the_running_experiences_classes_are_learnt_and_the_memory_changes_only_at_its_end() -> None:
+    # A memory of older samples alone gives the new classes no cross-entropy against the old
+    # ones: ER-ACE then predicted none of experience 1's test samples after training on it.
+    L.seed_everything(1)
+    ace = ERACE(mem_size=100, seed=0)
+    seen: list[torch.Tensor] = []
+
+    class Watch(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            seen.append(ace.buffer.indices.clone())
+
+    results = fit_stream(
+        digits_module(),
+        SplitDigits(n_experiences=5, seed=1),
+        callbacks=[ace, Watch()],
+        logger=False,
+        trainer_kwargs=stream_trainer_kwargs(max_epochs=2),
+        max_experiences=2,
+    )
+    row = results.accuracy_matrix[1]
+    assert row[1] > 0.5 and row[0] > 0.5, row
+    assert len(seen[0]) == 0 and len(seen[2]) == 100  # during experience 0, during experience 1
+    assert torch.equal(seen[2], seen[3])  # one update per experience, when it ends

@@ -108,3 +108,19 @@ def test_er_aml_beats_naive_on_split_digits() -> None:
     print(averages)
     assert averages["naive"] < 0.25
     assert averages["er_aml"] > averages["naive"] + 0.3, averages
+
+
+def test_the_running_experiences_classes_are_learnt() -> None:
+    # The memory's cross-entropy alone trains the classifier: from older samples alone, the
+    # running experience's classes were never predicted.
+    L.seed_everything(1)
+    results = fit_stream(
+        digits_module(),
+        SplitDigits(n_experiences=5, seed=1),
+        callbacks=[ERAML(mem_size=100, seed=0)],
+        logger=False,
+        trainer_kwargs=stream_trainer_kwargs(max_epochs=2),
+        max_experiences=2,
+    )
+    row = results.accuracy_matrix[1]
+    assert row[1] > 0.5 and row[0] > 0.5, row
