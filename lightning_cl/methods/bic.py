@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -116,8 +117,8 @@ class BiC(ContinualCallback, EvalClassifier):
         if not isinstance(val_fraction, int | float) or not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
         for name, value in (("temperature", temperature), ("bias_lr", bias_lr)):
-            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not isinstance(bias_steps, int) or isinstance(bias_steps, bool) or bias_steps < 1:
             raise ValueError(f"bias_steps must be an int >= 1, got {bias_steps!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):

@@ -129,7 +129,7 @@ class ERACE(_ReplayLoss):
 
     Raises:
         ValueError: for a negative ``mem_size``, a non-positive ``mem_batch_size``, an unknown
-            policy or a ``seed`` that is not an int.
+            policy, an ``average_terms`` that is not a bool or a ``seed`` that is not an int.
 
     Example:
         >>> ace = ERACE(mem_size=200)
@@ -146,8 +146,10 @@ class ERACE(_ReplayLoss):
         seed: int | None = None,
     ):
         _check_common(mem_size, seed)
+        if not isinstance(average_terms, bool):
+            raise ValueError(f"average_terms must be True or False, got {average_terms!r}")
         super().__init__(mem_size, policy, mem_batch_size, seed)
-        self.average_terms = bool(average_terms)
+        self.average_terms = average_terms
 
     replays_current = True
 

@@ -135,7 +135,9 @@ class Replay(ContinualCallback):
             raise ValueError(f"policy must be one of {BUFFER_POLICIES}, got {policy!r}")
         if reservoir not in RESERVOIR_ALGORITHMS:
             raise ValueError(f"reservoir must be one of {RESERVOIR_ALGORITHMS}, got {reservoir!r}")
-        if mem_batch_size is not None and mem_batch_size < 1:
+        if mem_batch_size is not None and (
+            not isinstance(mem_batch_size, int) or isinstance(mem_batch_size, bool) or mem_batch_size < 1
+        ):
             raise ValueError(f"mem_batch_size must be a positive int or None, got {mem_batch_size!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")

@@ -79,7 +79,7 @@ class SCR(_ReplayLoss, EvalClassifier):
       ``split_online`` for per-batch experiences).
 
     Args:
-        mem_size: memory size in samples.
+        mem_size: memory size in samples (>= 1: the class means are the memory's).
         feature_layer: the layer whose output are the features (a ``named_modules()`` name).
         temperature: :math:`\tau` (> 0).
         augment: a batched augmentation ``x -> x'`` for the second view (``None``: one view).
@@ -88,7 +88,7 @@ class SCR(_ReplayLoss, EvalClassifier):
         seed: seed of the memory's selection (``None``: torch's initial seed on rank 0).
 
     Raises:
-        ValueError: for a negative ``mem_size``, a temperature that is not > 0, an ``augment``
+        ValueError: for ``mem_size`` not an int >= 1, a temperature that is not > 0, an ``augment``
             that is not callable, a non-positive ``mem_batch_size``, an unknown policy or a
             ``seed`` that is not an int; at set-up, a ``feature_layer`` the model does not have.
 
@@ -109,6 +109,10 @@ class SCR(_ReplayLoss, EvalClassifier):
         seed: int | None = None,
     ):
         _check_common(mem_size, seed)
+        if mem_size == 0:
+            raise ValueError(
+                "mem_size must be an int >= 1 (SCR classifies by the memory's class means), got 0"
+            )
         if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not temperature > 0:
             raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
         if augment is not None and not callable(augment):

@@ -73,8 +73,10 @@ def test_after_an_experience_evaluation_uses_the_corrected_logits() -> None:
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="val_fraction must be a number in"):
         BiC(val_fraction=1.0)
-    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         BiC(temperature=0)
+    with pytest.raises(ValueError, match="bias_lr must be a finite number > 0, got inf"):
+        BiC(bias_lr=float("inf"))
     with pytest.raises(ValueError, match="bias_steps must be an int >= 1"):
         BiC(bias_steps=0)
 

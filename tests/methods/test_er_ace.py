@@ -55,6 +55,10 @@ def test_bad_arguments_are_refused() -> None:
         ERACE(policy="fifo")
     with pytest.raises(ValueError, match="seed must be an int or None"):
         ERACE(seed="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="average_terms must be True or False, got 'no'"):
+        ERACE(average_terms="no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"mem_batch_size must be a positive int or None, got 2\.5"):
+        ERACE(mem_batch_size=2.5)  # type: ignore[arg-type]
 
 
 def test_state_round_trips() -> None:

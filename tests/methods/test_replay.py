@@ -77,6 +77,7 @@ def test_zero_memory_means_naive() -> None:
         (dict(seed="a"), "seed must be an int or None, got 'a'"),
         (dict(policy="lru"), "policy must be one of"),
         (dict(mem_batch_size=0), "mem_batch_size"),
+        (dict(mem_batch_size=2.5), r"mem_batch_size must be a positive int or None, got 2\.5"),
     ],
 )
 def test_bad_arguments(kwargs: dict, match: str) -> None:

@@ -66,6 +66,9 @@ def test_bad_arguments_are_refused() -> None:
         SCR(temperature=-1.0)
     with pytest.raises(ValueError, match="augment must be a callable"):
         SCR(augment="flip")  # type: ignore[arg-type]
+    # No memory, no class means: the classifier would be an untrained output layer.
+    with pytest.raises(ValueError, match=r"mem_size must be an int >= 1 .*got 0"):
+        SCR(mem_size=0)
 
 
 @pytest.mark.slow
