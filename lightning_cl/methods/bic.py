@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from lightning_cl.data.dataset_view import DatasetView
@@ -18,7 +19,7 @@ from lightning_cl.methods.base import Batch, ContinualCallback, experience_gener
 from lightning_cl.methods.buffers import ReplayBuffer
 from lightning_cl.methods.selection import SelectionStrategy
 from lightning_cl.models.eval_classifier import EvalClassifier
-from lightning_cl.models.heads import copy_at_state
+from lightning_cl.models.heads import MultiHeadClassifier, copy_at_state
 
 __all__ = ["BiC", "bias_correct"]
 
@@ -95,6 +96,8 @@ class BiC(ContinualCallback, EvalClassifier):
     Raises:
         ValueError: for ``mem_size`` not an int >= 1, ``val_fraction`` outside (0, 1), a
             non-positive temperature, ``bias_steps`` or ``bias_lr``, or a ``seed`` that is not an int.
+        MisconfigurationException: at set-up, for a model with a
+            :class:`~lightning_cl.models.MultiHeadClassifier` (one head per task).
 
     Example:
         >>> bic = BiC(mem_size=200)
@@ -146,6 +149,11 @@ class BiC(ContinualCallback, EvalClassifier):
 
     # ------------------------------------------------------------------ the split
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        if any(isinstance(m, MultiHeadClassifier) for m in module.model.modules()):
+            raise MisconfigurationException(
+                "BiC corrects the bias of the new classes' logits against the old ones in one output "
+                "layer; a MultiHeadClassifier has a head per task: use a single head (class-incremental)"
+            )
         if self._seed is None:
             self._seed = stream_seed(trainer, self.seed)
         memory = self.buffer.dataset(experience.dataset)

@@ -7,9 +7,11 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_cl.data import SplitDigits
 from lightning_cl.methods import BiC, ContinualCallback, bias_correct
+from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 from tests.conftest import digits_module, quiet_trainer_kwargs, stream_trainer_kwargs
 
@@ -97,3 +99,12 @@ def test_bic_beats_naive_on_split_digits() -> None:
     print(averages)
     assert averages["naive"] < 0.25
     assert averages["bic"] > averages["naive"] + 0.4, averages
+
+
+def test_a_multi_head_model_is_refused_at_set_up() -> None:
+    # It failed at the first test after experience 1 with an IndexError in bias_correct.
+    module = ContinualModule(MLP(num_classes=10, input_size=64, hidden_size=32, head="multihead"))
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    trainer = L.Trainer(callbacks=[BiC(mem_size=50)], **quiet_trainer_kwargs())
+    with pytest.raises(MisconfigurationException, match=r"BiC .* MultiHeadClassifier"):
+        trainer.fit(module, datamodule=bench.train_stream[0])
