@@ -47,6 +47,7 @@ from lightning_cl.methods import (
     ExpertGate,
     FromScratch,
     GDumb,
+    GenerativeReplay,
     GSSGreedy,
     HerdingSelection,
     ICaRL,
@@ -90,6 +91,7 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "ICaRL(mem_size=500)": lambda: [ICaRL(mem_size=500)],
     "BiC(mem_size=500)": lambda: [BiC(mem_size=500)],
     "SCR(mem_size=500)": lambda: [SCR(mem_size=500)],
+    "GenerativeReplay(generator_epochs=20)": lambda: [GenerativeReplay(generator_epochs=20)],
 }
 # Methods that need task labels (experience i has task label i) and a model of their own.
 TASK_INCREMENTAL = {

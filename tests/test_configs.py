@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 README = (ROOT / "README.md").read_text()
 DATA_ENV = "LIGHTNING_CL_DATA"
+SLOW_CONFIGS = {"split_digits_generative_replay"}
 QUICK = [
     "--trainer.max_epochs",
     "1",
@@ -75,8 +76,13 @@ def _check_run(results_path: Path, config: Path) -> None:
 @pytest.mark.parametrize(
     "config",
     [
-        # The MNIST family reads 60,000 images per config: part of the slow suite.
-        pytest.param(c, id=c.stem, marks=[pytest.mark.slow] if _needs_mnist(c) else [])
+        # The MNIST family reads 60,000 images per config: part of the slow suite. So is generative
+        # replay, whose VAE trains 100 epochs per experience whatever the trainer's batch limits.
+        pytest.param(
+            c,
+            id=c.stem,
+            marks=[pytest.mark.slow] if _needs_mnist(c) or c.stem in SLOW_CONFIGS else [],
+        )
         for c in CONFIGS
         if "ddp" not in c.stem
     ],

@@ -156,6 +156,6 @@ def test_class_incremental_digits_beats_naive() -> None:
         return float(results.average_accuracy)
 
     naive = run([])
-    generative = run([GenerativeReplay(seed=1)])
-    print(f"naive {naive:.3f} generative replay {generative:.3f}")
-    assert generative > naive + 0.15
+    generative = run([GenerativeReplay(generator_epochs=50, latent_size=16, seed=1)])
+    # Measured: naive 0.194, generative replay 0.802 (0.863 with 100 generator epochs).
+    assert generative > naive + 0.4

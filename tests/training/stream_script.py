@@ -40,6 +40,7 @@ from lightning_cl.methods import (
     ExpertGate,
     FromScratch,
     GDumb,
+    GenerativeReplay,
     GSSGreedy,
     HerdingSelection,
     ICaRL,
@@ -88,6 +89,7 @@ METHODS = {
     "icarl": lambda: [ICaRL(mem_size=200)],
     "bic": lambda: [BiC(mem_size=200)],
     "scr": lambda: [SCR(mem_size=200)],
+    "generative_replay": lambda: [GenerativeReplay(generator_epochs=20, hidden_size=128, latent_size=16)],
     "pnn": lambda: [PNN()],
     "packnet": lambda: [PackNet(prune_ratio=0.5, post_prune_epochs=1)],
     "slda": lambda: [StreamingLDA()],
@@ -154,6 +156,9 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["scr_means"] = float(cb.class_means.double().sum())
         if isinstance(cb, ERACE | ERAML | SCR):
             out[f"{type(cb).__name__.lower()}_memory"] = float(cb.buffer.indices.double().sum())
+        if isinstance(cb, GenerativeReplay) and cb.generator is not None:
+            out["generator"] = float(sum(v.double().sum() for v in cb.generator.state_dict().values()))
+            out["generator_solver"] = float(sum(v.double().sum() for v in (cb.solver_state or {}).values()))
         if isinstance(cb, GDumb):
             out["gdumb_memory"] = float(cb.indices.double().mul(torch.arange(len(cb)) + 1).sum())
         if isinstance(cb, RWalk) and cb.weights is not None:
