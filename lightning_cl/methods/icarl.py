@@ -137,7 +137,8 @@ class ICaRL(ContinualCallback, EvalClassifier):
     Raises:
         ValueError: for ``mem_size`` not an int >= 1, an unknown ``reduction``, a ``selection``
             that is not a selection strategy or a ``seed`` that is not an int; at set-up, a
-            ``feature_layer`` the model does not have.
+            ``feature_layer`` the model does not have, or a ``mem_size`` below the number of
+            classes seen by the end of the experience (no exemplar per class).
 
     Example:
         >>> icarl = ICaRL(mem_size=200)
@@ -189,6 +190,15 @@ class ICaRL(ContinualCallback, EvalClassifier):
         if stage == "fit":
             resolve_layer(pl_module.model, self.feature_layer)  # type: ignore[arg-type]
         super().setup(trainer, pl_module, stage)
+
+    def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        seen = set(self.exemplars) | set(experience.classes_in_this_experience)
+        if len(seen) > self.mem_size:
+            raise ValueError(
+                f"mem_size={self.mem_size} is smaller than the {len(seen)} classes seen after experience "
+                f"{experience.index}: iCaRL keeps mem_size // classes exemplars per class, so no class would "
+                "keep one; mem_size must be at least the stream's number of classes"
+            )
 
     def memory(self, data: DatasetView) -> DatasetView | None:
         """The exemplars as a view of ``data``'s dataset (any view of the stream's data); ``None``

@@ -125,3 +125,19 @@ def test_icarl_beats_naive_on_split_digits() -> None:
     print(averages)
     assert averages["naive"] < 0.25
     assert averages["icarl"] > averages["naive"] + 0.4, averages
+
+
+def test_a_memory_smaller_than_the_classes_seen_is_refused_and_nothing_changes() -> None:
+    # mem_size // classes was 0: every exemplar was dropped and the nearest-mean classifier
+    # silently fell back to the network's outputs.
+    icarl = ICaRL(mem_size=3, seed=0)
+    module = digits_module()
+    bench = SplitDigits(n_experiences=5, seed=1)
+    L.Trainer(callbacks=[icarl], **quiet_trainer_kwargs()).fit(module, datamodule=bench.train_stream[0])
+    exemplars = {c: v.clone() for c, v in icarl.exemplars.items()}
+    weights = [p.detach().clone() for p in module.parameters()]
+    with pytest.raises(ValueError, match="mem_size=3 is smaller than the 4 classes seen after experience 1"):
+        L.Trainer(callbacks=[icarl], **quiet_trainer_kwargs()).fit(module, datamodule=bench.train_stream[1])
+    assert {c: len(v) for c, v in icarl.exemplars.items()} == {c: len(v) for c, v in exemplars.items()}
+    assert all(torch.equal(icarl.exemplars[c], v) for c, v in exemplars.items())
+    assert all(torch.equal(p, w) for p, w in zip(module.parameters(), weights, strict=True))
