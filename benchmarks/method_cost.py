@@ -43,6 +43,7 @@ from lightning_cl.methods import (
     SCR,
     SI,
     BiC,
+    CoPE,
     CWRStar,
     ExpertGate,
     FromScratch,
@@ -92,6 +93,7 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "BiC(mem_size=500)": lambda: [BiC(mem_size=500)],
     "SCR(mem_size=500)": lambda: [SCR(mem_size=500)],
     "GenerativeReplay(generator_epochs=20)": lambda: [GenerativeReplay(generator_epochs=20)],
+    "CoPE(mem_size=500)": lambda: [CoPE(mem_size=500)],
 }
 # Methods that need task labels (experience i has task label i) and a model of their own.
 TASK_INCREMENTAL = {

@@ -13,6 +13,7 @@ from lightning_cl.methods.base import (
 )
 from lightning_cl.methods.bic import BiC, bias_correct
 from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
+from lightning_cl.methods.cope import CoPE, ppp_loss, update_prototypes
 from lightning_cl.methods.cwr import CWRStar, output_linear
 from lightning_cl.methods.der import DER
 from lightning_cl.methods.distributed import all_reduce_tensors, rank_shard
@@ -71,6 +72,7 @@ __all__ = [
     "BiC",
     "CWRStar",
     "ClosestToCenterSelection",
+    "CoPE",
     "ContinualCallback",
     "EpisodicMemoryMethod",
     "ExpertGate",
@@ -109,6 +111,7 @@ __all__ = [
     "output_linear",
     "output_sensitivity",
     "per_sample_gradient_sums",
+    "ppp_loss",
     "progressive_network_of",
     "project_gradient",
     "quadratic_penalty",
@@ -117,4 +120,5 @@ __all__ = [
     "step_generator",
     "stream_seed",
     "supervised_contrastive_loss",
+    "update_prototypes",
 ]

@@ -36,6 +36,7 @@ from lightning_cl.methods import (
     SCR,
     SI,
     BiC,
+    CoPE,
     CWRStar,
     ExpertGate,
     FromScratch,
@@ -90,6 +91,7 @@ METHODS = {
     "bic": lambda: [BiC(mem_size=200)],
     "scr": lambda: [SCR(mem_size=200)],
     "generative_replay": lambda: [GenerativeReplay(generator_epochs=20, hidden_size=128, latent_size=16)],
+    "cope": lambda: [CoPE(mem_size=200)],
     "pnn": lambda: [PNN()],
     "packnet": lambda: [PackNet(prune_ratio=0.5, post_prune_epochs=1)],
     "slda": lambda: [StreamingLDA()],
@@ -156,6 +158,11 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["scr_means"] = float(cb.class_means.double().sum())
         if isinstance(cb, ERACE | ERAML | SCR):
             out[f"{type(cb).__name__.lower()}_memory"] = float(cb.buffer.indices.double().sum())
+        if isinstance(cb, CoPE):
+            out["cope_prototypes"] = float(cb.prototypes.double().abs().sum())
+            out["cope_memory"] = float(
+                cb.replay.buffer.indices.double().mul(torch.arange(len(cb.replay.buffer)) + 1).sum()
+            )
         if isinstance(cb, GenerativeReplay) and cb.generator is not None:
             out["generator"] = float(sum(v.double().sum() for v in cb.generator.state_dict().values()))
             out["generator_solver"] = float(sum(v.double().sum() for v in (cb.solver_state or {}).values()))
