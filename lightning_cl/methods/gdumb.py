@@ -88,7 +88,8 @@ class GDumb(ContinualCallback):
       (``optimizer_policy="keep"`` is refused).
     - The paper's training recipe (SGDR schedule, cutmix, many epochs) is the user's choice of
       ``max_epochs``, ``lr_scheduler`` and ``train_transform``; the paper's test-time masking of
-      unseen classes is left out (class-incremental heads mask them already).
+      unseen classes is left out: a growing head (``MLP(head="incremental")``) has no outputs for
+      them; a fixed ``"linear"`` head, as in the SplitDigits config, can predict them.
     - Training data other than the memory makes no sense: a callback adding loaders (``Replay``)
       or replacing the training data next to GDumb is refused at set-up.
 
