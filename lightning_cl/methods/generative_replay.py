@@ -159,7 +159,9 @@ class GenerativeReplay(ContinualCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(replay_ratio=self.replay_ratio, generator_epochs=self.generator_epochs)
+        return self._generate_state_key(
+            replay_ratio=self.replay_ratio, generator_epochs=self.generator_epochs
+        )
 
     def current_weight(self, experiences_trained: int) -> float:
         """The weight :math:`r` of the current data in the experience after ``experiences_trained`` ones.
