@@ -31,9 +31,7 @@ def test_an_earlier_task_is_bit_identical_after_later_tasks() -> None:
     L.seed_everything(0)
     bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
     module, pnn = _pnn_module(), PNN()
-    L.Trainer(**quiet_trainer_kwargs(), callbacks=[pnn]).fit(
-        module, datamodule=bench.train_stream[0]
-    )
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[pnn]).fit(module, datamodule=bench.train_stream[0])
     first = _outputs(module, bench.test_stream[0])
     for experience in bench.train_stream[1:3]:
         L.Trainer(**quiet_trainer_kwargs(max_epochs=2), callbacks=[pnn]).fit(module, datamodule=experience)
