@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +59,36 @@ def data_root() -> Path:
     if not (path / "MNIST" / "raw").is_dir():
         pytest.skip(f"{DATA_ENV}={root} has no MNIST/raw folder")
     return path
+
+
+def _split_digits_run(callbacks: list[Any], max_epochs: int) -> float:
+    import lightning as L
+
+    from lightning_cl.data import SplitDigits
+    from lightning_cl.training import fit_stream
+
+    L.seed_everything(1)
+    results = fit_stream(
+        digits_module(),
+        SplitDigits(n_experiences=5, seed=1),
+        callbacks=callbacks,
+        logger=False,
+        trainer_kwargs=stream_trainer_kwargs(max_epochs=max_epochs),
+    )
+    return results.average_accuracy
+
+
+@cache
+def _naive_split_digits_average(max_epochs: int) -> float:
+    return _split_digits_run([], max_epochs)
+
+
+def split_digits_average(callbacks: list[Any], max_epochs: int = 2) -> float:
+    """Final average accuracy of ``digits_module()`` on SplitDigits (5 experiences, seed 1).
+
+    Fine-tuning (no callbacks) is seeded, so its value is computed once per session and shared by
+    the methods' "beats Naive" tests.
+    """
+    if not callbacks:
+        return _naive_split_digits_average(max_epochs)
+    return _split_digits_run(callbacks, max_epochs)

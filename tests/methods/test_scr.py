@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from lightning_cl.data import SplitDigits
 from lightning_cl.methods import SCR, supervised_contrastive_loss
-from lightning_cl.training import fit_stream
-from tests.conftest import digits_module, quiet_trainer_kwargs, stream_trainer_kwargs
+from tests.conftest import digits_module, quiet_trainer_kwargs, split_digits_average
 
 
 def test_the_contrastive_loss_by_hand() -> None:
@@ -73,17 +72,7 @@ def test_bad_arguments_are_refused() -> None:
 
 @pytest.mark.slow
 def test_scr_beats_naive_on_split_digits() -> None:
-    averages = {}
-    for name, callbacks in (("naive", []), ("scr", [SCR(mem_size=200, seed=0)])):
-        L.seed_everything(1)
-        results = fit_stream(
-            digits_module(),
-            SplitDigits(n_experiences=5, seed=1),
-            callbacks=callbacks,
-            logger=False,
-            trainer_kwargs=stream_trainer_kwargs(max_epochs=2),
-        )
-        averages[name] = results.average_accuracy
-    print(averages)
-    assert averages["naive"] < 0.25
-    assert averages["scr"] > averages["naive"] + 0.4, averages
+    naive = split_digits_average([])
+    ours = split_digits_average([SCR(mem_size=200, seed=0)])
+    assert naive < 0.25
+    assert ours > naive + 0.4, (naive, ours)
