@@ -29,9 +29,11 @@ from lightning_cl.methods.gem import GEM, gem_projection
 from lightning_cl.methods.generative_replay import REPLAY_RATIOS, GenerativeReplay
 from lightning_cl.methods.gss import GSSGreedy, gss_greedy_replace, gss_scores
 from lightning_cl.methods.icarl import ICARL_REDUCTIONS, ICaRL, icarl_loss, nearest_mean_scores
+from lightning_cl.methods.lamaml import LaMAML, lamaml_meta_gradients
 from lightning_cl.methods.lfl import LFL
 from lightning_cl.methods.lwf import LwF, distillation_loss
 from lightning_cl.methods.mas import MAS, output_sensitivity
+from lightning_cl.methods.mer import MER, reptile_batches
 from lightning_cl.methods.mir import MIR, interference_scores
 from lightning_cl.methods.packnet import PackNet
 from lightning_cl.methods.penalties import quadratic_penalty
@@ -63,6 +65,7 @@ __all__ = [
     "ICARL_REDUCTIONS",
     "LFL",
     "MAS",
+    "MER",
     "MIR",
     "PNN",
     "REPLAY_RATIOS",
@@ -83,6 +86,7 @@ __all__ = [
     "GenerativeReplay",
     "HerdingSelection",
     "ICaRL",
+    "LaMAML",
     "LwF",
     "PackNet",
     "RWalk",
@@ -105,6 +109,7 @@ __all__ = [
     "gss_scores",
     "icarl_loss",
     "interference_scores",
+    "lamaml_meta_gradients",
     "lda_scores",
     "masked_cross_entropy",
     "nearest_mean_scores",
@@ -116,6 +121,7 @@ __all__ = [
     "project_gradient",
     "quadratic_penalty",
     "rank_shard",
+    "reptile_batches",
     "resolve_layer",
     "step_generator",
     "stream_seed",

@@ -21,6 +21,7 @@ from lightning_cl.models.module import (
     check_new_trainer,
     merge_batch,
 )
+from lightning_cl.models.optimisation_step import OptimisationStep, StepResult, optimisation_step_owner
 from lightning_cl.models.pnn import PNN_ADAPTERS, ProgressiveNetwork
 from lightning_cl.models.vae import VAE, VAE_LIKELIHOODS
 
@@ -42,13 +43,16 @@ __all__ = [
     "LossTerm",
     "MultiHeadClassifier",
     "NonFiniteLossError",
+    "OptimisationStep",
     "ProgressiveNetwork",
+    "StepResult",
     "batch_parts",
     "check_new_trainer",
     "copy_at_state",
     "eval_classifier_of",
     "make_head",
     "merge_batch",
+    "optimisation_step_owner",
     "pad_to",
     "slice_to",
     "task_loss_owner",

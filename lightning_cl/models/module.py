@@ -37,6 +37,7 @@ from lightning_cl.evaluation.stream_metrics import (
 from lightning_cl.models.eval_classifier import EvalClassifier, eval_classifier_of
 from lightning_cl.models.heads import DynamicModule
 from lightning_cl.models.loss_term import LossTerm, batch_parts, task_loss_owner
+from lightning_cl.models.optimisation_step import OptimisationStep, optimisation_step_owner
 
 __all__ = [
     "ON_NONFINITE",
@@ -242,6 +243,8 @@ class ContinualModule(L.LightningModule):
         # (found once per fit or evaluation, so a step pays one attribute check for each).
         self._task_loss_owner: LossTerm | None = None
         self._eval_classifier: EvalClassifier | None = None
+        # The callback that owns the optimisation step (manual optimisation), if any.
+        self._optimisation_owner: OptimisationStep | None = None
 
     # ------------------------------------------------------------------ forward and loss
     def forward(self, x: Tensor, task_labels: Tensor | None = None) -> Tensor:
@@ -275,21 +278,70 @@ class ContinualModule(L.LightningModule):
             return self.steps_before_experience + self.global_step
         return self.steps_before_experience
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        if self._optimisation_owner is not None:
+            self._owned_training_step(self._optimisation_owner, batch)
+            return None
         x, y, t = merge_batch(batch)
         logits = self(x, t)
         owner = self._task_loss_owner
         replaced = None if owner is None else owner.task_loss(self, (x, y, t), logits, batch_parts(batch))
-        loss = self.criterion(logits, y) if replaced is None else replaced
-        n = len(y)
-        task_loss = loss
+        task_loss = self.criterion(logits, y) if replaced is None else replaced
+        loss, penalties = self.add_penalties(task_loss, (x, y, t), logits)
+        self._check_finite(loss, task_loss, penalties)
+        self._record_train_step(loss, logits, y, penalties)
+        return loss
+
+    def add_penalties(self, loss: Tensor, batch: Batch, logits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``loss`` plus the :meth:`~LossTerm.penalty` of every loss-term callback of the trainer.
+
+        For a callback that owns the optimisation step (:class:`~lightning_cl.models.OptimisationStep`):
+        what ``training_step`` adds to the task loss under automatic optimisation, added to a
+        loss of the owner's inner loop.
+
+        Args:
+            loss: a scalar loss on ``batch``.
+            batch: the ``(x, y, t)`` the loss was computed on.
+            logits: the logits of ``batch``, part of the graph.
+
+        Returns:
+            The sum, and each term by callback name (detached, float32: ``StepResult.penalties``).
+        """
         penalties: dict[str, Tensor] = {}
         for callback in self.loss_terms():
-            term = callback.penalty(self, (x, y, t), logits)
+            term = callback.penalty(self, batch, logits)
             if term is not None:
                 loss = loss + term
                 penalties[callback.name] = term.detach().float()
-        self._check_finite(loss, task_loss, penalties)
+        return loss, penalties
+
+    def _owned_training_step(self, owner: OptimisationStep, batch: Any) -> None:
+        x, y, t = merge_batch(batch)
+        trainer = self.trainer
+        before = trainer.global_step
+        result = owner.optimisation_step(self, (x, y, t), batch_parts(batch), self.optimizers())  # type: ignore[arg-type]
+        steps = trainer.global_step - before
+        if steps == 0:
+            # The owner wrote the weights itself: the step is counted here, as Lightning counts
+            # an `optimizer.step()` in manual optimisation.
+            progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+            progress.increment_ready()
+            progress.increment_completed()
+        elif steps > 1:
+            raise MisconfigurationException(
+                f"{type(owner).__name__}.optimisation_step called optimizer.step() {steps} times in one "
+                "training step; an owner of the optimisation step calls it at most once (inner steps "
+                "update the weights without the module's optimizer)"
+            )
+        penalties = {k: v.detach().float() for k, v in result.penalties.items()}
+        loss = result.loss.detach()
+        self._check_finite(loss, loss, penalties)
+        self._record_train_step(loss, result.logits.detach(), y, penalties)
+
+    def _record_train_step(
+        self, loss: Tensor, logits: Tensor, y: Tensor, penalties: dict[str, Tensor]
+    ) -> None:
+        n = len(y)
         assert self.train_metrics is not None
         for name, term in penalties.items():
             self._penalty_sums[name] = self._penalty_sums.get(name, 0.0) + term
@@ -317,7 +369,6 @@ class ContinualModule(L.LightningModule):
                 "train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=n
             )
             self.log("step", float(self.global_step_all), on_step=True, on_epoch=False, batch_size=n)
-        return loss
 
     def _update_train_user_metrics(self, logits: Tensor, y: Tensor, loss: Tensor) -> None:
         shown = "minibatch" in self.metric_scopes and self._step_values_shown()
@@ -380,6 +431,8 @@ class ContinualModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         assert self.train_metrics is not None
         self._flush_train_metrics()
+        if self._optimisation_owner is not None:
+            self._step_schedulers_by_hand()
         for name, total in self._penalty_sums.items():
             # The epoch's mean penalty, the same on every rank up to the data each one saw.
             self.log(f"train/penalty/{name}_epoch", total / max(1, self._penalty_steps), on_epoch=True)
@@ -414,6 +467,10 @@ class ContinualModule(L.LightningModule):
         check_new_trainer(self.trainer)
         callbacks = self.trainer.callbacks  # type: ignore[attr-defined]
         self._task_loss_owner = task_loss_owner(callbacks)
+        self._optimisation_owner = optimisation_step_owner(callbacks)
+        self._check_optimisation_owner()
+        # Lightning reads it per batch and when it builds the optimizers, both after `setup`.
+        self.automatic_optimization = self._optimisation_owner is None
         self._eval_classifier = eval_classifier_of(callbacks)
         self._warned_nonfinite = False
         strategy = self.trainer.strategy
@@ -462,6 +519,46 @@ class ContinualModule(L.LightningModule):
             tasks = getattr(experience.val_dataset, "task_labels", None)
             mixed = {experience.index: torch.unique(tasks).tolist()} if isinstance(tasks, Tensor) else None
             self._make_eval_metrics([experience.index], experience.n_classes, mixed)
+
+    def _check_optimisation_owner(self) -> None:
+        owner = self._optimisation_owner
+        if owner is None:
+            return
+        name = type(owner).__name__
+        if self._task_loss_owner is not None:
+            raise MisconfigurationException(
+                f"{name} owns the optimisation step and computes its own losses, so "
+                f"{type(self._task_loss_owner).__name__}'s replaced task loss (LossTerm.task_loss) would "
+                "never be used: keep one of them"
+            )
+        trainer = self.trainer
+        if trainer.gradient_clip_val:
+            raise MisconfigurationException(
+                f"{name} owns the optimisation step (manual optimisation), where Lightning does not clip "
+                f"gradients: remove Trainer(gradient_clip_val={trainer.gradient_clip_val}) (the method's "
+                "own clipping option, where it has one, clips its updates)"
+            )
+        if trainer.accumulate_grad_batches != 1:
+            raise MisconfigurationException(
+                f"{name} owns the optimisation step (manual optimisation), where Lightning does not "
+                "accumulate gradients: remove "
+                f"Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches})"
+            )
+
+    def _step_schedulers_by_hand(self) -> None:
+        # Manual optimisation leaves the schedulers to the module: epoch-interval ones, as the
+        # automatic loop steps them (a plateau scheduler on its monitored value, when logged).
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler: Any = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                monitor = "val/loss" if "val/loss" in self.trainer.callback_metrics else "train/loss_epoch"
+                value = self.trainer.callback_metrics.get(monitor)
+                if value is None and self.train_metrics is not None:
+                    value = self.train_metrics["loss"].compute()
+                if value is not None:
+                    scheduler.step(float(value))
+            else:
+                scheduler.step()
 
     def _check_output_width(self, experience: Experience, needed: int) -> None:
         x, _, t = experience.dataset.__getitems__([0])

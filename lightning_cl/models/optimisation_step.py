@@ -1,0 +1,136 @@
+"""The extension point for owned optimisation: a callback that runs the whole update of a training step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+
+from lightning_cl.data.batch import Batch
+
+if TYPE_CHECKING:
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    from lightning_cl.models.module import ContinualModule
+
+__all__ = ["OptimisationStep", "StepResult", "optimisation_step_owner"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What an owned training step reports back to ``ContinualModule`` for its metrics and logs.
+
+    Attributes:
+        loss: the step's training loss, a scalar (detached or not; the module detaches it);
+            logged as ``train/loss_step`` / ``train/loss_epoch`` as for any step.
+        logits: the logits of the step's merged batch, ``(B, n_outputs)``, one row per row of the
+            ``batch`` the owner was given (for ``train/acc``); the weights they were computed at
+            are the owner's choice (its docstring states it).
+        penalties: the penalties of other callbacks the step added, by name (logged as
+            ``train/penalty/<name>``; what :meth:`ContinualModule.add_penalties` returns).
+    """
+
+    loss: Tensor
+    logits: Tensor
+    penalties: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+class OptimisationStep:
+    """A trainer callback that owns the whole optimisation of each training step (meta-learning).
+
+    Methods with inner loops (MER's Reptile steps, La-MAML's look-ahead updates) cannot be a
+    loss term: the update is not one gradient step of one loss. A callback that subclasses this
+    class (next to :class:`~lightning_cl.methods.ContinualCallback`) and overrides
+    :meth:`optimisation_step` takes the step over through Lightning's manual optimisation:
+
+    - At ``setup("fit")`` ``ContinualModule`` finds the owner (:func:`optimisation_step_owner`:
+      at most one per trainer, a second is refused naming both) and sets
+      ``automatic_optimization = False`` only when there is one. Lightning reads the property per
+      batch and when it builds the optimizers (after ``setup``), so the switch takes effect in the
+      same fit; an experience without an owner runs Lightning's automatic loop unchanged, at the
+      cost of one attribute check per step.
+    - ``training_step`` merges the batch (current data plus any replay loader) and calls
+      :meth:`optimisation_step` with the module, the merged batch, which rows came from which
+      loader, and ``module.optimizers()`` (a ``LightningOptimizer``). The owner updates the
+      weights as it likes and returns a :class:`StepResult`; the module logs the train loss,
+      accuracy and penalties from it as for any step.
+    - ``global_step`` counts one per training step: an owner whose update ends in
+      ``optimizer.step()`` (which runs the precision plugin and ``on_before_optimizer_step``
+      callbacks such as gradient surgery) is counted by Lightning; an owner that writes the
+      weights itself is counted by the module. More than one ``optimizer.step()`` per step is
+      refused (``step_generator`` seeds, logged steps and checkpoints assume one).
+    - Gradients: ``module.manual_backward(loss)`` applies the precision plugin's scaling and,
+      under DDP, all-reduces the gradients through the DDP reducer. ``torch.autograd.grad`` and
+      ``torch.func`` calls stay on their rank; an owner whose inner loops run per rank on
+      different data must end with an all-reduce of its update
+      (:func:`~lightning_cl.methods.all_reduce_tensors`) so that every rank holds the same weights.
+    - Other callbacks' penalties: the owner adds them to the losses it optimises with
+      :meth:`ContinualModule.add_penalties`. A callback replacing the task loss
+      (``LossTerm.task_loss``) cannot combine with an owner (the owner defines its losses) and is
+      refused at set-up, as are ``Trainer(gradient_clip_val=...)`` and
+      ``accumulate_grad_batches != 1`` (Lightning does neither in manual optimisation: an owner
+      clips with ``module.clip_gradients``).
+    - Optimizer state: the module's optimizer is built, kept or reset per experience
+      (``optimizer_policy``) and checkpointed as with automatic optimisation; epoch-interval
+      learning-rate schedulers are stepped by the module at each epoch's end.
+
+    Example:
+        >>> import torch
+        >>> class PlainSGD(OptimisationStep):
+        ...     def optimisation_step(self, module, batch, parts, optimizer):
+        ...         x, y, t = batch
+        ...         logits = module(x, t)
+        ...         loss = torch.nn.functional.cross_entropy(logits, y)
+        ...         optimizer.zero_grad()
+        ...         module.manual_backward(loss)
+        ...         optimizer.step()
+        ...         return StepResult(loss.detach(), logits.detach())
+        >>> type(optimisation_step_owner([object(), PlainSGD()])).__name__
+        'PlainSGD'
+    """
+
+    def optimisation_step(
+        self,
+        module: ContinualModule,
+        batch: Batch,
+        parts: Mapping[str, slice],
+        optimizer: LightningOptimizer,
+    ) -> StepResult:
+        """Update the module's weights for one training step.
+
+        Args:
+            module: the module being trained (in train mode; ``module.model`` is the network,
+                ``module(x, t)`` its forward).
+            batch: the merged training batch ``(x, y, t)`` on the training device.
+            parts: which rows of ``batch`` came from which loader (``{"current": slice(0, B)}``
+                and any replay loader's rows, see :func:`~lightning_cl.models.batch_parts`).
+            optimizer: the module's optimizer, wrapped by Lightning; call ``optimizer.step()``
+                at most once.
+
+        Returns:
+            The step's loss and logits (and penalties) for the module's metrics.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must override optimisation_step")
+
+
+def optimisation_step_owner(callbacks: Iterable[Any]) -> OptimisationStep | None:
+    """The one callback among ``callbacks`` that owns the optimisation step, if any.
+
+    Raises:
+        MisconfigurationException: if two or more do; the message names them.
+
+    Example:
+        >>> optimisation_step_owner([object()]) is None
+        True
+    """
+    owners = [c for c in callbacks if isinstance(c, OptimisationStep)]
+    if len(owners) > 1:
+        names = ", ".join(type(c).__name__ for c in owners)
+        raise MisconfigurationException(
+            f"{names} each own the optimisation step (OptimisationStep); at most one callback of a "
+            "trainer may run its own inner loop: keep one of them"
+        )
+    return owners[0] if owners else None

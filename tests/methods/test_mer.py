@@ -1,0 +1,173 @@
+"""MER: Reptile meta-updates over batches that mix the incoming samples with a reservoir memory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from lightning_cl.data import DatasetView, SplitDigits, TensorClassificationDataset
+from lightning_cl.methods import MER, reptile_batches
+from lightning_cl.training import fit_stream
+from lightning_cl.training.checkpoint import checkpoint_name
+from tests.conftest import digits_module, quiet_trainer_kwargs, split_digits_average, stream_trainer_kwargs
+
+
+class TinyModule(nn.Module):
+    """A 1-input, 2-class linear classifier with what an owned step reads from a ContinualModule."""
+
+    def __init__(self, weight: list[float]) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(weight).reshape(2, 1))
+        self.criterion = nn.CrossEntropyLoss()
+        self.trainer = SimpleNamespace(world_size=1, global_rank=0)
+        self.global_step_all = 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return x @ self.w.T
+
+    def loss_terms(self) -> list[Any]:
+        return []
+
+    def add_penalties(
+        self, loss: torch.Tensor, batch: Any, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
+        return loss, {}
+
+
+def one_sample_memory(x: float, y: int) -> DatasetView:
+    base = TensorClassificationDataset(torch.tensor([[x]]), torch.tensor([y]))
+    return DatasetView(base, torch.tensor([0]))
+
+
+def ce_grad(w: list[float], x: float, y: int) -> list[float]:
+    """d CE(softmax(w * x), y) / d w, by hand: (p - onehot(y)) * x."""
+    e = [math.exp(wi * x) for wi in w]
+    p = [v / sum(e) for v in e]
+    return [(p[c] - (1.0 if c == y else 0.0)) * x for c in range(2)]
+
+
+def test_reptile_batches_by_hand() -> None:
+    # Two batches of two samples, per-sample SGD, within-batch rate beta, across-batch rate gamma.
+    w = torch.zeros(2, 1, requires_grad=True)
+    samples = [(1.0, 0), (2.0, 1)], [(-1.0, 1), (0.5, 0)]
+    batches = [
+        (torch.tensor([[a] for a, _ in b]), torch.tensor([c for _, c in b]), torch.zeros(2, dtype=torch.long))
+        for b in samples
+    ]
+    lr, beta, gamma = 0.5, 0.3, 0.6
+    reptile_batches(
+        {"w": w}, lambda b: nn.functional.cross_entropy(b[0] @ w.T, b[1]), batches, lr, beta, gamma
+    )
+    theta = [0.0, 0.0]
+    start = list(theta)
+    for b in samples:
+        within = list(theta)
+        for x, y in b:
+            g = ce_grad(theta, x, y)
+            theta = [t - lr * gi for t, gi in zip(theta, g)]
+        theta = [w0 + beta * (t - w0) for w0, t in zip(within, theta)]
+    theta = [a0 + gamma * (t - a0) for a0, t in zip(start, theta)]
+    torch.testing.assert_close(w.detach().flatten(), torch.tensor(theta))
+
+
+def test_one_step_is_theta_plus_beta_times_the_inner_progress() -> None:
+    # One batch = the incoming sample (x=1, y=0) and one memory sample (x=1, y=1); gamma = 1.
+    module = TinyModule([0.2, -0.1])
+    mer = MER(mem_size=10, mem_batch_size=1, n_batches=1, beta=0.25, gamma=1.0, lr=0.5, seed=0)
+    mer._seed, mer._memory = 0, one_sample_memory(1.0, 1)
+    batch = (torch.tensor([[1.0]]), torch.tensor([0]), torch.tensor([0]))
+    result = mer.optimisation_step(module, batch, {"current": slice(0, 1)}, optimizer=None)
+    theta = [0.2, -0.1]
+    inner = list(theta)
+    for x, y in ((1.0, 0), (1.0, 1)):
+        inner = [t - 0.5 * g for t, g in zip(inner, ce_grad(inner, x, y))]
+    expected = [t + 0.25 * (i - t) for t, i in zip(theta, inner)]
+    torch.testing.assert_close(module.w.detach().flatten(), torch.tensor(expected))
+    # The step reports the incoming sample's loss and logits at the weights it started from.
+    assert float(result.loss) == pytest.approx(-math.log(math.exp(0.2) / (math.exp(0.2) + math.exp(-0.1))))
+    torch.testing.assert_close(result.logits, torch.tensor([[0.2, -0.1]]))
+
+
+def test_a_step_with_non_finite_weights_is_undone() -> None:
+    module = TinyModule([0.2, -0.1])
+    mer = MER(mem_size=10, n_batches=1, lr=float("1e39"), seed=0)
+    mer._seed = 0
+    batch = (torch.tensor([[1.0]]), torch.tensor([0]), torch.tensor([0]))
+    result = mer.optimisation_step(module, batch, {"current": slice(0, 1)}, optimizer=None)
+    assert math.isnan(float(result.loss))
+    torch.testing.assert_close(module.w.detach().flatten(), torch.tensor([0.2, -0.1]))
+
+
+def test_the_memory_fills_online_and_global_step_counts_the_steps() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    mer = MER(mem_size=50, n_batches=2, inner_batch_size=16, seed=3)
+    module = digits_module()
+    trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=2), callbacks=[mer])
+    trainer.fit(module, datamodule=bench.train_stream[0])
+    assert trainer.global_step == 2 * trainer.num_training_batches
+    assert len(mer.buffer) == 50 and mer.buffer.seen == len(bench.train_stream[0].dataset)
+    assert set(mer.buffer.targets.tolist()) <= set(bench.train_stream[0].classes_in_this_experience)
+    assert not any(module.trainer.optimizers[0].state.values())  # inner steps are plain SGD
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mem_size": 0}, "mem_size must be an int >= 1, got 0"),
+        ({"n_batches": 0}, "n_batches must be an int >= 1, got 0"),
+        ({"beta": 0.0}, "beta must be a number > 0, got 0.0"),
+        ({"gamma": "1"}, "gamma must be a number > 0, got '1'"),
+        ({"inner_batch_size": 1.5}, "inner_batch_size must be an int >= 1, got 1.5"),
+        ({"online": 1}, "online must be True or False, got 1"),
+        ({"seed": "x"}, "seed must be an int or None, got 'x'"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MER(**kwargs)
+
+
+def _mer() -> MER:
+    return MER(mem_size=200, mem_batch_size=32, n_batches=2, inner_batch_size=16, beta=0.5, gamma=1.0, seed=1)
+
+
+@pytest.mark.slow
+def test_mer_beats_naive_on_split_digits() -> None:
+    naive = split_digits_average([])
+    mer = split_digits_average([_mer()])
+    assert mer > naive + 0.2, (mer, naive)
+
+
+def _stream(tmp_path: Path, **kwargs: Any) -> tuple[Any, MER]:
+    L.seed_everything(1)
+    module, mer = digits_module(), MER(mem_size=60, n_batches=1, inner_batch_size=32, seed=2)
+    fit_stream(
+        module,
+        SplitDigits(n_experiences=5, seed=1),
+        callbacks=[mer],
+        logger=False,
+        trainer_kwargs=stream_trainer_kwargs(enable_checkpointing=True),
+        checkpoint_dir=tmp_path,
+        **kwargs,
+    )
+    return module, mer
+
+
+@pytest.mark.slow
+def test_resume_at_an_experience_boundary_gives_the_same_weights_and_memory(tmp_path: Path) -> None:
+    full, full_mer = _stream(tmp_path / "full", max_experiences=3)
+    _stream(tmp_path / "part", max_experiences=2)
+    resumed, resumed_mer = _stream(
+        tmp_path / "part", ckpt_path=tmp_path / "part" / checkpoint_name(1), max_experiences=1
+    )
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(full_mer.buffer.indices, resumed_mer.buffer.indices)
+    assert full_mer.buffer.seen == resumed_mer.buffer.seen
