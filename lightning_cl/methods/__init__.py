@@ -39,6 +39,7 @@ from lightning_cl.methods.packnet import PackNet
 from lightning_cl.methods.penalties import quadratic_penalty
 from lightning_cl.methods.per_sample import per_sample_gradient_sums
 from lightning_cl.methods.pnn import PNN, progressive_network_of
+from lightning_cl.methods.rar import RAR, feature_attack, mixup_batch, nearest_other_class, virtual_parameters
 from lightning_cl.methods.replay import Replay
 from lightning_cl.methods.rwalk import RWalk
 from lightning_cl.methods.scr import SCR, supervised_contrastive_loss
@@ -68,6 +69,7 @@ __all__ = [
     "MER",
     "MIR",
     "PNN",
+    "RAR",
     "REPLAY_RATIOS",
     "SCR",
     "SI",
@@ -102,6 +104,7 @@ __all__ = [
     "distillation_loss",
     "experience_generator",
     "expert_gate_network_of",
+    "feature_attack",
     "fisher_information",
     "gem_projection",
     "greedy_class_balanced",
@@ -112,7 +115,9 @@ __all__ = [
     "lamaml_meta_gradients",
     "lda_scores",
     "masked_cross_entropy",
+    "mixup_batch",
     "nearest_mean_scores",
+    "nearest_other_class",
     "output_linear",
     "output_sensitivity",
     "per_sample_gradient_sums",
@@ -127,4 +132,5 @@ __all__ = [
     "stream_seed",
     "supervised_contrastive_loss",
     "update_prototypes",
+    "virtual_parameters",
 ]

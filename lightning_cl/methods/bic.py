@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback, experience_generator, stream_seed
-from lightning_cl.methods.buffers import ReplayBuffer
+from lightning_cl.methods.buffers import ReplayBuffer, check_memory_size
 from lightning_cl.methods.selection import SelectionStrategy
 from lightning_cl.models.eval_classifier import EvalClassifier
 from lightning_cl.models.heads import MultiHeadClassifier, copy_at_state
@@ -58,9 +58,12 @@ class BiC(ContinualCallback, EvalClassifier):
     Each experience after the first:
 
     1. **Split** (Sec. 4.1): ``val_fraction`` of each old class's exemplars and as many samples of
-       each new class are held out as a class-balanced validation set; training runs on the rest
-       of the experience's data joined with the rest of the memory (through
-       :meth:`~lightning_cl.data.TrainDataSource.current_dataloader`).
+       each new class are held out as a class-balanced validation set (the paper splits the
+       exemplars 9:1 into training and validation: ``val_fraction=0.1``); training runs on the
+       rest of the experience's data joined with the rest of the memory (through
+       :meth:`~lightning_cl.data.TrainDataSource.current_dataloader`). At least one exemplar of
+       each class is held out and at least one stays for training (rounding of small memories),
+       so each old class needs two exemplars: fewer is refused when the experience starts.
     2. **Training** (Sec. 4.1, Eq. 1-3): the task loss becomes
        :math:`\lambda L_d + (1 - \lambda) L_c`, with :math:`\lambda = n / (n + m)` (``n`` old and
        ``m`` new classes), :math:`L_c` the cross-entropy over the classes seen, and
@@ -95,7 +98,8 @@ class BiC(ContinualCallback, EvalClassifier):
 
     Raises:
         ValueError: for ``mem_size`` not an int >= 1, ``val_fraction`` outside (0, 1), a
-            non-positive temperature, ``bias_steps`` or ``bias_lr``, or a ``seed`` that is not an int.
+            non-positive temperature, ``bias_steps`` or ``bias_lr``, or a ``seed`` that is not an int;
+            when an experience starts, a memory with fewer than 2 exemplars of an old class.
         MisconfigurationException: at set-up, for a model with a
             :class:`~lightning_cl.models.MultiHeadClassifier` (one head per task).
 
@@ -115,8 +119,7 @@ class BiC(ContinualCallback, EvalClassifier):
         selection: SelectionStrategy | None = None,
         seed: int | None = None,
     ):
-        if not isinstance(mem_size, int) or isinstance(mem_size, bool) or mem_size < 1:
-            raise ValueError(f"mem_size must be an int >= 1, got {mem_size!r}")
+        check_memory_size(mem_size, "BiC")
         if not isinstance(val_fraction, int | float) or not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
         for name, value in (("temperature", temperature), ("bias_lr", bias_lr)):
@@ -163,8 +166,19 @@ class BiC(ContinualCallback, EvalClassifier):
         generator = experience_generator(self._seed, experience.index)
         held: list[Tensor] = []
         mem_targets = memory.targets
-        per_class = [int((mem_targets == c).sum()) for c in torch.unique(mem_targets).tolist()]
-        n_val = max(1, round(self.val_fraction * min(per_class)))
+        classes = torch.unique(mem_targets).tolist()
+        per_class = [int((mem_targets == c).sum()) for c in classes]
+        fewest = min(per_class)
+        if fewest < 2:
+            poorest = classes[per_class.index(fewest)]
+            raise ValueError(
+                f"BiC holds out exemplars of every old class for its bias layer and keeps at least one "
+                f"per class for training, so each class needs 2 or more; the memory (mem_size="
+                f"{self.buffer.mem_size}) holds {fewest} exemplar of class {poorest} "
+                f"over {len(classes)} old classes: use mem_size >= {2 * len(classes)}"
+            )
+        # At least one held out, at least one left for training (the paper: 9:1).
+        n_val = min(max(1, round(self.val_fraction * fewest)), fewest - 1)
         for view in (memory, experience.dataset):
             targets = view.targets
             for c in torch.unique(targets).tolist():

@@ -10,12 +10,42 @@ from torch import Tensor, nn
 from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.methods.selection import RandomSelection, SelectionStrategy, check_selection
 
-__all__ = ["BUFFER_POLICIES", "RESERVOIR_ALGORITHMS", "ReplayBuffer"]
+__all__ = ["BUFFER_POLICIES", "RESERVOIR_ALGORITHMS", "ReplayBuffer", "check_memory_size"]
 
 BUFFER_POLICIES = ("experience_balanced", "class_balanced", "task_balanced", "reservoir")
 """How a memory is split into groups: by experience, by class, by task label, or one group."""
 RESERVOIR_ALGORITHMS = ("R", "priority")
 """How :meth:`ReplayBuffer.offer` fills a ``"reservoir"`` buffer: Vitter's algorithm R, or priorities."""
+
+
+def check_memory_size(value: Any, method: str, name: str = "mem_size", low: int = 1) -> int:
+    """The one check of a rehearsal method's memory-size argument: an int ``>= low``.
+
+    Every rehearsal method refuses a memory it cannot rehearse (``low=1``); only ``Replay``
+    accepts 0, documented there as "replay off".
+
+    Args:
+        value: the argument given.
+        method: the class name, for the message.
+        name: the argument's name (``mem_size``, ``patterns_per_experience``).
+        low: the smallest value allowed.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ValueError: naming the argument, the allowed range and the value, e.g.
+            ``"mem_size must be an int >= 1, got 0: ERAML rehearses a memory of that many samples"``.
+
+    Example:
+        >>> check_memory_size(200, "ERAML")
+        200
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(
+            f"{name} must be an int >= {low}, got {value!r}: {method} rehearses a memory of that many samples"
+        )
+    return value
 
 
 class ReplayBuffer:

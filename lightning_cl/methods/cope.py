@@ -12,7 +12,9 @@ from torch import Tensor
 
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback
+from lightning_cl.methods.buffers import check_memory_size
 from lightning_cl.methods.distributed import all_reduce_tensors
+from lightning_cl.methods.er_ace import check_online, updates_per_step
 from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.icarl import nearest_mean_scores
 from lightning_cl.methods.replay import Replay
@@ -139,10 +141,11 @@ class CoPE(ContinualCallback, EvalClassifier):
 
     - A class's prototype starts at its first batch's mean embedding, before that batch's loss
       (Avalanche starts every prototype at a random unit vector).
-    - The paper is online (one pass, a memory updated per batch, prototypes updated per
-      batch); here the memory is filled when an experience ends (cut the stream with
-      ``split_online`` for per-batch experiences), the prototypes after every step of any
-      number of epochs.
+    - The paper is online (one pass, a class-balanced memory updated per batch, prototypes
+      updated per batch). The memory (``online``) is updated after every step on online streams
+      (:func:`~lightning_cl.data.split_online`, with or without known boundaries), when an
+      experience ends otherwise; ``online=True`` / ``False`` forces one or the other. The
+      prototypes move after every step of any number of epochs.
     - The embedding is a named layer's output (the paper and Avalanche normalise the network's
       last layer, whose width is then the prototypes').
 
@@ -153,11 +156,13 @@ class CoPE(ContinualCallback, EvalClassifier):
         temperature: :math:`\tau > 0`.
         mem_batch_size: memory samples per step (default: the experience's batch size).
         seed: seed of the memory's selection (``None``: torch's initial seed on rank 0).
+        online: when the memory is updated (``None``: per step on online streams, at experience
+            end otherwise; ``True`` / ``False``: always per step / at experience end).
 
     Raises:
-        ValueError: for ``mem_size`` not an int >= 0, a ``momentum`` outside [0, 1], a
-            temperature that is not > 0, or a ``seed`` that is not an int; at set-up, a
-            ``feature_layer`` the model does not have.
+        ValueError: for ``mem_size`` not an int >= 1, a ``momentum`` outside [0, 1], a
+            temperature that is not > 0, a ``seed`` that is not an int or an ``online`` that is
+            not ``None`` or a bool; at set-up, a ``feature_layer`` the model does not have.
 
     Example:
         >>> cope = CoPE(mem_size=200)
@@ -173,7 +178,10 @@ class CoPE(ContinualCallback, EvalClassifier):
         temperature: float = 0.1,
         mem_batch_size: int | None = None,
         seed: int | None = None,
+        online: bool | None = None,
     ):
+        check_memory_size(mem_size, "CoPE")
+        self.online = check_online(online)
         if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
@@ -206,6 +214,7 @@ class CoPE(ContinualCallback, EvalClassifier):
         super().setup(trainer, pl_module, stage)
 
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        self.replay.online = updates_per_step(self.online, experience)
         self.replay.on_experience_start(trainer, module, experience)
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
@@ -250,6 +259,7 @@ class CoPE(ContinualCallback, EvalClassifier):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self.replay.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._pending is None:
             return
         prototypes, sums, counts = self._pending

@@ -18,7 +18,7 @@ from lightning_cl.methods.base import (
     step_generator,
     stream_seed,
 )
-from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer
+from lightning_cl.methods.buffers import BUFFER_POLICIES, ReplayBuffer, check_memory_size
 from lightning_cl.models.heads import MASK_VALUE, pad_to
 
 __all__ = ["DER"]
@@ -55,7 +55,7 @@ class DER(ContinualCallback):
         seed: seed of the memory's selection and sampling (``None``: torch's initial seed on rank 0).
 
     Raises:
-        ValueError: for a negative ``mem_size``, ``alpha`` or ``beta``, a non-positive
+        ValueError: for ``mem_size`` not an int >= 1, a negative ``alpha`` or ``beta``, a non-positive
             ``mem_batch_size`` or an unknown policy.
 
     Example:
@@ -73,8 +73,7 @@ class DER(ContinualCallback):
         policy: str = "class_balanced",
         seed: int | None = None,
     ):
-        if not isinstance(mem_size, int) or isinstance(mem_size, bool) or mem_size < 0:
-            raise ValueError(f"mem_size must be an int >= 0, got {mem_size!r}")
+        check_memory_size(mem_size, "DER")
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")

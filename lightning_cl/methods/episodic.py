@@ -11,7 +11,7 @@ from torch import Tensor
 from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import ContinualCallback, experience_generator, stream_seed
-from lightning_cl.methods.buffers import ReplayBuffer
+from lightning_cl.methods.buffers import ReplayBuffer, check_memory_size
 
 __all__ = ["EpisodicMemoryMethod", "flat_gradient", "set_flat_gradient"]
 
@@ -50,10 +50,7 @@ class EpisodicMemoryMethod(ContinualCallback):
     """
 
     def __init__(self, patterns_per_experience: int = 250, seed: int | None = None):
-        if not isinstance(patterns_per_experience, int) or patterns_per_experience < 1:
-            raise ValueError(
-                f"patterns_per_experience must be a positive int, got {patterns_per_experience!r}"
-            )
+        check_memory_size(patterns_per_experience, type(self).__name__, "patterns_per_experience")
         self.patterns_per_experience = patterns_per_experience
         self.seed = seed
         self.buffer = ReplayBuffer(0, "experience_balanced")

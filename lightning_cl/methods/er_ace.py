@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback
-from lightning_cl.methods.buffers import ReplayBuffer
+from lightning_cl.methods.buffers import ReplayBuffer, check_memory_size
 from lightning_cl.methods.replay import Replay
 
 __all__ = ["ERACE", "masked_cross_entropy"]
@@ -39,10 +39,35 @@ def masked_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.float().masked_fill(~present, float("-inf")), targets)
 
 
+def updates_per_step(online: bool | None, experience: Experience) -> bool:
+    """Whether a memory with the ``online`` setting is updated after every step on ``experience``.
+
+    ``None`` (the default of the online-replay methods): per step on an online stream
+    (:func:`~lightning_cl.data.split_online`, every mini-experience a fit), when the experience
+    ends otherwise; ``True`` / ``False``: always per step / always at experience end.
+    """
+    return experience.online is not None if online is None else online
+
+
+def check_online(online: Any) -> bool | None:
+    """``online`` if it is ``None``, ``True`` or ``False``; else a ``ValueError``."""
+    if online is not None and not isinstance(online, bool):
+        raise ValueError(f"online must be None, True or False, got {online!r}")
+    return online
+
+
 class _ReplayLoss(ContinualCallback):
     """A replay memory (a :class:`Replay` inside) for methods that replace the task loss."""
 
-    def __init__(self, mem_size: int, policy: str, mem_batch_size: int | None, seed: int | None):
+    def __init__(
+        self,
+        mem_size: int,
+        policy: str,
+        mem_batch_size: int | None,
+        seed: int | None,
+        online: bool | None = None,
+    ):
+        self.online = check_online(online)
         self.replay = Replay(mem_size=mem_size, policy=policy, mem_batch_size=mem_batch_size, seed=seed)
 
     @property
@@ -55,7 +80,13 @@ class _ReplayLoss(ContinualCallback):
         return self._generate_state_key(mem_size=self.buffer.mem_size, policy=self.buffer.policy)
 
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        self.replay.online = updates_per_step(self.online, experience)
         self.replay.on_experience_start(trainer, module, experience)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.replay.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     #: Draw memory batches from the memory as this experience's end leaves it, its own samples
     #: included (ER-ACE, ER-AML: only the memory's cross-entropy ranks new classes against old).
@@ -80,9 +111,8 @@ class _ReplayLoss(ContinualCallback):
         self.replay.load_state_dict(state_dict)
 
 
-def _check_common(mem_size: Any, seed: Any) -> None:
-    if not isinstance(mem_size, int) or isinstance(mem_size, bool) or mem_size < 0:
-        raise ValueError(f"mem_size must be an int >= 0, got {mem_size!r}")
+def _check_common(mem_size: Any, seed: Any, method: str) -> None:
+    check_memory_size(mem_size, method)
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise ValueError(f"seed must be an int or None, got {seed!r}")
 
@@ -102,8 +132,7 @@ class ERACE(_ReplayLoss):
     current batch only (:func:`masked_cross_entropy`: every other logit, of earlier and of unseen
     classes, is left out of the softmax), and the memory's cross-entropy is over all outputs. The
     incoming classes then do not push the old classes' logits down, the abrupt change of the old
-    representations the paper measures. Without memory rows (``mem_size=0``) the loss is the masked
-    term alone.
+    representations the paper measures. A step without memory rows has the masked term alone.
 
     Choices, stated:
 
@@ -111,14 +140,18 @@ class ERACE(_ReplayLoss):
       Avalanche's ``ACECriterion``).
     - The two terms are summed (the paper); Avalanche's ``ER_ACE`` averages them: pass
       ``average_terms=True``.
-    - The memory is a reservoir over all samples seen (the paper's buffer), updated when an
-      experience ends (the paper updates it online; for online streams cut the stream with
-      ``split_online``); Avalanche uses a class-balanced memory: ``policy="class_balanced"``.
-      Memory batches are drawn from the memory as the experience's end will leave it, the
-      experience's own samples included (the paper's buffer holds the incoming samples;
-      Avalanche's ``ER_ACE`` updates its buffer before the experience): a memory of older
-      samples alone would give the new classes no cross-entropy against the old ones, so the
-      running experience's classes would never be predicted.
+    - The memory is a reservoir over all samples seen (the paper's buffer); Avalanche uses a
+      class-balanced memory: ``policy="class_balanced"``.
+    - When it is updated (``online``): the paper updates it after every incoming batch (Vitter's
+      reservoir, after the step that replayed from it). That is the default on online streams
+      (:func:`~lightning_cl.data.split_online`, with or without known boundaries: every
+      mini-experience is a fit, and each fit's memory batches come from the memory as the last
+      one left it). On a stream of whole experiences the default updates it when an experience
+      ends and draws memory batches from the memory as that end will leave it, the experience's
+      own samples included (Avalanche's ``ER_ACE`` updates its buffer before the experience):
+      a memory of older samples alone, fixed for the fit, would give the new classes no
+      cross-entropy against the old ones, so the running experience's classes would never be
+      predicted. ``online=True`` / ``False`` forces one or the other.
 
     Args:
         mem_size: memory size in samples.
@@ -126,10 +159,13 @@ class ERACE(_ReplayLoss):
         policy: the memory's selection policy (see :data:`~lightning_cl.methods.BUFFER_POLICIES`).
         average_terms: halve the sum of the two terms (Avalanche).
         seed: seed of the memory's selection (``None``: torch's initial seed on rank 0).
+        online: update the memory after every step (``True``), when an experience ends
+            (``False``), or per step on online streams only (``None``, default).
 
     Raises:
-        ValueError: for a negative ``mem_size``, a non-positive ``mem_batch_size``, an unknown
-            policy, an ``average_terms`` that is not a bool or a ``seed`` that is not an int.
+        ValueError: for ``mem_size`` not an int >= 1, a non-positive ``mem_batch_size``, an unknown
+            policy, an ``average_terms`` that is not a bool, a ``seed`` that is not an int or an
+            ``online`` that is not ``None`` or a bool.
 
     Example:
         >>> ace = ERACE(mem_size=200)
@@ -144,11 +180,12 @@ class ERACE(_ReplayLoss):
         policy: str = "reservoir",
         average_terms: bool = False,
         seed: int | None = None,
+        online: bool | None = None,
     ):
-        _check_common(mem_size, seed)
+        _check_common(mem_size, seed, "ERACE")
         if not isinstance(average_terms, bool):
             raise ValueError(f"average_terms must be True or False, got {average_terms!r}")
-        super().__init__(mem_size, policy, mem_batch_size, seed)
+        super().__init__(mem_size, policy, mem_batch_size, seed, online)
         self.average_terms = average_terms
 
     replays_current = True

@@ -96,7 +96,7 @@ class ERAML(_ReplayLoss):
     features towards one sample of its class and pushes them away from the memory samples of
     other classes, on the cosine similarity of the features of layer ``feature_layer`` divided
     by the temperature :math:`\tau`. The classifier is trained by the memory's cross-entropy
-    alone, as in the paper. Without memory rows (``mem_size=0``) the loss is the cross-entropy
+    alone, as in the paper. Without memory rows the loss is the cross-entropy
     of the incoming data, since there are no negatives.
 
     Choices, stated:
@@ -107,10 +107,11 @@ class ERAML(_ReplayLoss):
     - ``temperature=0.1``, Avalanche's default; the paper tunes :math:`\tau` per benchmark.
     - The features are those of the forward pass that gave the step's logits (a hook on the
       layer), so no second forward pass is run.
-    - The memory is a reservoir updated when an experience ends (as :class:`ERACE`); Avalanche
-      uses a class-balanced memory: ``policy="class_balanced"``. As in :class:`ERACE`, memory
-      batches are drawn from the memory as the experience's end will leave it, the experience's
-      own samples included, since the memory's cross-entropy alone trains the classifier.
+    - The memory is a reservoir (the paper's); Avalanche uses a class-balanced memory:
+      ``policy="class_balanced"``. It is updated as :class:`ERACE`'s (``online``): after every
+      step on online streams (the paper), else when an experience ends, with memory batches drawn
+      from the memory as that end will leave it, the experience's own samples included, since
+      the memory's cross-entropy alone trains the classifier.
 
     Args:
         mem_size: memory size in samples.
@@ -121,9 +122,11 @@ class ERAML(_ReplayLoss):
         policy: the memory's selection policy (see :data:`~lightning_cl.methods.BUFFER_POLICIES`).
         seed: seed of the memory's selection and of the positives drawn (``None``: torch's
             initial seed on rank 0 for the memory; 0 for the positives).
+        online: when the memory is updated, as :class:`ERACE`'s (``None``: per step on online
+            streams, at experience end otherwise).
 
     Raises:
-        ValueError: for a negative ``mem_size``, a temperature that is not > 0, a non-positive
+        ValueError: for ``mem_size`` not an int >= 1, a temperature that is not > 0, a non-positive
             ``mem_batch_size``, an unknown policy or a ``seed`` that is not an int; at set-up, a
             ``feature_layer`` the model does not have.
 
@@ -141,11 +144,12 @@ class ERAML(_ReplayLoss):
         mem_batch_size: int | None = None,
         policy: str = "reservoir",
         seed: int | None = None,
+        online: bool | None = None,
     ):
-        _check_common(mem_size, seed)
+        _check_common(mem_size, seed, "ERAML")
         if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not temperature > 0:
             raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-        super().__init__(mem_size, policy, mem_batch_size, seed)
+        super().__init__(mem_size, policy, mem_batch_size, seed, online)
         self.feature_layer = feature_layer
         self.temperature = float(temperature)
         self._features: Tensor | None = None

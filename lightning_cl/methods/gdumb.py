@@ -14,6 +14,7 @@ from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.data.train_data_source import TrainDataSource
 from lightning_cl.methods.base import ContinualCallback, experience_generator, stream_seed
+from lightning_cl.methods.buffers import check_memory_size
 from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch
 
 __all__ = ["GDumb", "greedy_class_balanced"]
@@ -110,8 +111,7 @@ class GDumb(ContinualCallback):
     """
 
     def __init__(self, mem_size: int = 200, init: str = "reset", seed: int | None = None):
-        if not isinstance(mem_size, int) or isinstance(mem_size, bool) or mem_size < 1:
-            raise ValueError(f"mem_size must be an int >= 1, got {mem_size!r}")
+        check_memory_size(mem_size, "GDumb")
         if init not in FROM_SCRATCH_INITS:
             raise ValueError(f"init must be one of {FROM_SCRATCH_INITS}, got {init!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
@@ -154,6 +154,12 @@ class GDumb(ContinualCallback):
         super().setup(trainer, pl_module, stage)
 
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        if module.optimizer_policy == "keep":
+            raise MisconfigurationException(
+                "GDumb re-initialises the model and trains it from scratch on its memory at every "
+                "experience, so optimizer_policy='keep' would carry the old weights' momentum into the "
+                "fresh ones: use ContinualModule(optimizer_policy='reset')"
+            )
         if self._seed is None:
             self._seed = stream_seed(trainer, self.seed)
         data = experience.dataset

@@ -13,6 +13,7 @@ from typing_extensions import override
 from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback, step_generator, stream_seed
+from lightning_cl.methods.buffers import check_memory_size
 from lightning_cl.methods.replay import step_samples
 
 __all__ = ["GSSGreedy", "gss_greedy_replace", "gss_scores", "sample_gradients"]
@@ -154,8 +155,8 @@ class GSSGreedy(ContinualCallback):
     def __init__(
         self, mem_size: int = 200, n_reference: int = 10, mem_batch_size: int = 10, seed: int | None = None
     ):
+        check_memory_size(mem_size, "GSSGreedy")
         for name, value in (
-            ("mem_size", mem_size),
             ("n_reference", n_reference),
             ("mem_batch_size", mem_batch_size),
         ):

@@ -9,17 +9,19 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback, experience_generator, stream_seed
+from lightning_cl.methods.buffers import check_memory_size
 from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.selection import HerdingSelection, SelectionStrategy, check_selection
 from lightning_cl.models.eval_classifier import EvalClassifier
-from lightning_cl.models.heads import MASK_VALUE, copy_at_state
+from lightning_cl.models.heads import MASK_VALUE, MultiHeadClassifier, copy_at_state
 
-__all__ = ["ICARL_REDUCTIONS", "ICaRL", "icarl_loss", "nearest_mean_scores"]
+__all__ = ["ICARL_REDUCTIONS", "ICaRL", "icarl_loss", "nearest_mean_scores", "refuse_task_aware"]
 
 ICARL_REDUCTIONS = ("class_sum", "mean")
 
@@ -68,6 +70,33 @@ def icarl_loss(
     columns = torch.as_tensor(classes, device=z.device)
     terms = F.binary_cross_entropy_with_logits(z[:, columns], target[:, columns], reduction="none")
     return terms.sum(1).mean() if reduction == "class_sum" else terms.mean()
+
+
+def refuse_task_aware(method: str, module: Any, experience: Experience) -> None:
+    """Refuse a multi-head model or task-labelled data for a nearest-mean classifier over all classes.
+
+    The nearest mean of exemplars (iCaRL, SCR) is taken over every class seen, whatever the
+    sample's task label: on a task-incremental stream it would answer with another task's class,
+    which a per-task head never does. So set-ups where the task label matters are refused.
+
+    Raises:
+        MisconfigurationException: for a model with a
+            :class:`~lightning_cl.models.MultiHeadClassifier`, or an experience whose samples carry
+            a task label other than 0.
+    """
+    if any(isinstance(m, MultiHeadClassifier) for m in module.model.modules()):
+        raise MisconfigurationException(
+            f"{method} classifies by the nearest class mean over all classes seen and ignores task labels; "
+            "the model has a MultiHeadClassifier (one head per task): use a single head on a "
+            "class-incremental stream"
+        )
+    labels = experience.task_labels
+    if any(label != 0 for label in labels):
+        raise MisconfigurationException(
+            f"{method} classifies by the nearest class mean over all classes seen and ignores task labels; "
+            f"experience {experience.index} has task labels {labels}: use a class-incremental stream "
+            "(task label 0)"
+        )
 
 
 def nearest_mean_scores(features: Tensor, means: Tensor, classes: list[int], width: int) -> Tensor:
@@ -123,6 +152,8 @@ class ICaRL(ContinualCallback, EvalClassifier):
       paper's means of the exemplars, without its horizontally flipped copies).
     - The old network runs in eval mode; its weights are part of the checkpointed state (one
       copy of the model, like :class:`LwF`'s teacher), and the exemplars are indices.
+    - Class-incremental only: the nearest mean is taken over all classes seen, so a multi-head
+      model or task labels other than 0 are refused at set-up (:func:`refuse_task_aware`).
     - Exemplars and means are computed on every DDP rank from the same data and the same
       synchronised weights, so they are the same everywhere.
 
@@ -139,6 +170,8 @@ class ICaRL(ContinualCallback, EvalClassifier):
             that is not a selection strategy or a ``seed`` that is not an int; at set-up, a
             ``feature_layer`` the model does not have, or a ``mem_size`` below the number of
             classes seen by the end of the experience (no exemplar per class).
+        MisconfigurationException: at set-up, for a multi-head model or task-labelled data
+            (:func:`refuse_task_aware`: the nearest mean is over all classes, task labels unused).
 
     Example:
         >>> icarl = ICaRL(mem_size=200)
@@ -154,8 +187,7 @@ class ICaRL(ContinualCallback, EvalClassifier):
         reduction: str = "class_sum",
         seed: int | None = None,
     ):
-        if not isinstance(mem_size, int) or isinstance(mem_size, bool) or mem_size < 1:
-            raise ValueError(f"mem_size must be an int >= 1, got {mem_size!r}")
+        check_memory_size(mem_size, "ICaRL")
         if reduction not in ICARL_REDUCTIONS:
             raise ValueError(f"reduction must be one of {ICARL_REDUCTIONS}, got {reduction!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
@@ -192,6 +224,7 @@ class ICaRL(ContinualCallback, EvalClassifier):
         super().setup(trainer, pl_module, stage)
 
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        refuse_task_aware("iCaRL", module, experience)
         seen = set(self.exemplars) | set(experience.classes_in_this_experience)
         if len(seen) > self.mem_size:
             raise ValueError(

@@ -22,7 +22,7 @@ from lightning_cl.methods.base import (
     step_generator,
     stream_seed,
 )
-from lightning_cl.methods.buffers import ReplayBuffer
+from lightning_cl.methods.buffers import ReplayBuffer, check_memory_size
 from lightning_cl.methods.replay import step_samples
 
 __all__ = ["MIR", "interference_scores"]
@@ -136,7 +136,7 @@ class MIR(ContinualCallback):
         seed: seed of the memory and the subsamples (``None``: torch's initial seed on rank 0).
 
     Raises:
-        ValueError: for ``mem_size < 0``, ``subsample`` or ``mem_batch_size`` below 1,
+        ValueError: for ``mem_size`` not an int >= 1, ``subsample`` or ``mem_batch_size`` below 1,
             ``mem_batch_size > subsample``, a non-positive ``lr`` or a ``seed`` that is not an int.
 
     Example:
@@ -155,9 +155,9 @@ class MIR(ContinualCallback):
         online: bool = True,
         seed: int | None = None,
     ):
-        for name, value, low in (("mem_size", mem_size, 0), ("subsample", subsample, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_memory_size(mem_size, "MIR")
+        if not isinstance(subsample, int) or isinstance(subsample, bool) or subsample < 1:
+            raise ValueError(f"subsample must be an int >= 1, got {subsample!r}")
         if not isinstance(mem_batch_size, int) or isinstance(mem_batch_size, bool) or not 1 <= mem_batch_size:
             raise ValueError(f"mem_batch_size must be an int >= 1, got {mem_batch_size!r}")
         if mem_batch_size > subsample:

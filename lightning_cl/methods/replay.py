@@ -14,7 +14,12 @@ from lightning_cl.data.batch_loader import BatchLoader
 from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import ContinualCallback, experience_generator, step_generator, stream_seed
-from lightning_cl.methods.buffers import BUFFER_POLICIES, RESERVOIR_ALGORITHMS, ReplayBuffer
+from lightning_cl.methods.buffers import (
+    BUFFER_POLICIES,
+    RESERVOIR_ALGORITHMS,
+    ReplayBuffer,
+    check_memory_size,
+)
 from lightning_cl.methods.selection import RandomSelection, SelectionStrategy, check_selection
 
 __all__ = ["Replay", "step_samples"]
@@ -129,8 +134,7 @@ class Replay(ContinualCallback):
         online: bool = False,
         reservoir: str = "R",
     ):
-        if not isinstance(mem_size, int) or isinstance(mem_size, bool) or mem_size < 0:
-            raise ValueError(f"mem_size must be an int >= 0, got {mem_size!r}")
+        check_memory_size(mem_size, "Replay", low=0)  # 0: replay off
         if policy not in BUFFER_POLICIES:
             raise ValueError(f"policy must be one of {BUFFER_POLICIES}, got {policy!r}")
         if reservoir not in RESERVOIR_ALGORITHMS:

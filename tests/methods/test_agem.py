@@ -15,7 +15,7 @@ from tests.methods.permuted_digits import run_permuted
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(patterns_per_experience=0), "patterns_per_experience must be a positive int, got 0"),
+        (dict(patterns_per_experience=0), "patterns_per_experience must be an int >= 1, got 0"),
         (dict(sample_size=-3), "sample_size must be a positive int, got -3"),
     ],
 )

@@ -97,3 +97,31 @@ def test_a_multi_head_model_is_refused_at_set_up() -> None:
     trainer = L.Trainer(callbacks=[BiC(mem_size=50)], **quiet_trainer_kwargs())
     with pytest.raises(MisconfigurationException, match=r"BiC .* MultiHeadClassifier"):
         trainer.fit(module, datamodule=bench.train_stream[0])
+
+
+def test_a_small_memory_keeps_an_exemplar_per_class_for_training() -> None:
+    # 2 exemplars per old class: one held out for the bias layer, one left to train on (it held
+    # out both before, so the new classes trained on nothing of the old).
+    bench = SplitDigits(n_experiences=5, seed=1)
+    bic, module = BiC(mem_size=4, seed=0), digits_module()
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[bic]).fit(module, datamodule=bench.train_stream[0])
+    experience = bench.train_stream[1]
+    bic.on_experience_start(L.Trainer(**quiet_trainer_kwargs()), module, experience)
+    memory = bic.buffer.dataset(experience.dataset)
+    assert memory is not None
+    train_old, val_old = bic._split(memory)
+    assert (
+        torch.bincount(val_old.targets, minlength=10).tolist()
+        == torch.bincount(train_old.targets, minlength=10).tolist()
+    )
+    assert sorted(train_old.targets.tolist()) == sorted(bench.train_stream[0].classes_in_this_experience)
+
+
+def test_one_exemplar_per_class_is_refused_naming_the_sizes() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    bic, module = BiC(mem_size=2, seed=0), digits_module()
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[bic]).fit(module, datamodule=bench.train_stream[0])
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[bic])
+    message = r"mem_size=2\) holds 1 exemplar of class \d over 2 old classes: use mem_size >= 4"
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(module, datamodule=bench.train_stream[1])

@@ -112,8 +112,8 @@ def test_bad_arguments_are_refused() -> None:
         CoPE(momentum=1.5)
     with pytest.raises(ValueError, match="temperature must be a number > 0"):
         CoPE(temperature=0)
-    with pytest.raises(ValueError, match="mem_size must be an int >= 0"):
-        CoPE(mem_size=-1)
+    with pytest.raises(ValueError, match="mem_size must be an int >= 1, got 0: CoPE"):
+        CoPE(mem_size=0)
     bench = SplitDigits(n_experiences=5, seed=1)
     trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[CoPE(feature_layer="nope")])
     with pytest.raises(ValueError, match="the model has no layer 'nope'"):

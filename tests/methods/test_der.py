@@ -15,7 +15,7 @@ from tests.methods.permuted_digits import run_permuted
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(mem_size=-1), "mem_size must be an int >= 0, got -1"),
+        (dict(mem_size=0), "mem_size must be an int >= 1, got 0"),
         (dict(alpha=-0.1), "alpha must be a number >= 0, got -0.1"),
         (dict(beta=-2), "beta must be a number >= 0, got -2"),
         (dict(mem_batch_size=0), "mem_batch_size must be a positive int or None, got 0"),

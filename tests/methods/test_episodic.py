@@ -57,5 +57,5 @@ def test_restored_state_rebuilds_the_views_at_the_next_fit() -> None:
 
 
 def test_patterns_per_experience_is_checked() -> None:
-    with pytest.raises(ValueError, match="patterns_per_experience must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="patterns_per_experience must be an int >= 1, got 0"):
         EpisodicMemoryMethod(patterns_per_experience=0)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_cl.data import SplitDigits
-from lightning_cl.methods import ERACE, masked_cross_entropy
+from lightning_cl.data import LoaderSettings, SplitDigits, split_online
+from lightning_cl.methods import ERACE, ERAML, SCR, CoPE, masked_cross_entropy
 from lightning_cl.training import fit_stream
-from tests.conftest import digits_module, split_digits_average, stream_trainer_kwargs
+from tests.conftest import digits_module, quiet_trainer_kwargs, split_digits_average, stream_trainer_kwargs
 
 
 def test_the_incoming_loss_is_a_softmax_over_the_batchs_classes_only() -> None:
@@ -49,8 +51,8 @@ def test_the_task_loss_masks_the_current_rows_and_not_the_memory() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match="mem_size must be an int >= 0"):
-        ERACE(mem_size=-1)
+    with pytest.raises(ValueError, match="mem_size must be an int >= 1, got 0: ERACE"):
+        ERACE(mem_size=0)
     with pytest.raises(ValueError, match="policy must be one of"):
         ERACE(policy="fifo")
     with pytest.raises(ValueError, match="seed must be an int or None"):
@@ -108,3 +110,50 @@ def test_the_running_experiences_classes_are_learnt_and_the_memory_changes_only_
     assert row[1] > 0.5 and row[0] > 0.5, row
     assert len(seen[0]) == 0 and len(seen[2]) == 100  # during experience 0, during experience 1
     assert torch.equal(seen[2], seen[3])  # one update per experience, when it ends
+
+
+class _MemorySizes(L.Callback):
+    """The memory's size after every training step (runs after the method's own hook)."""
+
+    def __init__(self, method: Any) -> None:
+        self.method, self.sizes = method, []
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.sizes.append(len(self.method.replay.buffer))
+
+
+@pytest.mark.parametrize("make", [ERACE, ERAML, SCR, CoPE], ids=["ERACE", "ERAML", "SCR", "CoPE"])
+def test_on_online_streams_the_memory_is_updated_after_every_step(make: Any) -> None:
+    # The papers update their memories per incoming batch; it was updated at experience end only.
+    bench = SplitDigits(n_experiences=5, seed=1, loader=LoaderSettings(batch_size=10))
+    online = split_online(bench.train_stream[:2], 50, seed=0)  # boundaries hidden
+    runs = {}
+    for setting in (None, False):
+        L.seed_everything(0)
+        method, module, sizes = make(mem_size=30, seed=0, online=setting), digits_module(), []
+        for mini in list(online)[:2]:
+            probe = _MemorySizes(method)
+            L.Trainer(**quiet_trainer_kwargs(max_epochs=1), callbacks=[method, probe]).fit(
+                module, datamodule=mini
+            )
+            sizes.append(probe.sizes)
+        runs[setting] = (sizes, method.replay.buffer.seen)
+    # Default on an online stream: per step, 10 samples a step into a memory of 30 (CoPE's is
+    # class-balanced: a class over its half of 30 keeps only 15).
+    first = runs[None][0][0]
+    assert first[0] == 10 and first[1] > first[0] and 28 <= first[-1] <= 30, runs[None][0]
+    # End-of-experience updates (the option): nothing inside the first fit.
+    assert runs[False][0][0] == [0, 0, 0, 0, 0] and 28 <= runs[False][0][1][0] <= 30
+    assert runs[None][1] == runs[False][1] == 100
+
+
+def test_on_a_stream_of_whole_experiences_the_default_updates_at_the_end() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    ace = ERACE(mem_size=30, seed=0)
+    probe = _MemorySizes(ace)
+    L.Trainer(**quiet_trainer_kwargs(max_epochs=1), callbacks=[ace, probe]).fit(
+        digits_module(), datamodule=bench.train_stream[0]
+    )
+    assert set(probe.sizes) == {0} and len(ace.buffer) == 30
+    with pytest.raises(ValueError, match="online must be None, True or False, got 'yes'"):
+        ERACE(online="yes")  # type: ignore[arg-type]

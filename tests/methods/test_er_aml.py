@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_cl import methods
 from lightning_cl.data import SplitDigits
 from lightning_cl.methods import ERAML, asymmetric_metric_loss, step_generator
 from lightning_cl.training import fit_stream
@@ -114,3 +115,31 @@ def test_the_running_experiences_classes_are_learnt() -> None:
     )
     row = results.accuracy_matrix[1]
     assert row[1] > 0.5 and row[0] > 0.5, row
+
+
+_REHEARSAL = [
+    (methods.Replay, "mem_size"),
+    (methods.ERACE, "mem_size"),
+    (methods.ERAML, "mem_size"),
+    (methods.SCR, "mem_size"),
+    (methods.CoPE, "mem_size"),
+    (methods.MIR, "mem_size"),
+    (methods.GSSGreedy, "mem_size"),
+    (methods.GDumb, "mem_size"),
+    (methods.ICaRL, "mem_size"),
+    (methods.BiC, "mem_size"),
+    (methods.DER, "mem_size"),
+    (methods.AGEM, "patterns_per_experience"),
+    (methods.GEM, "patterns_per_experience"),
+]
+
+
+@pytest.mark.parametrize(("method", "argument"), _REHEARSAL, ids=[m.__name__ for m, _ in _REHEARSAL])
+def test_every_rehearsal_method_refuses_a_memory_it_cannot_rehearse(method: Any, argument: str) -> None:
+    # ERAML(mem_size=0) was accepted; the methods' checks and messages differed.
+    low = 0 if method is methods.Replay else 1  # Replay(mem_size=0): replay off, documented
+    for bad in (low - 1, 2.5, True, "200"):
+        message = rf"^{argument} must be an int >= {low}, got {bad!r}: {method.__name__} rehearses"
+        with pytest.raises(ValueError, match=message):
+            method(**{argument: bad})
+    assert method(**{argument: max(low, 1) + 1}) is not None

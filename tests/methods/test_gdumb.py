@@ -178,3 +178,11 @@ def test_a_resume_inside_an_experience_continues_the_memorys_loader_exactly(tmp_
     assert resumed.accuracy_matrix == full.accuracy_matrix
     for a, b in zip(full_module.parameters(), resumed_module.parameters()):
         assert torch.equal(a, b)
+
+
+def test_optimizer_policy_keep_is_refused_naming_gdumb() -> None:
+    module = digits_module(optimizer_policy="keep")
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[GDumb(mem_size=20)])
+    message = r"^GDumb re-initialises the model .*optimizer_policy='keep'"
+    with pytest.raises(MisconfigurationException, match=message):
+        trainer.fit(module, datamodule=SplitDigits(n_experiences=5, seed=1).train_stream[0])

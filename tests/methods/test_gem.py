@@ -16,7 +16,7 @@ from tests.methods.permuted_digits import run_permuted
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(patterns_per_experience=0), "patterns_per_experience must be a positive int, got 0"),
+        (dict(patterns_per_experience=0), "patterns_per_experience must be an int >= 1, got 0"),
         (dict(memory_strength=-0.1), "memory_strength must be a number >= 0, got -0.1"),
     ],
 )

@@ -87,7 +87,7 @@ def test_gss_memory_fills_with_diverse_gradients_and_round_trips() -> None:
 
 def test_bad_arguments() -> None:
     for kwargs, match in (
-        (dict(mem_size=0), "mem_size must be a positive int, got 0"),
+        (dict(mem_size=0), "mem_size must be an int >= 1, got 0"),
         (dict(n_reference=-1), "n_reference must be a positive int, got -1"),
         (dict(mem_batch_size=True), "mem_batch_size must be a positive int, got True"),
         (dict(seed=1.5), "seed must be an int or None, got 1.5"),

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_cl.data import SplitDigits
 from lightning_cl.methods import GDumb, ICaRL, icarl_loss, nearest_mean_scores
+from lightning_cl.models import MLP, ContinualModule
 from tests.conftest import digits_module, quiet_trainer_kwargs, split_digits_average
 
 
@@ -130,3 +131,17 @@ def test_a_memory_smaller_than_the_classes_seen_is_refused_and_nothing_changes()
     assert {c: len(v) for c, v in icarl.exemplars.items()} == {c: len(v) for c, v in exemplars.items()}
     assert all(torch.equal(icarl.exemplars[c], v) for c, v in exemplars.items())
     assert all(torch.equal(p, w) for p, w in zip(module.parameters(), weights, strict=True))
+
+
+def test_task_aware_set_ups_are_refused_at_set_up() -> None:
+    # The nearest mean is over all classes seen: with one head per task it answered with other
+    # tasks' classes.
+    multi = ContinualModule(MLP(num_classes=10, input_size=64, hidden_size=32, head="multihead"))
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    trainer = L.Trainer(callbacks=[ICaRL(mem_size=50)], **quiet_trainer_kwargs())
+    message = r"^iCaRL .*ignores task labels.*MultiHeadClassifier"
+    with pytest.raises(MisconfigurationException, match=message):
+        trainer.fit(multi, datamodule=bench.train_stream[0])
+    trainer = L.Trainer(callbacks=[ICaRL(mem_size=50)], **quiet_trainer_kwargs())
+    with pytest.raises(MisconfigurationException, match=r"experience 1 has task labels \[1\]"):
+        trainer.fit(digits_module(), datamodule=bench.train_stream[1])

@@ -103,7 +103,7 @@ def test_state_round_trip_and_bad_arguments() -> None:
     restored.load_state_dict(mir.state_dict())
     assert restored._seed is None and len(restored.buffer) == 0
     for kwargs, match in (
-        (dict(mem_size=-1), "mem_size must be an int >= 0, got -1"),
+        (dict(mem_size=0), "mem_size must be an int >= 1, got 0"),
         (dict(subsample=0), "subsample must be an int >= 1, got 0"),
         (dict(subsample=5, mem_batch_size=6), "mem_batch_size=6 must not exceed subsample=5"),
         (dict(lr=0.0), "lr must be a number > 0 or None, got 0.0"),

@@ -8,9 +8,11 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_cl.data import SplitDigits
 from lightning_cl.methods import SCR, supervised_contrastive_loss
+from lightning_cl.models import MLP, ContinualModule
 from tests.conftest import digits_module, quiet_trainer_kwargs, split_digits_average
 
 
@@ -66,7 +68,7 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="augment must be a callable"):
         SCR(augment="flip")  # type: ignore[arg-type]
     # No memory, no class means: the classifier would be an untrained output layer.
-    with pytest.raises(ValueError, match=r"mem_size must be an int >= 1 .*got 0"):
+    with pytest.raises(ValueError, match=r"mem_size must be an int >= 1, got 0: SCR"):
         SCR(mem_size=0)
 
 
@@ -76,3 +78,37 @@ def test_scr_beats_naive_on_split_digits() -> None:
     ours = split_digits_average([SCR(mem_size=200, seed=0)])
     assert naive < 0.25
     assert ours > naive + 0.4, (naive, ours)
+
+
+def test_the_loss_is_on_a_trained_projection_head_and_the_means_on_the_encoder() -> None:
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5, seed=1)
+    scr, module = SCR(mem_size=40, seed=0), digits_module()
+    L.Trainer(**quiet_trainer_kwargs(max_steps=1), callbacks=[scr]).fit(
+        module, datamodule=bench.train_stream[0]
+    )
+    assert scr.head is not None
+    widths = [(m.in_features, m.out_features) for m in scr.head if isinstance(m, torch.nn.Linear)]
+    assert widths == [(256, 256), (256, 128)]  # D -> D -> 128, D the encoder's width
+    first = {k: v.clone() for k, v in scr.head.state_dict().items()}
+    # Training moves it.
+    L.Trainer(**quiet_trainer_kwargs(max_epochs=1), callbacks=[scr]).fit(
+        module, datamodule=bench.train_stream[1]
+    )
+    assert not torch.equal(first["0.weight"], scr.head.state_dict()["0.weight"])
+    assert scr.class_means.shape[1] == 256  # the means: encoder features, not the projection
+    restored = SCR(mem_size=40)
+    restored.load_state_dict(scr.state_dict())
+    assert restored.head is not None
+    assert all(torch.equal(v, scr.head.state_dict()[k]) for k, v in restored.head.state_dict().items())
+    assert SCR(mem_size=40, projection_dim=None)._projection(torch.ones(2, 3)).shape == (2, 3)
+    with pytest.raises(ValueError, match="projection_dim must be an int >= 1 or None, got 0"):
+        SCR(projection_dim=0)
+
+
+def test_task_aware_set_ups_are_refused_at_set_up() -> None:
+    multi = ContinualModule(MLP(num_classes=10, input_size=64, hidden_size=32, head="multihead"))
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    trainer = L.Trainer(callbacks=[SCR(mem_size=50)], **quiet_trainer_kwargs())
+    with pytest.raises(MisconfigurationException, match=r"^SCR .*ignores task labels.*MultiHeadClassifier"):
+        trainer.fit(multi, datamodule=bench.train_stream[0])
