@@ -17,7 +17,12 @@ from lightning_cl.models.heads import pad_to, slice_to
 __all__ = ["pad_to", "quadratic_penalty", "slice_to"]
 
 
-def quadratic_penalty(module: Any, importance: dict[str, Tensor], anchor: dict[str, Tensor]) -> Tensor:
+def quadratic_penalty(
+    module: Any,
+    importance: dict[str, Tensor],
+    anchor: dict[str, Tensor],
+    pull: dict[str, Tensor] | None = None,
+) -> Tensor:
     r""":math:`\sum_i \Omega_i (\theta_i - \theta^*_i)^2` over the named parameters of ``module``.
 
     A sum over the parameters' entries (no mean, and no dependence on the batch): a float32
@@ -31,6 +36,10 @@ def quadratic_penalty(module: Any, importance: dict[str, Tensor], anchor: dict[s
         module: its ``named_parameters()`` are penalised.
         importance: :math:`\Omega` by parameter name (float32).
         anchor: :math:`\theta^*` by parameter name, the same shapes as ``importance``.
+        pull: if given, filled with :math:`\Omega (\theta - \theta^*)` by parameter name (float32,
+            the shapes of ``importance``): half the penalty's gradient at these weights, which a
+            method that needs the gradient of the loss without its penalty (SI's path integral)
+            subtracts without computing it again.
 
     Returns:
         The penalty, a scalar (0 when no parameter has an importance).
@@ -53,7 +62,7 @@ def quadratic_penalty(module: Any, importance: dict[str, Tensor], anchor: dict[s
         if omega.device != param.device:
             importance[name] = omega = omega.to(param.device)
             anchor[name] = anchor[name].to(param.device)
-        term = _AnchoredQuadratic.apply(slice_to(param, omega.shape), omega, anchor[name])
+        term = _AnchoredQuadratic.apply(slice_to(param, omega.shape), omega, anchor[name], pull, name)
         total = term if total is None else total + term
     if total is None:
         return torch.zeros((), device=device)
@@ -70,14 +79,18 @@ class _AnchoredQuadratic(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, param: Tensor, omega: Tensor, anchor: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, param: Tensor, omega: Tensor, anchor: Tensor, pull: dict[str, Tensor] | None, name: str
+    ) -> Tensor:
         offset = param.detach().float() - anchor
         weighted = omega * offset
         ctx.save_for_backward(weighted)
+        if pull is not None:
+            pull[name] = weighted
         ctx.param_dtype = param.dtype
         return torch.dot(weighted.reshape(-1), offset.reshape(-1))
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
         (weighted,) = ctx.saved_tensors
-        return (weighted * (2.0 * grad)).to(ctx.param_dtype), None, None
+        return (weighted * (2.0 * grad)).to(ctx.param_dtype), None, None, None, None

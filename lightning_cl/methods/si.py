@@ -95,6 +95,8 @@ class SI(ContinualCallback):
         self._step: list[tuple[str, Tensor]] | None = None
         self._grad_buffer: dict[str, Tensor] = {}
         self._weight_buffer: dict[str, Tensor] = {}
+        # Omega (theta - theta*) by name, left by this step's `penalty` for the optimizer step.
+        self._pull: dict[str, Tensor] = {}
 
     @property
     def state_key(self) -> str:
@@ -107,7 +109,7 @@ class SI(ContinualCallback):
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         # A fresh integral (a retried experience starts over). Resuming inside an experience,
         # Lightning restores the running integral after this hook.
-        self.omega, self.start, self._step = {}, {}, None
+        self.omega, self.start, self._step, self._pull = {}, {}, None, {}
         self._grad_buffer, self._weight_buffer = {}, {}
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
@@ -125,21 +127,32 @@ class SI(ContinualCallback):
             if name not in self._grad_buffer:
                 self._grad_buffer[name] = torch.zeros_like(self.omega[name])
                 self._weight_buffer[name] = torch.zeros_like(self.omega[name])
-        grads = [self._grad_buffer[n] for n, _ in live]
-        torch._foreach_copy_(grads, [p.grad.detach() for _, p in live])  # type: ignore[union-attr]
-        if self.path_gradient == "task" and self.importance and self.si_lambda:
-            for (name, p), g in zip(live, grads):
-                if name in self.importance:
-                    self._subtract_penalty_grad(g, name, p)
+        # The penalty's half-gradient Omega (theta - theta*) that this step's `penalty` computed
+        # (the weights have not moved since): g - 2 c Omega (theta - theta*) is one fused pass.
+        pull, self._pull = self._pull, {}
+        if self.path_gradient == "total":
+            pull = {}
+        copied, fused = [], []
+        for name, p in live:
+            w = pull.get(name)
+            if w is not None and w.shape == p.shape and p.grad.dtype == torch.float32:  # type: ignore[union-attr]
+                fused.append((name, p, w))
+            else:
+                copied.append((name, p))
+        if copied:
+            torch._foreach_copy_(
+                [self._grad_buffer[n] for n, _ in copied],
+                [p.grad.detach() for _, p in copied],  # type: ignore[union-attr]
+            )
+        for name, p, w in fused:
+            torch.add(p.grad.detach(), w, alpha=-2.0 * self.si_lambda, out=self._grad_buffer[name])  # type: ignore[union-attr]
+        for name, _ in copied:
+            w = pull.get(name)
+            if w is not None:  # a parameter that grew: the units that existed are anchored
+                old = tuple(slice(0, k) for k in w.shape)
+                self._grad_buffer[name][old].add_(w, alpha=-2.0 * self.si_lambda)
         torch._foreach_copy_([self._weight_buffer[n] for n, _ in live], [p.detach() for _, p in live])
         self._step = live
-
-    def _subtract_penalty_grad(self, grad: Tensor, name: str, param: Tensor) -> None:
-        # g -= 2 c Omega (theta - theta*) on the slice that existed; units that grew are free.
-        importance = self.importance[name].to(param.device)
-        old = tuple(slice(0, k) for k in importance.shape)
-        offset = param.detach()[old].float() - self.anchor[name].to(param.device)
-        grad[old].addcmul_(importance, offset, value=-2.0 * self.si_lambda)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -180,7 +193,7 @@ class SI(ContinualCallback):
         """
         if not self.importance or self.si_lambda == 0.0:
             return None
-        return self.si_lambda * quadratic_penalty(module, self.importance, self.anchor)
+        return self.si_lambda * quadratic_penalty(module, self.importance, self.anchor, pull=self._pull)
 
     def state_dict(self) -> dict[str, Any]:
         names = ("importance", "anchor", "omega", "start")
