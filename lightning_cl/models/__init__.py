@@ -1,6 +1,12 @@
 """Models: the ``ContinualModule``, dynamic heads, reference backbones and the loss-term extension point."""
 
 from lightning_cl.models.backbones import CNN, MLP, make_head
+from lightning_cl.models.batch_renorm import (
+    BatchRenorm1d,
+    BatchRenorm2d,
+    BatchRenormSettings,
+    replace_batch_norm,
+)
 from lightning_cl.models.eval_classifier import EvalClassifier, eval_classifier_of
 from lightning_cl.models.expert_gate import ExpertGateNetwork, GateAutoencoder
 from lightning_cl.models.heads import (
@@ -34,6 +40,9 @@ __all__ = [
     "PNN_ADAPTERS",
     "VAE",
     "VAE_LIKELIHOODS",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenormSettings",
     "ContinualModule",
     "DynamicModule",
     "EvalClassifier",
@@ -54,6 +63,7 @@ __all__ = [
     "merge_batch",
     "optimisation_step_owner",
     "pad_to",
+    "replace_batch_norm",
     "slice_to",
     "task_loss_owner",
 ]

@@ -105,14 +105,16 @@ class MLP(_Backbone):
 class CNN(_Backbone):
     """A small convolutional network for small images (digits, MNIST, CIFAR).
 
-    Each stage is ``Conv3x3 -> ReLU -> Conv3x3 -> ReLU -> MaxPool2 -> Dropout``; global average
-    pooling makes it independent of the image size.
+    Each stage is ``Conv3x3 -> ReLU -> Conv3x3 -> ReLU -> MaxPool2 -> Dropout`` (with
+    ``batch_norm``, a ``BatchNorm2d`` after each convolution); global average pooling makes it
+    independent of the image size.
 
     Args:
         num_classes: outputs of a ``"linear"`` head.
         in_channels: image channels (1 for grey-scale).
         channels: output channels of each stage.
         drop_rate: dropout probability after each stage.
+        batch_norm: a ``BatchNorm2d`` after each convolution (the convolutions then have no bias).
         head: ``"linear"``, ``"incremental"`` or ``"multihead"``.
 
     Example:
@@ -128,6 +130,7 @@ class CNN(_Backbone):
         channels: Sequence[int] = (32, 64),
         drop_rate: float = 0.25,
         head: HeadKind = "linear",
+        batch_norm: bool = False,
     ):
         super().__init__()
         if not channels or any(c < 1 for c in channels):
@@ -135,11 +138,10 @@ class CNN(_Backbone):
         layers: list[nn.Module] = []
         prev = in_channels
         for c in channels:
+            for conv_in in (prev, c):
+                layers.append(nn.Conv2d(conv_in, c, 3, padding=1, bias=not batch_norm))
+                layers += [nn.BatchNorm2d(c), nn.ReLU()] if batch_norm else [nn.ReLU()]
             layers += [
-                nn.Conv2d(prev, c, 3, padding=1),
-                nn.ReLU(),
-                nn.Conv2d(c, c, 3, padding=1),
-                nn.ReLU(),
                 nn.MaxPool2d(2, ceil_mode=True),
                 nn.Dropout(drop_rate),
             ]
