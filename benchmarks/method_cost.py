@@ -38,6 +38,7 @@ from lightning_cl.methods import (
     GEM,
     LFL,
     MAS,
+    MER,
     MIR,
     PNN,
     SCR,
@@ -52,6 +53,7 @@ from lightning_cl.methods import (
     GSSGreedy,
     HerdingSelection,
     ICaRL,
+    LaMAML,
     LwF,
     PackNet,
     Replay,
@@ -94,6 +96,10 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "SCR(mem_size=500)": lambda: [SCR(mem_size=500)],
     "GenerativeReplay(generator_epochs=20)": lambda: [GenerativeReplay(generator_epochs=20)],
     "CoPE(mem_size=500)": lambda: [CoPE(mem_size=500)],
+    "MER(500, n_batches=2, inner_batch_size=16)": lambda: [
+        MER(mem_size=500, mem_batch_size=32, n_batches=2, inner_batch_size=16, beta=0.5)
+    ],
+    "LaMAML(500, n_glances=2)": lambda: [LaMAML(mem_size=500, mem_batch_size=32, n_glances=2)],
 }
 # Methods that need task labels (experience i has task label i) and a model of their own.
 TASK_INCREMENTAL = {

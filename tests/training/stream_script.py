@@ -31,6 +31,7 @@ from lightning_cl.methods import (
     GEM,
     LFL,
     MAS,
+    MER,
     MIR,
     PNN,
     SCR,
@@ -45,6 +46,7 @@ from lightning_cl.methods import (
     GSSGreedy,
     HerdingSelection,
     ICaRL,
+    LaMAML,
     LwF,
     PackNet,
     Replay,
@@ -87,6 +89,9 @@ METHODS = {
     "gdumb": lambda: [GDumb(mem_size=100)],
     "er_ace": lambda: [ERACE(mem_size=200)],
     "er_aml": lambda: [ERAML(mem_size=200)],
+    # Meta-learning over a reservoir memory, each in its own inner loop (an owned optimisation step).
+    "mer": lambda: [MER(mem_size=200, mem_batch_size=32, n_batches=2, inner_batch_size=16, beta=0.5, seed=1)],
+    "lamaml": lambda: [LaMAML(mem_size=200, mem_batch_size=32, n_glances=2, seed=1)],
     "icarl": lambda: [ICaRL(mem_size=200)],
     "bic": lambda: [BiC(mem_size=200)],
     "scr": lambda: [SCR(mem_size=200)],
@@ -182,6 +187,12 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["slda_means"] = float(cb.means.sum())
             out["slda_sigma"] = float(cb.sigma.abs().sum())
             out["slda_counts"] = float(cb.counts.double().mul(torch.arange(len(cb.counts)) + 1).sum())
+        if isinstance(cb, MER | LaMAML):
+            held = cb.buffer.indices
+            weighted = held.double().mul(torch.arange(len(held)) + 1)
+            out[f"{type(cb).__name__.lower()}_memory"] = float(weighted.sum())
+        if isinstance(cb, LaMAML):
+            out["lamaml_alpha"] = float(sum(a.double().sum() for a in cb.alpha.values()))
         if isinstance(cb, ExpertGate):
             out["expert_gate_init"] = float(
                 sum((k + 1) * (v if v is not None else -1) for k, v in cb.initialised_from.items())

@@ -81,8 +81,11 @@ def test_mas_importance_under_ddp_is_the_whole_experiences(runs: dict[str, Any])
 # generated samples per rank than one process draws (a step's count is the rank's batch), and
 # its small VAE's samples of old classes swing the old classes' accuracy (average 0.60 in one
 # process against 0.76 under DDP, cells by up to 0.44); its ranks hold the same generator.
+# La-MAML looks ahead on each rank's half of the batch (glances of 8 samples, not 16) and averages
+# the meta-gradients: another inner loop than one process's, and its slowly learnt new classes
+# move a cell by up to 0.29 (average 0.77 under DDP against 0.75); its ranks hold the same state.
 @pytest.mark.parametrize(
-    "method", [m for m in METHODS if m not in ("mas", "gdumb", "cwr", "generative_replay")]
+    "method", [m for m in METHODS if m not in ("mas", "gdumb", "cwr", "generative_replay", "lamaml")]
 )
 def test_ddp_matches_a_single_process_with_the_same_global_batch(runs: dict[str, Any], method: str) -> None:
     ddp = torch.tensor(runs["rank0"][method]["accuracy_matrix"])
