@@ -13,7 +13,14 @@ from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import experience_generator, stream_seed
 from lightning_cl.methods.cwr import CWRStar
+from lightning_cl.methods.distributed import all_reduce_tensors
 from lightning_cl.methods.slda import modules_up_to
+from lightning_cl.models.batch_renorm import (
+    BatchRenorm1d,
+    BatchRenorm2d,
+    BatchRenormSettings,
+    replace_batch_norm,
+)
 
 __all__ = ["AR1"]
 
@@ -41,9 +48,20 @@ class AR1(CWRStar):
       the frozen layers at every step: the activations the paper stores, without storing them,
       where the layers below the latent layer are frozen (Avalanche stores the activations of
       the first epoch of each experience, while the first experience's layers still learned).
-    - The paper's AR1 also regularises the layers above the latent layer with SI: add
-      ``SI(si_lambda=...)`` to the same callbacks list (Avalanche's ``AR1`` has
-      ``ewc_lambda=0``, no SI, by default). Batch renormalisation is the model's to choose.
+    - The paper's AR1 (Maltoni and Lomonaco, 2019, Sec. 5: CWR* on the output layer, SI on the
+      layers below it) is ``[AR1(...), SI(si_lambda=...)]`` in one callbacks list: SI regularises
+      what still learns (the layers above the latent layer). Avalanche's ``AR1`` has
+      ``ewc_lambda=0``, no SI, by default.
+    - Batch renormalisation (Ioffe, 2017), which AR1* uses in place of batch normalisation (Sec.
+      7): with ``batch_renorm`` (the default), every ``BatchNorm1d`` / ``BatchNorm2d`` of the model
+      becomes a :class:`~lightning_cl.models.BatchRenorm1d` / ``BatchRenorm2d`` at set-up,
+      its weights and running moments kept (:func:`~lightning_cl.models.replace_batch_norm`); a
+      model without batch normalisation is left as it is. The renormalised layers' parameters and
+      buffers are batch normalisation's, so checkpoints load into the unconverted model, which the
+      next set-up converts again. The layers below the latent layer keep their running moments
+      moving: the frozen part of the network still runs in train mode.
+      Under DDP, which gives every rank rank 0's moments at each forward pass, the moments are
+      averaged over the ranks when an experience ends, so that they are the same on every rank.
     - The memory's choices use a generator seeded by the shared seed and the experience, the
       same on every rank.
 
@@ -54,9 +72,13 @@ class AR1(CWRStar):
         mem_batch_size: memory samples per step (default: the experience's batch size).
         head_layer, init, mean_shift: as :class:`CWRStar`.
         seed: seed of the memory's choices (``None``: torch's initial seed on rank 0).
+        batch_renorm: convert the model's batch normalisation to batch renormalisation: ``True``
+            (the paper's schedule, :class:`~lightning_cl.models.BatchRenormSettings`), settings of
+            one's own, or ``False`` (leave the model as it is).
 
     Raises:
-        ValueError: for ``mem_size`` or ``mem_batch_size`` below 1, and as :class:`CWRStar`.
+        ValueError: for ``mem_size`` or ``mem_batch_size`` below 1, a ``batch_renorm`` of another
+            type, and as :class:`CWRStar`.
 
     Example:
         >>> AR1(mem_size=500).mem_size
@@ -72,7 +94,12 @@ class AR1(CWRStar):
         init: str = "zero",
         mean_shift: str = "classes",
         seed: int | None = None,
+        batch_renorm: bool | BatchRenormSettings = True,
     ):
+        if not isinstance(batch_renorm, bool | BatchRenormSettings):
+            raise ValueError(
+                f"batch_renorm must be True, False or a BatchRenormSettings, got {batch_renorm!r}"
+            )
         super().__init__(head_layer=head_layer, init=init, mean_shift=mean_shift, freeze_remaining=False)
         if isinstance(mem_size, bool) or not isinstance(mem_size, int) or mem_size < 1:
             raise ValueError(f"mem_size must be an int >= 1, got {mem_size!r}")
@@ -82,6 +109,7 @@ class AR1(CWRStar):
         self.mem_size = mem_size
         self.mem_batch_size = mem_batch_size
         self.seed = seed
+        self.batch_renorm = batch_renorm
         self.indices = torch.zeros(0, dtype=torch.long)  # into the stream's dataset
         self.memory_task_labels = torch.zeros(0, dtype=torch.long)
         self._seed: int | None = None
@@ -99,6 +127,9 @@ class AR1(CWRStar):
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         if self._seed is None:
             self._seed = stream_seed(trainer, self.seed)
+        if self.batch_renorm is not False:  # before anything refers to the model's layers
+            settings = None if self.batch_renorm is True else self.batch_renorm
+            replace_batch_norm(module.model, settings)
         super().on_experience_start(trainer, module, experience)
         model: nn.Module = module.model
         if self.trained_experiences > 0:
@@ -127,6 +158,7 @@ class AR1(CWRStar):
         }
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        _average_moments(trainer, module.model)
         super().on_experience_end(trainer, module, experience)  # consolidates (and counts this experience)
         generator = experience_generator(int(self._seed or 0), experience.index)
         data = experience.dataset
@@ -155,3 +187,14 @@ class AR1(CWRStar):
         self.indices = state_dict.get("indices", torch.zeros(0, dtype=torch.long))
         self.memory_task_labels = state_dict.get("memory_task_labels", torch.zeros(0, dtype=torch.long))
         self._seed = state_dict.get("seed")
+
+
+def _average_moments(trainer: L.Trainer, model: nn.Module) -> None:
+    """Average the running moments of batch renormalisation over the ranks (a no-op on one device)."""
+    if trainer.world_size <= 1:
+        return
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, BatchRenorm1d | BatchRenorm2d)}
+    moments = {f"{n}.{k}": getattr(m, k) for n, m in layers.items() for k in ("running_mean", "running_var")}
+    with torch.no_grad():
+        for key, value in all_reduce_tensors(trainer, moments, op="mean").items():
+            moments[key].copy_(value)

@@ -131,7 +131,7 @@ class CWRStar(ContinualCallback):
         self._current = sorted(int(c) for c in experience.classes_in_this_experience)
         targets = experience.dataset.targets
         self._counts = torch.bincount(targets.long().cpu(), minlength=max(self._current) + 1)
-        self._frozen = []
+        self._release()
         if self.freeze_remaining and self.trained_experiences > 0:
             head_params = {id(p) for p in resolve_layer(model, self.head_layer).parameters()}
             for param in model.parameters():
@@ -139,6 +139,11 @@ class CWRStar(ContinualCallback):
                     self._frozen.append((param, param.requires_grad))
                     param.requires_grad_(False)
         del head
+
+    def on_state_restored(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        # Restored inside an experience: set-up ran with the state of a fresh callback, so what it
+        # derived (the frozen layers, the classes and counts; AR1's memory classes) is derived again.
+        self.on_experience_start(trainer, module, experience)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         restoring = self._state_restored
@@ -173,10 +178,15 @@ class CWRStar(ContinualCallback):
             for c in torch.nonzero(self.past > 0).flatten().tolist():
                 if c < head.out_features:
                     self._write_row(head, c)
-        for param, flag in self._frozen:
-            param.requires_grad_(flag)
-        self._frozen, self._hold = [], None
+        self._release()
+        self._hold = None
         self.trained_experiences += 1
+
+    def _release(self) -> None:
+        """Give the frozen parameters their 'requires_grad' flags back."""
+        for param, flag in reversed(self._frozen):
+            param.requires_grad_(flag)
+        self._frozen = []
 
     # ------------------------------------------------------------------ consolidation
     def consolidate(self, head: nn.Linear, classes: list[int], counts: Tensor | None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -154,15 +154,32 @@ class PackNet(ContinualCallback):
         for name, weight in self.prunable(model).items():
             if name not in self.owners:
                 self.owners[name] = torch.zeros(weight.shape, dtype=torch.uint8)
-        self._frozen = []
-        if self.tasks:  # after the first task, only the free weights and the new head learn
+        self._freeze(model)
+        self.pruned = False
+
+    def _freeze(self, model: nn.Module) -> None:
+        """After the first task, only the prunable weights (the free ones: `_hold`) and the new head learn."""
+        self._release()
+        if self.tasks:
             prunable = {id(p) for p in self.prunable(model).values()}
+            heads = cast(MultiHeadClassifier, resolve_layer(model, self.head_layer)).heads
+            if str(self._task) in heads:  # restored inside an experience: its head exists
+                prunable |= {id(p) for p in heads[str(self._task)].parameters()}
             for param in model.parameters():
                 if id(param) not in prunable:
                     self._frozen.append((param, param.requires_grad))
                     param.requires_grad_(False)
-        if not self._state_restored:
-            self.pruned = False
+
+    def _release(self) -> None:
+        for param, flag in reversed(self._frozen):
+            param.requires_grad_(flag)
+        self._frozen = []
+
+    def on_state_restored(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        # Restored inside an experience: set-up froze with the state of a fresh callback (no task
+        # trained); freeze with the restored tasks. The phase (`pruned`) came with the state, and
+        # `on_fit_start` holds the weights of that phase.
+        self._freeze(module.model)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
@@ -195,9 +212,8 @@ class PackNet(ContinualCallback):
         assert self._task is not None
         self.tasks.append(self._task)
         self.pruned, self._task = False, None
-        for param, flag in self._frozen:
-            param.requires_grad_(flag)
-        self._frozen, self._trainable, self._fixed = [], {}, {}
+        self._release()
+        self._trainable, self._fixed = {}, {}
 
     def prune(self, model: nn.Module, experience_index: int) -> None:
         """Step 2: in each layer, zero the smallest free weights; the rest go to the current task."""

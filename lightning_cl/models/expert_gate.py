@@ -43,6 +43,52 @@ class GateAutoencoder(nn.Module):
         out = torch.sigmoid(self.decoder(F.relu(self.encoder(target))))
         return F.mse_loss(out, target, reduction="none").mean(dim=1)
 
+    def fit(
+        self,
+        x: Tensor,
+        epochs: int,
+        batch_size: int = 64,
+        lr: float = 0.1,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Train the gate alone on ``x`` (the paper's Sec. 3.1: before the task's expert).
+
+        Adagrad on the mean squared reconstruction error, as the authors' code; mini-batches in a
+        random order drawn from ``generator`` (every rank that passes the same generator and data
+        trains the same gate). The gate's ``requires_grad`` flags are kept.
+
+        Args:
+            x: the task's inputs, ``(N, ...)``, on the gate's device.
+            epochs: passes over ``x`` (>= 0).
+            batch_size: samples per step (>= 1).
+            lr: Adagrad's learning rate (> 0).
+            generator: the order's random source (``None``: torch's global one).
+
+        Raises:
+            ValueError: for a negative ``epochs``, a ``batch_size`` below 1 or a non-positive ``lr``.
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if not isinstance(lr, int | float) or not lr > 0:
+            raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        flags = [p.requires_grad for p in self.parameters()]
+        self.requires_grad_(True)
+        optimizer = torch.optim.Adagrad(self.parameters(), lr=float(lr))
+        try:
+            with torch.enable_grad():
+                for _ in range(epochs):
+                    order = torch.randperm(len(x), generator=generator).to(x.device)
+                    for rows in order.split(batch_size):
+                        optimizer.zero_grad(set_to_none=True)
+                        self.error(x[rows]).mean().backward()
+                        optimizer.step()
+        finally:
+            for p, flag in zip(self.parameters(), flags):
+                p.requires_grad_(flag)
+                p.grad = None
+
 
 class ExpertGateNetwork(DynamicModule):
     r"""A network of experts, one per task label, and a gate that picks the expert for each input.
@@ -115,23 +161,56 @@ class ExpertGateNetwork(DynamicModule):
         ref = next(self.parameters(), None)
         return module if ref is None else module.to(device=ref.device, dtype=ref.dtype)
 
-    def add_expert(self, task_label: int, init_from: int | None = None) -> None:
+    def add_expert(
+        self, task_label: int, init_from: int | None = None, gate: GateAutoencoder | None = None
+    ) -> None:
         """Add an expert and a gate for ``task_label``; the expert starts as a copy of ``init_from``'s.
 
-        Every existing expert and gate is frozen (``requires_grad=False``).
+        Every existing expert and gate is frozen (``requires_grad=False``); the new ones learn.
+
+        Args:
+            task_label: the new task.
+            init_from: the task whose expert the new one copies (``None``: a fresh expert).
+            gate: the task's gate, trained already (``None``: a fresh one).
 
         Raises:
-            ValueError: for a task label that has an expert, or an unknown ``init_from``.
+            ValueError: for a task label that has an expert, an unknown ``init_from``, or a gate of
+                other sizes.
         """
         task = str(int(task_label))
         if task in self.experts:
             raise ValueError(f"task {task_label} has an expert already (tasks: {self.tasks})")
         if init_from is not None and str(init_from) not in self.experts:
             raise ValueError(f"init_from must be one of the tasks {self.tasks}, got {init_from!r}")
+        if gate is not None and (gate.encoder.in_features, gate.encoder.out_features) != (
+            self.input_size,
+            self.code_size,
+        ):
+            raise ValueError(
+                f"the gate must map {self.input_size} inputs to a code of {self.code_size}, got "
+                f"{gate.encoder.in_features} and {gate.encoder.out_features}"
+            )
         self.requires_grad_(False)
         expert = self._new_expert() if init_from is None else copy.deepcopy(self.experts[str(init_from)])
         self.experts[task] = expert.requires_grad_(True)
-        self.gates[task] = self._like_me(GateAutoencoder(self.input_size, self.code_size))
+        new_gate = gate if gate is not None else GateAutoencoder(self.input_size, self.code_size)
+        self.gates[task] = self._like_me(new_gate).requires_grad_(True)
+
+    def set_trainable(self, experts: Iterable[int] = (), gates: Iterable[int] = ()) -> None:
+        """Let only the experts and gates of the given tasks learn (``requires_grad``); freeze the rest.
+
+        Example:
+            >>> net = ExpertGateNetwork(input_size=6, hidden_size=4, code_size=2)
+            >>> net.add_expert(0); net.add_expert(1)
+            >>> net.set_trainable(experts=[1])
+            >>> [any(p.requires_grad for p in m.parameters()) for m in (net.experts["1"], net.gates["1"])]
+            [True, False]
+        """
+        self.requires_grad_(False)
+        for task in experts:
+            self.experts[str(int(task))].requires_grad_(True)
+        for task in gates:
+            self.gates[str(int(task))].requires_grad_(True)
 
     def errors(self, x: Tensor) -> Tensor:
         """Every gate's reconstruction error of each sample, ``(B, n_tasks)``, tasks as in :attr:`tasks`."""
@@ -173,10 +252,18 @@ class ExpertGateNetwork(DynamicModule):
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
+        order: list[str] = []
         for key in state_dict:
             if key.startswith(prefix + "experts."):
                 task = key[len(prefix) + len("experts.") :].split(".", 1)[0]
                 if task not in self.experts:
                     self.experts[task] = self._new_expert()
                     self.gates[task] = self._like_me(GateAutoencoder(self.input_size, self.code_size))
+                if task not in order:
+                    order.append(task)
+        # The saved order first (an expert added at set-up before a resume goes after): the
+        # parameters, and the optimizer states restored by position, line up with the saved run.
+        for task in [*order, *(t for t in self.experts if t not in order)]:
+            self.experts[task] = self.experts._modules.pop(task)  # type: ignore[assignment]
+            self.gates[task] = self.gates._modules.pop(task)  # type: ignore[assignment]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -264,11 +264,18 @@ class MultiHeadClassifier(DynamicModule):
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
     ) -> None:
         head_prefix = prefix + "heads."
+        order: list[str] = []
         for key in state_dict:
             if key.startswith(head_prefix):
                 task = key[len(head_prefix) :].split(".", 1)[0]
                 if task not in self.heads:
                     self.heads[task] = self._new_head()
+                if task not in order:
+                    order.append(task)
+        # The saved order first (a head grown at set-up before a resume goes after), so that the
+        # parameters, and the optimizer states restored by position, line up with the saved run.
+        for task in [*order, *(t for t in self.heads if t not in order)]:
+            self.heads[task] = self.heads._modules.pop(task)  # type: ignore[assignment]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

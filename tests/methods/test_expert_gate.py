@@ -11,6 +11,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_cl.data import SplitDigits
 from lightning_cl.methods import ExpertGate
+from lightning_cl.methods.lwf import distillation_loss
 from lightning_cl.models import ContinualModule, ExpertGateNetwork
 from tests.conftest import digits_module, quiet_trainer_kwargs
 
@@ -86,5 +87,69 @@ def test_set_up_errors() -> None:
         )
     with pytest.raises(ValueError, match="gate_weight must be a number > 0"):
         ExpertGate(gate_weight=0)
+    with pytest.raises(ValueError, match=r"lwf_threshold=0\.85 needs gate_epochs > 0"):
+        ExpertGate(gate_epochs=0)
+    with pytest.raises(ValueError, match="gate_epochs must be an int >= 0"):
+        ExpertGate(gate_epochs=-1)
     with pytest.raises(ValueError, match="code_size must be smaller than input_size"):
         ExpertGateNetwork(input_size=4, code_size=4)
+
+
+class _FirstBatches(L.Callback):
+    """Records, at the first training batches of a fit, the experts' weights and ExpertGate's penalty."""
+
+    def __init__(self, gate: ExpertGate) -> None:
+        self.gate, self.start, self.penalties, self.by_hand = gate, {}, [], []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: ContinualModule) -> None:
+        self.start = {
+            t: {k: v.clone() for k, v in e.state_dict().items()} for t, e in pl_module.model.experts.items()
+        }
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: ContinualModule, batch, batch_idx: int
+    ) -> None:
+        if batch_idx not in (0, 3):
+            return
+        x, y, t = batch
+        with torch.no_grad():
+            logits = pl_module(x, t)
+            self.penalties.append(self.gate.penalty(pl_module, (x, y, t), logits))
+            teacher = self.gate.lwf_from.get(int(t[0]))
+            if teacher is not None:
+                columns = self.gate.task_classes[teacher]
+                old = pl_module.model.experts[str(teacher)].eval()(x)
+                pl_module.model.experts[str(teacher)].train()
+                self.by_hand.append(distillation_loss(logits[:, columns], old[:, columns], 2.0))
+
+
+@pytest.mark.parametrize("threshold", [-10.0, 10.0])
+def test_a_related_task_learns_with_lwf_from_the_most_related_expert(threshold: float) -> None:
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    module, gate = _module(), ExpertGate(gate_epochs=5, lwf_threshold=threshold, lwf_alpha=0.5)
+    L.Trainer(**quiet_trainer_kwargs(max_epochs=2), callbacks=[gate]).fit(
+        module, datamodule=bench.train_stream[0]
+    )
+    net = module.model
+    gate_0 = {k: v.clone() for k, v in net.gates["0"].state_dict().items()}
+    probe = _FirstBatches(gate)
+    second = bench.train_stream[1]
+    L.Trainer(**quiet_trainer_kwargs(max_epochs=1), callbacks=[gate, probe]).fit(module, datamodule=second)
+    # The new gate was trained before the expert; the relatedness is Eq. 2's, by hand.
+    x = second.dataset.__getitems__(list(range(len(second.dataset))))[0]
+    with torch.no_grad():
+        er_0, er_1 = float(net.gates["0"].error(x).mean()), float(net.gates["1"].error(x).mean())
+    assert gate.relatedness[1] == pytest.approx(1 - (er_0 - er_1) / er_1, rel=1e-4)
+    assert er_1 < er_0 and all(torch.equal(v, net.gates["0"].state_dict()[k]) for k, v in gate_0.items())
+    # The new expert started as a copy of the most related (here, the only) expert.
+    assert gate.initialised_from[1] == 0
+    start_0, start_1 = probe.start["0"], probe.start["1"]
+    assert all(torch.equal(start_0[k], start_1[k]) for k in start_0 if not k.startswith("head"))
+    if threshold < 0:  # related: LwF, the distillation term on task 0's classes, weighted by lwf_alpha
+        assert gate.lwf_from[1] == 0
+        assert float(probe.penalties[0]) == pytest.approx(0.0, abs=1e-6)  # student = teacher at first
+        assert float(probe.penalties[1]) == pytest.approx(0.5 * float(probe.by_hand[1]), rel=1e-5)
+        assert float(probe.penalties[1]) > 0
+    else:  # fine-tuned: no term at all (the gate trained before, so no reconstruction term either)
+        assert gate.lwf_from[1] is None and probe.penalties == [None, None]

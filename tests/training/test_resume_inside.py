@@ -17,14 +17,25 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import AGEM, EWC, GEM, SI, LwF, Replay
-from lightning_cl.models import MLP, ContinualModule
+from lightning_cl.methods import AGEM, AR1, EWC, GEM, SI, CWRStar, ExpertGate, LwF, PackNet, Replay
+from lightning_cl.models import MLP, ContinualModule, ExpertGateNetwork
 from lightning_cl.training import fit_stream
+
+# The architectural methods, each on the model it needs; the task-incremental ones on task labels.
+_ARCHITECTURAL = {
+    "cwr": lambda: [CWRStar()],
+    "ar1+si": lambda: [AR1(latent_layer="features.1", mem_size=50), SI(si_lambda=0.1)],
+    "packnet": lambda: [PackNet(prune_ratio=0.5, post_prune_epochs=1)],
+    "expert_gate": lambda: [ExpertGate(gate_epochs=5)],
+}
+_TASK_INCREMENTAL = {"packnet", "expert_gate"}
 
 
 def _methods(case: str) -> list[Any]:
     if case == "naive":
         return []
+    if case in _ARCHITECTURAL:
+        return _ARCHITECTURAL[case]()
     if case == "replay+ewc":
         return [Replay(mem_size=80), EWC(ewc_lambda=5.0)]
     return [
@@ -38,7 +49,13 @@ def _methods(case: str) -> list[Any]:
 
 
 def _module(case: str) -> ContinualModule:
-    model = MLP(num_classes=10, input_size=64, hidden_size=64, drop_rate=0.2)  # dropout draws random numbers
+    if case == "expert_gate":
+        net = ExpertGateNetwork(input_size=64, hidden_size=32, code_size=8)
+        return ContinualModule(net, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9))
+    head = "multihead" if case == "packnet" else "linear"
+    model = MLP(num_classes=10, input_size=64, hidden_size=64, drop_rate=0.2, head=head)  # dropout draws
+    if case in _ARCHITECTURAL:
+        return ContinualModule(model, optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9))
     if case == "replay+ewc":
         return ContinualModule(model, optimizer=partial(torch.optim.Adam, lr=1e-3), optimizer_policy="keep")
     return ContinualModule(model, optimizer=partial(torch.optim.SGD, lr=0.05))
@@ -54,7 +71,7 @@ def _run(
     checkpoints = ModelCheckpoint(dirpath=root / "checkpoints", save_top_k=-1, **when)  # type: ignore[arg-type]
     results = fit_stream(
         module,
-        SplitDigits(n_experiences=5, seed=1),
+        SplitDigits(n_experiences=5, seed=1, task_labels=case in _TASK_INCREMENTAL),
         callbacks=[*_methods(case), checkpoints],
         logger=False,
         trainer_kwargs=dict(
@@ -102,3 +119,22 @@ def _assert_same_run(
     assert resumed.accuracy_matrix == full.accuracy_matrix
     for (name, a), b in zip(full_module.state_dict().items(), resumed_module.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.slow  # two runs of the stream per case: ~10 s each on a quiet 2-core machine
+@pytest.mark.parametrize("epoch", [0, 1])
+@pytest.mark.parametrize("case", sorted(_ARCHITECTURAL))
+def test_architectural_methods_resume_in_the_middle_of_an_epoch_exactly(
+    tmp_path: Path, case: str, epoch: int
+) -> None:
+    # Epoch 0 and 1 of experience 2: PackNet trains, then (pruned at the start of epoch 1) retrains;
+    # CWR* / AR1 freeze and hold output rows, Expert Gate trains the new expert alone.
+    full_module, full = _run(case, tmp_path / "full", every="5 steps")
+    inside = [
+        (p, path) for p, path in _inside_experience_2(tmp_path / "full" / "checkpoints", epoch) if 0 < p < 9
+    ]
+    _, path = inside[0]
+    assert torch.load(path, weights_only=True)["lightning_cl"]["experience_complete"] is False
+    resumed_module, resumed = _run(case, tmp_path / "resumed", ckpt_path=path, every="5 steps")
+    assert list(resumed_module.state_dict()) == list(full_module.state_dict())  # experts, heads: in order
+    _assert_same_run(full_module, full, resumed_module, resumed)
