@@ -171,3 +171,21 @@ def test_resume_at_an_experience_boundary_gives_the_same_weights_and_memory(tmp_
         assert torch.equal(a, b)
     assert torch.equal(full_mer.buffer.indices, resumed_mer.buffer.indices)
     assert full_mer.buffer.seen == resumed_mer.buffer.seen
+
+
+def test_mer_combines_with_a_penalty_and_a_replay_loader() -> None:
+    from lightning_cl.methods import EWC, Replay
+
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module = digits_module()
+    callbacks = [
+        MER(mem_size=40, n_batches=1, inner_batch_size=32, seed=0),
+        EWC(ewc_lambda=1.0),
+        Replay(mem_size=40),
+    ]
+    for k in range(2):
+        trainer = L.Trainer(**quiet_trainer_kwargs(limit_train_batches=4), callbacks=callbacks)
+        trainer.fit(module, datamodule=bench.train_stream[k])
+    # Experience 1 trains with Replay's loader beside MER, and EWC's penalty joined MER's inner losses.
+    assert float(trainer.callback_metrics["train/penalty/ewc_epoch"]) > 0.0
+    assert trainer.global_step == 4
