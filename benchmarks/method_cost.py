@@ -41,6 +41,7 @@ from lightning_cl.methods import (
     MER,
     MIR,
     PNN,
+    RAR,
     SCR,
     SI,
     BiC,
@@ -91,6 +92,10 @@ METHODS: dict[str, Callable[[], list[L.Callback]]] = {
     "GDumb(mem_size=500)": lambda: [GDumb(mem_size=500)],
     "ERACE(mem_size=500)": lambda: [ERACE(mem_size=500)],
     "ERAML(mem_size=500)": lambda: [ERAML(mem_size=500)],
+    "Replay(500) + RAR(steps=5)": lambda: [
+        Replay(mem_size=500),
+        RAR(epsilon=0.3, step_size=0.075, steps=5),
+    ],
     "ICaRL(mem_size=500)": lambda: [ICaRL(mem_size=500)],
     "BiC(mem_size=500)": lambda: [BiC(mem_size=500)],
     "SCR(mem_size=500)": lambda: [SCR(mem_size=500)],

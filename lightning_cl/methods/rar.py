@@ -297,11 +297,13 @@ class RAR(ContinualCallback):
         for name, value in (("beta", beta), ("epsilon", epsilon), ("momentum", momentum)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        for name, value in (("step_size", step_size), ("lr", lr)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf")
+        for name, optional in (("step_size", step_size), ("lr", lr)):
+            if optional is not None and (
+                isinstance(optional, bool)
+                or not isinstance(optional, int | float)
+                or not 0 < optional < float("inf")
             ):
-                raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}")
+                raise ValueError(f"{name} must be a finite number > 0 or None, got {optional!r}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
         for name, flag in (("mixup", mixup), ("adversarial", adversarial)):

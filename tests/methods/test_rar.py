@@ -197,4 +197,5 @@ def test_rar_beats_naive_on_split_digits() -> None:
     )
     assert naive < 0.25
     assert ours > naive + 0.4, (naive, ours)
-    assert ours > replay - 0.02, (replay, ours)  # measured: see the README row
+    # Measured (2 epochs, mem_size=100): naive 0.142, Replay 0.655, Replay + RAR 0.791.
+    assert ours > replay + 0.05, (replay, ours)

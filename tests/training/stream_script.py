@@ -34,6 +34,7 @@ from lightning_cl.methods import (
     MER,
     MIR,
     PNN,
+    RAR,
     SCR,
     SI,
     BiC,
@@ -89,6 +90,11 @@ METHODS = {
     "gdumb": lambda: [GDumb(mem_size=100)],
     "er_ace": lambda: [ERACE(mem_size=200)],
     "er_aml": lambda: [ERAML(mem_size=200)],
+    # RAR on Replay's memory batches, with the authors' Split-MNIST attack.
+    "rar": lambda: [
+        Replay(mem_size=200),
+        RAR(beta=0.3, epsilon=0.3, step_size=0.075, steps=5, clamp=(0.0, 1.0)),
+    ],
     # Meta-learning over a reservoir memory, each in its own inner loop (an owned optimisation step).
     "mer": lambda: [MER(mem_size=200, mem_batch_size=32, n_batches=2, inner_batch_size=16, beta=0.5, seed=1)],
     "lamaml": lambda: [LaMAML(mem_size=200, mem_batch_size=32, n_glances=2, seed=1)],
@@ -193,6 +199,8 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out[f"{type(cb).__name__.lower()}_memory"] = float(weighted.sum())
         if isinstance(cb, LaMAML):
             out["lamaml_alpha"] = float(sum(a.double().sum() for a in cb.alpha.values()))
+        if isinstance(cb, RAR):
+            out["rar_seed"] = float(cb.state_dict()["seed"] if cb.state_dict()["seed"] is not None else -1)
         if isinstance(cb, ExpertGate):
             out["expert_gate_init"] = float(
                 sum((k + 1) * (v if v is not None else -1) for k, v in cb.initialised_from.items())
