@@ -15,6 +15,7 @@ Run: ``python benchmarks/method_cost.py --root /path/holding/MNIST [--rounds 3]`
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
@@ -119,6 +120,17 @@ MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     ),
     "ExpertGate() (task labels)": lambda: ExpertGateNetwork(input_size=784, hidden_size=512, code_size=100),
 }
+if importlib.util.find_spec("timm") is not None:  # L2P prompts a timm ViT: measured where timm is installed
+    from lightning_cl.methods import L2P
+    from lightning_cl.models import PromptedViT
+
+    # A small random ViT for 28x28 digits (16 patches of 7x7, width 64, 2 blocks), not the paper's ViT-B/16.
+    METHODS["L2P() (small random ViT)"] = lambda: [L2P()]
+    MODELS["L2P() (small random ViT)"] = lambda: PromptedViT(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        vit_kwargs=dict(img_size=28, patch_size=7, in_chans=1, embed_dim=64, depth=2, num_heads=2),
+    )
 
 
 class FitClock(L.Callback):

@@ -29,6 +29,7 @@ from lightning_cl.methods.gem import GEM, gem_projection
 from lightning_cl.methods.generative_replay import REPLAY_RATIOS, GenerativeReplay
 from lightning_cl.methods.gss import GSSGreedy, gss_greedy_replace, gss_scores
 from lightning_cl.methods.icarl import ICARL_REDUCTIONS, ICaRL, icarl_loss, nearest_mean_scores
+from lightning_cl.methods.l2p import L2P, prompt_pool_of
 from lightning_cl.methods.lamaml import LaMAML, lamaml_meta_gradients
 from lightning_cl.methods.lfl import LFL
 from lightning_cl.methods.lwf import LwF, distillation_loss
@@ -64,6 +65,7 @@ __all__ = [
     "FROM_SCRATCH_INITS",
     "GEM",
     "ICARL_REDUCTIONS",
+    "L2P",
     "LFL",
     "MAS",
     "MER",
@@ -124,6 +126,7 @@ __all__ = [
     "ppp_loss",
     "progressive_network_of",
     "project_gradient",
+    "prompt_pool_of",
     "quadratic_penalty",
     "rank_shard",
     "reptile_batches",

@@ -18,6 +18,13 @@ from lightning_cl.models.heads import (
     pad_to,
     slice_to,
 )
+from lightning_cl.models.l2p import (
+    PROMPT_INITS,
+    PromptedViT,
+    PromptPool,
+    PromptSelection,
+    key_matching_loss,
+)
 from lightning_cl.models.loss_term import LossTerm, batch_parts, task_loss_owner
 from lightning_cl.models.module import (
     ON_NONFINITE,
@@ -38,6 +45,7 @@ __all__ = [
     "ON_NONFINITE",
     "OPTIMIZER_POLICIES",
     "PNN_ADAPTERS",
+    "PROMPT_INITS",
     "VAE",
     "VAE_LIKELIHOODS",
     "BatchRenorm1d",
@@ -54,11 +62,15 @@ __all__ = [
     "NonFiniteLossError",
     "OptimisationStep",
     "ProgressiveNetwork",
+    "PromptPool",
+    "PromptSelection",
+    "PromptedViT",
     "StepResult",
     "batch_parts",
     "check_new_trainer",
     "copy_at_state",
     "eval_classifier_of",
+    "key_matching_loss",
     "make_head",
     "merge_batch",
     "optimisation_step_owner",

@@ -11,6 +11,7 @@ the CL state (buffer indices, Fisher, teacher, SI/MAS importances, GEM memories,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 from functools import partial
@@ -29,6 +30,7 @@ from lightning_cl.methods import (
     ERAML,
     EWC,
     GEM,
+    L2P,
     LFL,
     MAS,
     MER,
@@ -126,6 +128,18 @@ MODELS = {
     "packnet": lambda: MLP(input_size=64, hidden_size=256, drop_rate=0.0, head="multihead"),
     "expert_gate": lambda: ExpertGateNetwork(input_size=64, hidden_size=64, code_size=16),
 }
+if importlib.util.find_spec("timm") is not None:  # L2P prompts a timm ViT: only where timm is installed
+    from lightning_cl.models import PromptedViT
+
+    METHODS["l2p"] = lambda: [L2P(diversify=True)]
+    MODELS["l2p"] = lambda: PromptedViT(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        pool_size=6,
+        prompt_length=2,
+        top_n=3,
+        vit_kwargs=dict(img_size=8, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2),
+    )
 
 
 def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]:
@@ -201,6 +215,8 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out["lamaml_alpha"] = float(sum(a.double().sum() for a in cb.alpha.values()))
         if isinstance(cb, RAR):
             out["rar_seed"] = float(cb.state_dict()["seed"] if cb.state_dict()["seed"] is not None else -1)
+        if isinstance(cb, L2P) and cb.counts is not None:
+            out["l2p_counts"] = float(cb.counts.double().mul(torch.arange(len(cb.counts)) + 1).sum())
         if isinstance(cb, ExpertGate):
             out["expert_gate_init"] = float(
                 sum((k + 1) * (v if v is not None else -1) for k, v in cb.initialised_from.items())
