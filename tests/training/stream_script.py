@@ -11,6 +11,7 @@ the CL state (buffer indices, Fisher, teacher, SI/MAS importances, GEM memories,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 from functools import partial
@@ -29,11 +30,13 @@ from lightning_cl.methods import (
     ERAML,
     EWC,
     GEM,
+    L2P,
     LFL,
     MAS,
     MER,
     MIR,
     PNN,
+    RAR,
     SCR,
     SI,
     BiC,
@@ -99,6 +102,11 @@ METHODS = {
     "gdumb": lambda: [GDumb(mem_size=100)],
     "er_ace": lambda: [ERACE(mem_size=200)],
     "er_aml": lambda: [ERAML(mem_size=200)],
+    # RAR on Replay's memory batches, with the authors' Split-MNIST attack.
+    "rar": lambda: [
+        Replay(mem_size=200),
+        RAR(beta=0.3, epsilon=0.3, step_size=0.075, steps=5, clamp=(0.0, 1.0)),
+    ],
     # Meta-learning over a reservoir memory, each in its own inner loop (an owned optimisation step).
     "mer": lambda: [MER(mem_size=200, mem_batch_size=32, n_batches=2, inner_batch_size=16, beta=0.5, seed=1)],
     "lamaml": lambda: [LaMAML(mem_size=200, mem_batch_size=32, n_glances=2, seed=1)],
@@ -131,6 +139,18 @@ MODELS = {
     "ar1_si": lambda: CNN(num_classes=10, channels=(8, 16), drop_rate=0.0, batch_norm=True),
     "expert_gate": lambda: ExpertGateNetwork(input_size=64, hidden_size=64, code_size=16),
 }
+if importlib.util.find_spec("timm") is not None:  # L2P prompts a timm ViT: only where timm is installed
+    from lightning_cl.models import PromptedViT
+
+    METHODS["l2p"] = lambda: [L2P(diversify=True)]
+    MODELS["l2p"] = lambda: PromptedViT(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        pool_size=6,
+        prompt_length=2,
+        top_n=3,
+        vit_kwargs=dict(img_size=8, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2),
+    )
 
 
 def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]:
@@ -212,6 +232,10 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out[f"{type(cb).__name__.lower()}_memory"] = float(weighted.sum())
         if isinstance(cb, LaMAML):
             out["lamaml_alpha"] = float(sum(a.double().sum() for a in cb.alpha.values()))
+        if isinstance(cb, RAR):
+            out["rar_seed"] = float(cb.state_dict()["seed"] if cb.state_dict()["seed"] is not None else -1)
+        if isinstance(cb, L2P) and cb.counts is not None:
+            out["l2p_counts"] = float(cb.counts.double().mul(torch.arange(len(cb.counts)) + 1).sum())
         if isinstance(cb, ExpertGate):
             out["expert_gate_init"] = float(
                 sum((k + 1) * (v if v is not None else -1) for k, v in cb.initialised_from.items())
