@@ -295,6 +295,7 @@ class StreamMetrics(nn.Module):
         ]
         self._pending: list[list[tuple[Tensor, Tensor, Tensor | None]]] = [[] for _ in self.columns]
         self._pending_samples = 0
+        self._clean = True  # no update since the last reset (or since construction)
 
     def _flush(self) -> None:
         """Update the deferred metrics with the batches held since the last flush."""
@@ -336,6 +337,7 @@ class StreamMetrics(nn.Module):
             task_labels: shape ``(N,)``.
             loss: per-sample losses, shape ``(N,)``; the cross-entropy of ``logits`` when ``None``.
         """
+        self._clean = False
         logits = pad_logits(logits, self.n_classes)
         if loss is None and self._losses:
             loss = F.cross_entropy(logits.float(), target, reduction="none")
@@ -407,7 +409,10 @@ class StreamMetrics(nn.Module):
         return out
 
     def reset(self) -> None:
-        """Reset every state (for example after a sanity check)."""
+        """Reset every state (for example after a sanity check); a no-op when nothing was updated since."""
+        if self._clean:
+            return
+        self._clean = True
         for pending in self._pending:
             pending.clear()
         self._pending_samples = 0
