@@ -37,6 +37,7 @@ from lightning_cl.data.scenarios import (
     task_incremental,
 )
 from lightning_cl.data.stream import Stream
+from lightning_cl.data.subsampled import SubsampledBenchmark, subsample_train
 from lightning_cl.data.tensor_dataset import TensorClassificationDataset
 from lightning_cl.data.tiny_imagenet import SplitTinyImageNet
 from lightning_cl.data.train_data_source import TrainDataSource
@@ -72,6 +73,7 @@ __all__ = [
     "SplitOmniglot",
     "SplitTinyImageNet",
     "Stream",
+    "SubsampledBenchmark",
     "TensorClassificationDataset",
     "TrainDataSource",
     "benchmark_with_validation_stream",
@@ -97,6 +99,7 @@ __all__ = [
     "split_online",
     "split_validation",
     "stream_from_indices",
+    "subsample_train",
     "targets_of",
     "task_incremental",
     "tensors_benchmark",

@@ -148,6 +148,8 @@ class ReproduceConfig:
         quick_target: the ``--quick`` run's target.
         has_root: the benchmark takes a ``root`` (the data root is passed to it).
         has_seed: the benchmark takes a ``seed`` (set to each run's seed).
+        root_option: the ``fit`` option that sets the root: the benchmark's own, or that of the
+            benchmark it wraps (``benchmark.init_args.benchmark``, as ``SubsampledBenchmark``).
     """
 
     name: str
@@ -159,6 +161,7 @@ class ReproduceConfig:
     quick_target: Target | None = None
     has_root: bool = False
     has_seed: bool = False
+    root_option: str = "--benchmark.init_args.root"
 
     @classmethod
     def from_file(cls, path: str | Path) -> ReproduceConfig:
@@ -213,6 +216,11 @@ class ReproduceConfig:
         if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
             raise ValueError(f"{path}: '{REPRODUCE_KEY}.data' must be a list of paths, got {data!r}")
         bench_args = (config.get("benchmark") or {}).get("init_args") or {}
+        root_option = "--benchmark.init_args.root"
+        inner = bench_args.get("benchmark")
+        inner_args = (inner.get("init_args") or {}) if isinstance(inner, dict) else {}
+        if "root" not in bench_args and "root" in inner_args:
+            root_option = "--benchmark.init_args.benchmark.init_args.root"
         return cls(
             name=path.stem,
             path=path,
@@ -221,8 +229,9 @@ class ReproduceConfig:
             seeds=tuple(int(s) for s in seeds),
             quick_args=quick_args,
             quick_target=quick_target,
-            has_root="root" in bench_args,
+            has_root="root" in bench_args or "root" in inner_args,
             has_seed="seed" in bench_args,
+            root_option=root_option,
         )
 
     def missing_data(self, data_root: str | Path) -> list[str]:
@@ -357,7 +366,7 @@ def run_once(
     if config.has_seed:
         args += ["--benchmark.init_args.seed", str(seed)]
     if config.has_root:
-        args += ["--benchmark.init_args.root", str(data_root)]
+        args += [config.root_option, str(data_root)]
     if quick and config.quick_args:
         args += list(config.quick_args)
     args += ["--trainer.default_root_dir", str(run_dir), *extra_args]

@@ -134,3 +134,49 @@ def test_mir_beats_naive_on_an_online_split_digits_stream() -> None:
     mir = _train_online([MIR(mem_size=200, subsample=50, mem_batch_size=10)])
     assert mir.average_accuracy > naive.average_accuracy + 0.3
     assert mir.forgetting < naive.forgetting - 0.3
+
+
+def _choices_in_second_experience(candidates: str) -> list[tuple[list[int], list[int], list[int]]]:
+    """Per step of experience 1: the batch's classes, the retrieved samples' classes and indices."""
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5, seed=1, loader=LoaderSettings(batch_size=8))
+    module = ContinualModule(MLP(num_classes=10, input_size=64, hidden_size=32, drop_rate=0.0))
+    # Every candidate is retrieved (mem_batch_size == subsample == mem_size): what MIR may draw shows.
+    mir = MIR(mem_size=40, subsample=40, mem_batch_size=40, seed=0, candidates=candidates)
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[mir]).fit(module, datamodule=bench.train_stream[0])
+    targets = bench.train_stream[1].dataset.base_targets
+    steps: list[tuple[list[int], list[int], list[int]]] = []
+
+    class _Record(L.Callback):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            mir.last_choice = None
+            steps.append((batch[1].unique().tolist(), [], []))
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            if mir.last_choice is not None:
+                chosen = mir.last_choice.tolist()
+                steps[-1] = (steps[-1][0], targets[mir.last_choice].unique().tolist(), chosen)
+
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[mir, _Record()]).fit(
+        module, datamodule=bench.train_stream[1]
+    )
+    return steps
+
+
+def test_mir_candidates_exclude_the_current_experience_or_the_batch_classes() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    first, second = (set(e.classes_in_this_experience) for e in bench.train_stream[:2])
+    # "earlier" (the default): the memory as experience 1 began, experience 0's samples alone.
+    earlier = _choices_in_second_experience("earlier")
+    assert all(set(classes) <= first and len(chosen) == 40 for _, classes, chosen in earlier)
+    assert len({tuple(sorted(chosen)) for _, _, chosen in earlier}) == 1  # the memory stays as it began
+    # "all": the live reservoir, so experience 1's own samples come back once they enter it.
+    live = _choices_in_second_experience("all")
+    assert any(set(classes) & second for _, classes, _ in live)
+    # "other_classes" (Avalanche's): never a class of the step's batch.
+    other = _choices_in_second_experience("other_classes")
+    assert all(not set(classes) & set(batch) for batch, classes, _ in other)
+    assert any(len(chosen) < 40 for _, _, chosen in other)  # experience 1's entered, then were left out
+    allowed = r"\('earlier', 'all', 'other_classes'\)"
+    with pytest.raises(ValueError, match=rf"candidates must be one of {allowed}, got 'x'"):
+        MIR(candidates="x")

@@ -247,7 +247,30 @@ def test_every_mnist_target_of_the_issue_has_a_config() -> None:
         "permuted_mnist_gem",
         "permuted_mnist_agem",
         "split_mnist_online_replay",
+        "split_mnist_gdumb",
+        "split_mnist_generative_replay",
+        "split_mnist_cope",
+        "split_mnist_mir",
+        "split_mnist_gss",
+        "permuted_mnist_mir",
     } <= names
+
+
+def test_the_root_of_a_wrapped_benchmark_is_set(tmp_path: Path) -> None:
+    config = _digits_config()
+    config["benchmark"] = {
+        "class_path": "lightning_cl.data.SubsampledBenchmark",
+        "init_args": {
+            "samples_per_experience": 100,
+            "seed": 1,
+            "benchmark": {"class_path": "lightning_cl.data.SplitMNIST", "init_args": {"root": "data"}},
+        },
+    }
+    wrapped = rep.ReproduceConfig.from_file(_write(tmp_path, "wrapped", config))
+    assert wrapped.has_root and wrapped.has_seed
+    assert wrapped.root_option == "--benchmark.init_args.benchmark.init_args.root"
+    plain = rep.ReproduceConfig.from_file(SHIPPED[0])
+    assert plain.root_option == "--benchmark.init_args.root"
 
 
 @pytest.mark.slow
