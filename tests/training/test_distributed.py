@@ -87,7 +87,10 @@ def test_mas_importance_under_ddp_is_the_whole_experiences(runs: dict[str, Any])
 # AR1 with SI on a batch-norm CNN: batch renormalisation normalises by each rank's batch of 16
 # (one process: 32) while its schedule is still batch normalisation's, on top of CWR*'s swings
 # (average 0.74 under DDP against 0.62; a cell moves by up to 0.73); its ranks hold the same state.
-_NOT_COMPARED = ("mas", "gdumb", "cwr", "generative_replay", "lamaml", "ar1_si")
+# L2P prompts a small randomly initialised frozen ViT whose features barely separate the digits:
+# each experience lands near chance or on one class, and the sample order decides which (average
+# 0.10 under DDP against 0.17, a cell moves by up to 0.51); its ranks hold the same state.
+_NOT_COMPARED = ("mas", "gdumb", "cwr", "generative_replay", "lamaml", "ar1_si", "l2p")
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m not in _NOT_COMPARED])
