@@ -20,6 +20,29 @@ from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch
 __all__ = ["GDumb", "greedy_class_balanced"]
 
 
+def _adds_training_data(callback: Any) -> bool:
+    return (
+        isinstance(callback, TrainDataSource)
+        and type(callback).train_dataloaders is not TrainDataSource.train_dataloaders
+    )
+
+
+def _rehearses(callback: Any) -> bool:
+    # Methods that train on a memory of their own besides the batch: through a loss term (MIR,
+    # GSS, DER, BiC, ...) or inside their own inner loop (MER, La-MAML). GEM's and A-GEM's
+    # memories only constrain the gradient and are not refused.
+    from lightning_cl.methods.buffers import ReplayBuffer
+    from lightning_cl.methods.episodic import EpisodicMemoryMethod
+    from lightning_cl.methods.gss import GSSGreedy
+    from lightning_cl.models.optimisation_step import OptimisationStep
+
+    if isinstance(callback, EpisodicMemoryMethod):
+        return False
+    return isinstance(callback, GSSGreedy | OptimisationStep) or isinstance(
+        getattr(callback, "buffer", None), ReplayBuffer
+    )
+
+
 def greedy_class_balanced(
     memory: dict[int, list[int]], targets: Tensor, mem_size: int, order: Tensor, generator: torch.Generator
 ) -> dict[int, list[int]]:
@@ -92,7 +115,8 @@ class GDumb(ContinualCallback):
       unseen classes is left out: a growing head (``MLP(head="incremental")``) has no outputs for
       them; a fixed ``"linear"`` head, as in the SplitDigits config, can predict them.
     - Training data other than the memory makes no sense: a callback adding loaders (``Replay``)
-      or replacing the training data next to GDumb is refused at set-up.
+      or replacing the training data, or a method rehearsing a memory of its own (MIR, GSS-greedy,
+      DER, MER, La-MAML, ...), next to GDumb is refused at set-up.
 
     Args:
         mem_size: memory size in samples (>= 1).
@@ -142,9 +166,7 @@ class GDumb(ContinualCallback):
             others = [
                 type(c).__name__
                 for c in trainer.callbacks  # type: ignore[attr-defined]
-                if c is not self
-                and isinstance(c, TrainDataSource)
-                and type(c).train_dataloaders is not TrainDataSource.train_dataloaders
+                if c is not self and (_adds_training_data(c) or _rehearses(c))
             ]
             if others:
                 raise MisconfigurationException(
@@ -215,6 +237,12 @@ class GDumb(ContinualCallback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        held = len(state_dict["indices"])
+        if held > self.mem_size:
+            raise ValueError(
+                f"GDumb state holds {held} samples, more than this GDumb's mem_size={self.mem_size}: "
+                f"load it into GDumb(mem_size >= {held})"
+            )
         self.indices = state_dict["indices"].long()
         self.targets = state_dict["targets"].long()
         self.task_labels = state_dict["task_labels"].long()

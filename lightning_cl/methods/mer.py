@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 
 def _check_rate(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not (value >= 0 if allow_zero else value > 0):
         raise ValueError(f"{name} must be a number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return float(value)

@@ -84,10 +84,12 @@ class OptimisationStep:
         ...         x, y, t = batch
         ...         logits = module(x, t)
         ...         loss = torch.nn.functional.cross_entropy(logits, y)
+        ...         # the other callbacks' penalties (EWC, SI, ...): an owner that skips this drops them
+        ...         loss, penalties = module.add_penalties(loss, batch, logits)
         ...         optimizer.zero_grad()
         ...         module.manual_backward(loss)
         ...         optimizer.step()
-        ...         return StepResult(loss.detach(), logits.detach())
+        ...         return StepResult(loss.detach(), logits.detach(), penalties)
         >>> type(optimisation_step_owner([object(), PlainSGD()])).__name__
         'PlainSGD'
     """

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import ContinualCallback, GDumb, Replay, greedy_class_balanced
+from lightning_cl.methods import MER, MIR, ContinualCallback, GDumb, GSSGreedy, Replay, greedy_class_balanced
 from lightning_cl.training import fit_stream
 from tests.conftest import digits_module, quiet_trainer_kwargs, stream_trainer_kwargs
 
@@ -186,3 +186,40 @@ def test_optimizer_policy_keep_is_refused_naming_gdumb() -> None:
     message = r"^GDumb re-initialises the model .*optimizer_policy='keep'"
     with pytest.raises(MisconfigurationException, match=message):
         trainer.fit(module, datamodule=SplitDigits(n_experiences=5, seed=1).train_stream[0])
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        lambda: MIR(mem_size=20, subsample=10, mem_batch_size=5),
+        lambda: GSSGreedy(mem_size=20, n_reference=2, mem_batch_size=5),
+        lambda: MER(mem_size=20, mem_batch_size=4, n_batches=1),
+    ],
+    ids=["MIR", "GSSGreedy", "MER"],
+)
+def test_methods_rehearsing_their_own_memory_are_refused(other: Any) -> None:
+    gdumb, module, method = GDumb(mem_size=20), digits_module(), other()
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[gdumb, method])
+    with pytest.raises(
+        MisconfigurationException, match=rf"GDumb trains on its memory alone.*{type(method).__name__}"
+    ):
+        trainer.fit(module, datamodule=SplitDigits(n_experiences=5, seed=1).train_stream[0])
+    assert len(gdumb) == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_a_state_larger_than_the_memory_is_refused_and_nothing_changes() -> None:
+    big = GDumb(mem_size=4)
+    big.load_state_dict(
+        {
+            **GDumb(mem_size=4).state_dict(),
+            "indices": torch.arange(4),
+            "targets": torch.tensor([0, 0, 1, 1]),
+            "task_labels": torch.zeros(4, dtype=torch.long),
+        }
+    )
+    small = GDumb(mem_size=2)
+    with pytest.raises(ValueError, match=r"holds 4 samples, more than this GDumb's mem_size=2"):
+        small.load_state_dict(big.state_dict())
+    assert len(small) == 0
