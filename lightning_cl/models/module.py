@@ -72,6 +72,10 @@ class NonFiniteLossError(FloatingPointError):
 _PENDING_SAMPLES = 1 << 16  # training samples whose predictions wait for one metric update, at most
 
 
+# Set on a Trainer whose fit found an OptimisationStep owner (read by `automatic_optimization`).
+_OWNED_BY_A_STEP = "_lightning_cl_step_owned"
+
+
 def check_new_trainer(trainer: L.Trainer) -> None:
     """Refuse a ``Trainer`` that has already run a fit: one ``Trainer`` per experience.
 
@@ -247,6 +251,22 @@ class ContinualModule(L.LightningModule):
         self._optimisation_owner: OptimisationStep | None = None
 
     # ------------------------------------------------------------------ forward and loss
+    @property
+    def automatic_optimization(self) -> bool:
+        """``False`` while the trainer whose fit found an :class:`OptimisationStep` owner holds the module.
+
+        Lightning checks its automatic-optimisation settings (gradient clipping, accumulation)
+        before ``setup``, when a new trainer already holds the module: that fit is automatic until
+        its own set-up finds an owner, whatever the previous experience's fit had.
+        """
+        if getattr(self._trainer, _OWNED_BY_A_STEP, False):
+            return False
+        return self._automatic_optimization
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, automatic_optimization: bool) -> None:
+        self._automatic_optimization = automatic_optimization
+
     def forward(self, x: Tensor, task_labels: Tensor | None = None) -> Tensor:
         if self._takes_task_labels:
             return self.model(x, task_labels)
@@ -470,7 +490,8 @@ class ContinualModule(L.LightningModule):
         self._optimisation_owner = optimisation_step_owner(callbacks)
         self._check_optimisation_owner()
         # Lightning reads it per batch and when it builds the optimizers, both after `setup`.
-        self.automatic_optimization = self._optimisation_owner is None
+        # Marked on the trainer (not kept here): the next experience's trainer starts unmarked.
+        setattr(self.trainer, _OWNED_BY_A_STEP, self._optimisation_owner is not None)
         self._eval_classifier = eval_classifier_of(callbacks)
         self._warned_nonfinite = False
         strategy = self.trainer.strategy

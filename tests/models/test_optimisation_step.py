@@ -93,6 +93,9 @@ def test_the_owners_steps_count_once_each_and_its_loss_is_logged(via_optimizer: 
     # The next experience without an owner is optimised by Lightning again.
     _, second = _fit([], module=module, experience=1)
     assert module.automatic_optimization and second.global_step == second.num_training_batches
+    # ... with the settings only automatic optimisation has (checked by Lightning before `setup`).
+    _, third = _fit([], module=module, experience=2, gradient_clip_val=1.0)
+    assert third.global_step == third.num_training_batches
 
 
 def test_the_same_sgd_owned_or_automatic_gives_the_same_weights() -> None:
