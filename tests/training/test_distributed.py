@@ -90,7 +90,11 @@ def test_mas_importance_under_ddp_is_the_whole_experiences(runs: dict[str, Any])
 # L2P prompts a small randomly initialised frozen ViT whose features barely separate the digits:
 # each experience lands near chance or on one class, and the sample order decides which (average
 # 0.10 under DDP against 0.17, a cell moves by up to 0.51); its ranks hold the same state.
-_NOT_COMPARED = ("mas", "gdumb", "cwr", "generative_replay", "lamaml", "ar1_si", "l2p")
+# MIR scores its candidates by a virtual step on each rank's half of the batch, and RAR attacks
+# each memory row towards the nearest sample of the rank's half: both choose other samples than
+# one process does from the whole batch (measured: a cell moves by up to 0.21 for MIR, 0.09 for
+# RAR); their ranks hold the same state.
+_NOT_COMPARED = ("mas", "gdumb", "cwr", "generative_replay", "lamaml", "ar1_si", "l2p", "mir", "rar")
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m not in _NOT_COMPARED])
