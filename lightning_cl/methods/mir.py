@@ -24,6 +24,7 @@ from lightning_cl.methods.base import (
 )
 from lightning_cl.methods.buffers import ReplayBuffer, check_memory_size
 from lightning_cl.methods.distributed import all_reduce_tensors
+from lightning_cl.methods.rar import virtual_parameters
 from lightning_cl.methods.replay import step_samples
 
 __all__ = ["MIR", "MIR_CANDIDATES", "interference_scores"]
@@ -75,24 +76,10 @@ def interference_scores(
         >>> interference_scores(Net(), (x, y, y * 0), (x, y, y * 0), lr=0.1).shape
         torch.Size([4])
     """
-    names = [n for n, p in module.named_parameters() if p.requires_grad]
-    params = [p for _, p in module.named_parameters() if p.requires_grad]
+    virtual = virtual_parameters(module, batch, lr, reduce)
     was_training = module.training
     module.eval()
     try:
-        x, y, t = batch
-        with torch.enable_grad():
-            loss = F.cross_entropy(module(x, t).float(), y)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        flat = torch.cat(
-            [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]
-        )
-        if reduce is not None:
-            flat = reduce(flat)
-        virtual, offset = {}, 0
-        for name, p in zip(names, params):
-            virtual[name] = (p - lr * flat[offset : offset + p.numel()].view_as(p).to(p.dtype)).detach()
-            offset += p.numel()
         cx, cy, ct = candidates
         with torch.no_grad():
             before = F.cross_entropy(module(cx, ct).float(), cy, reduction="none")
