@@ -19,7 +19,11 @@ from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.replay import Replay
 from lightning_cl.models.loss_term import batch_parts
 
-__all__ = ["RAR", "feature_attack", "mixup_batch", "nearest_other_class", "virtual_parameters"]
+__all__ = ["RAR", "RAR_ATTACKS", "feature_attack", "mixup_batch", "nearest_other_class", "virtual_parameters"]
+
+RAR_ATTACKS = ("features", "avalanche")
+"""RAR's attacks: MI-FGSM matching the features of the nearest current sample of another class (the
+authors' code, default), or Avalanche ``RARPlugin``'s signed-gradient step on a cross-entropy label."""
 
 
 def virtual_parameters(
@@ -164,6 +168,51 @@ def feature_attack(
     return adv.detach()
 
 
+def _farthest_other_class_label(
+    memory_features: Tensor, memory_targets: Tensor, candidate_features: Tensor, candidate_targets: Tensor
+) -> Tensor:
+    # Avalanche's target loop walks the candidates by increasing distance and overwrites the label
+    # at every candidate of another class (no break): the label of the farthest one wins; class 0
+    # where every candidate has the memory sample's class (its initial value).
+    distance = torch.cdist(memory_features.float(), candidate_features.float())
+    same = memory_targets[:, None] == candidate_targets[None, :]
+    farthest = distance.masked_fill(same, -float("inf")).argmax(1)
+    labels = candidate_targets[farthest]
+    return torch.where((~same).any(1), labels, torch.zeros_like(labels))
+
+
+def _label_attack(
+    logits: Callable[[Tensor], Tensor],
+    x: Tensor,
+    labels: Tensor,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    momentum: float,
+    clamp: tuple[float, float] | None,
+) -> Tensor:
+    # Avalanche's `mifgsm_attack`: one gradient of CE(logits(x), labels) at the clean samples,
+    # normalised by its L1 norm over the whole batch, accumulated with momentum; `steps - 1` ascent
+    # steps `x + step_size * sign(g)`, clamped to the range after each (here also clipped to the ball).
+    nat = x.detach()
+    if steps < 2:
+        return nat.clone()
+    adv = nat.clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(logits(adv).float(), labels)
+        (grad,) = torch.autograd.grad(loss, adv)
+    grad = grad.detach()
+    g = torch.zeros_like(grad)
+    out = nat.clone()
+    for _ in range(steps - 1):
+        g = momentum * g + grad / grad.abs().sum().clamp_min(1e-12)
+        out = out + step_size * g.sign()
+        out = torch.max(torch.min(out, nat + epsilon), nat - epsilon)
+        if clamp is not None:
+            out = out.clamp(clamp[0], clamp[1])
+    return out.detach()
+
+
 def mixup_batch(x: Tensor, y: Tensor, n_classes: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     r"""MixUp of a batch with a shuffled copy of itself (Zhang et al., 2018), with soft labels.
 
@@ -227,9 +276,9 @@ class RAR(ContinualCallback):
     Choices, stated (the paper and its authors' reference code; Avalanche's ``RARPlugin``):
 
     - The attack matches features (the penultimate layer, ``feature_layer="features"``) of the
-      nearest current sample under the look-ahead model, as the authors' code does. Avalanche
-      instead takes an FGSM step on the cross-entropy towards the nearest sample's *label*, on
-      its gradient at the clean sample only; that is not offered.
+      nearest current sample under the look-ahead model, as the authors' code does
+      (``attack="features"``). ``attack="avalanche"`` is Avalanche's ``RARPlugin`` instead (see
+      below).
     - ``epsilon = step_size = 8/255``, ``steps=2``, :math:`\mu = 1` (the authors' CIFAR
       settings and Avalanche's defaults); on Split-MNIST the authors use ``epsilon=0.3``,
       ``step_size=0.075``, ``steps=5``, :math:`\beta = 0.3` (the SplitDigits config does).
@@ -250,6 +299,30 @@ class RAR(ContinualCallback):
     - Not with :class:`MIR` here: MIR draws its memory rows inside its own loss term, where RAR
       cannot see them (the paper's MIR-RAR is not offered).
 
+    ``attack="avalanche"``, Avalanche's ``RARPlugin`` (``before_backward``), differs in steps 1-3;
+    step 4 (:math:`\beta` on the perturbed rows' cross-entropy, added to a loss that already
+    holds the clean memory rows') is the same:
+
+    - *Look-ahead and candidates*: the virtual step is taken on the whole training batch (its
+      current and memory rows, as Avalanche's ``mb_x`` holds both), and every row of that batch
+      is a candidate target.
+    - *Target*: a **label**, not features: Avalanche's loop over the candidates sorted by feature
+      distance overwrites the target at each one of another class without stopping, so the label
+      of the *farthest* candidate of another class is taken (class 0 when there is none).
+    - *Step rule*: one gradient of :math:`\mathrm{CE}(f_{\theta'}(x_b), \text{target})` at the
+      clean sample, normalised by its :math:`L_1` norm over the whole batch and accumulated with
+      momentum; the sample moves *up* that loss, :math:`x' \leftarrow x' + \alpha\,
+      \mathrm{sign}(g)`, clamped to ``clamp`` after each step (Avalanche always clamps to
+      ``(0, 1)``: pass ``clamp=(0.0, 1.0)``).
+    - *Steps and ball*: ``steps - 1`` steps (Avalanche's loop runs ``iter_fgsm - 1`` times, so
+      ``steps=1`` perturbs nothing) of :math:`\alpha` = ``step_size``, by default
+      :math:`\epsilon` / ``steps``; the result is clipped to the :math:`\epsilon` ball (Avalanche
+      stops after the step that leaves it, which its default step size never reaches).
+    - Not reproduced: Avalanche attacks a second memory batch drawn from its own loader; here the
+      step's memory rows are attacked. Avalanche's look-ahead runs in training mode, here in
+      eval mode. Its defaults: ``RAR(attack="avalanche", beta=0.4, epsilon=0.0314, steps=2,
+      lr=0.1, clamp=(0.0, 1.0))``.
+
     With ``adversarial=False`` and ``mixup=False`` RAR adds nothing and costs nothing (no
     look-ahead, no forward pass); ``adversarial=False, mixup=True`` is the paper's "ER-mix".
 
@@ -265,11 +338,14 @@ class RAR(ContinualCallback):
         adversarial: perturb the memory samples (``False``: no attack).
         clamp: the inputs' range, or ``None``.
         seed: seed of the mixup draws (``None``: torch's initial seed on rank 0).
+        attack: ``"features"`` (the authors' feature-matching MI-FGSM) or ``"avalanche"``
+            (Avalanche's label-gradient step); see :data:`RAR_ATTACKS`.
 
     Raises:
         ValueError: for a negative ``beta``, ``epsilon`` or ``momentum``, a non-positive
             ``step_size`` or ``lr``, ``steps < 1``, a ``clamp`` that is not ``(low, high)`` with
-            ``low < high``, or a non-bool ``mixup`` / ``adversarial``; at set-up, a
+            ``low < high``, a non-bool ``mixup`` / ``adversarial``, or an ``attack`` not in
+            :data:`RAR_ATTACKS`; at set-up, a
             ``feature_layer`` the model does not have.
         MisconfigurationException: at set-up, when no replay method (``Replay``, ``ERACE``,
             ``ERAML``) is among the trainer's callbacks.
@@ -278,6 +354,8 @@ class RAR(ContinualCallback):
         >>> rar = RAR(beta=0.3, epsilon=0.3, step_size=0.075, steps=5)
         >>> rar.epsilon, rar.steps, rar.mixup
         (0.3, 5, False)
+        >>> RAR(attack="avalanche", epsilon=0.0314, steps=2).step_size  # Avalanche's epsilon / steps
+        0.0157
     """
 
     def __init__(
@@ -293,6 +371,7 @@ class RAR(ContinualCallback):
         adversarial: bool = True,
         clamp: tuple[float, float] | None = None,
         seed: int | None = None,
+        attack: str = "features",
     ):
         for name, value in (("beta", beta), ("epsilon", epsilon), ("momentum", momentum)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
@@ -316,9 +395,14 @@ class RAR(ContinualCallback):
             clamp = (float(clamp[0]), float(clamp[1]))
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
+        if attack not in RAR_ATTACKS:
+            raise ValueError(f"attack must be one of {RAR_ATTACKS}, got {attack!r}")
+        self.attack = attack
         self.beta = float(beta)
         self.epsilon = float(epsilon)
-        self.step_size = float(step_size) if step_size is not None else self.epsilon
+        if step_size is None:
+            step_size = self.epsilon / steps if attack == "avalanche" else self.epsilon
+        self.step_size = float(step_size)
         self.steps = steps
         self.momentum = float(momentum)
         self.feature_layer = feature_layer
@@ -332,9 +416,12 @@ class RAR(ContinualCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
+        settings: dict[str, Any] = dict(
             beta=self.beta, epsilon=self.epsilon, steps=self.steps, mixup=self.mixup
         )
+        if self.attack != "features":  # the authors' attack keeps the key its checkpoints were written with
+            settings["attack"] = self.attack
+        return self._generate_state_key(**settings)
 
     @property
     def active(self) -> bool:
@@ -379,7 +466,8 @@ class RAR(ContinualCallback):
 
         Args:
             module: the model, called as ``module(x, t)``, with the layer ``feature_layer``.
-            current: the current rows ``(x, y, t)``.
+            current: the current rows ``(x, y, t)``: the look-ahead's batch and the candidate
+                targets (with ``attack="avalanche"`` RAR passes the whole training batch).
             memory: the memory rows ``(x, y, t)`` (``y``: classes, for the choice of targets).
             lr: the look-ahead's learning rate (default: ``self.lr``, else the optimizer's).
 
@@ -410,6 +498,18 @@ class RAR(ContinualCallback):
 
             with torch.no_grad():
                 fm, fc = features(mx, mt), features(cx, ct)
+            if self.attack == "avalanche":
+                labels = _farthest_other_class_label(fm, my, fc, cy)
+                return _label_attack(
+                    lambda x: functional_call(module, virtual, (x, mt)),
+                    mx,
+                    labels,
+                    self.epsilon,
+                    self.step_size,
+                    self.steps,
+                    self.momentum,
+                    self.clamp,
+                ).to(mx.dtype)
             target = nearest_other_class(fm, my, fc, cy)
             adv = mx.detach().clone()
             has = (target >= 0).nonzero().flatten()
@@ -445,7 +545,8 @@ class RAR(ContinualCallback):
             soft = soft.to(logits.device)
         if self.adversarial:
             labels = my if soft is None else soft.argmax(1)
-            mx = self.perturb(module, (x[current], y[current], t[current]), (mx, labels, mt))
+            lookahead = (x, y, t) if self.attack == "avalanche" else (x[current], y[current], t[current])
+            mx = self.perturb(module, lookahead, (mx, labels, mt))
         out = module(mx, mt).float()
         if soft is None:
             loss = F.cross_entropy(out, my)

@@ -122,6 +122,48 @@ def test_the_lookahead_is_one_sgd_step_on_the_current_rows() -> None:
         assert p.grad is None  # the model's gradients are left alone
 
 
+class _IdentityFeatures(torch.nn.Module):
+    """2-d inputs are the features; three classes scored by fixed rows (1, 0), (0, 1), (1, -1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Identity()
+        self.head = torch.nn.Linear(2, 3, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_the_authors_attack_and_avalanches_move_a_sample_apart_on_a_hand_built_case() -> None:
+    module = ContinualModule(_IdentityFeatures())
+    memory = (torch.zeros(1, 2), torch.tensor([0]), torch.zeros(1, dtype=torch.long))
+    # Current rows: one of the memory sample's own class (nearest overall), the nearest of
+    # another class (class 1 at (1, 1)), the farthest of another class (class 2 at (-3, 0)).
+    current = (
+        torch.tensor([[0.5, 0.0], [1.0, 1.0], [-3.0, 0.0]]),
+        torch.tensor([0, 1, 2]),
+        torch.zeros(3, dtype=torch.long),
+    )
+    ours = RAR(epsilon=0.1, step_size=0.1, steps=2).perturb(module, current, memory, lr=1e-6)
+    # The features (the input itself) approach the nearest other-class row (1, 1): sign steps (+, +).
+    assert ours.tolist() == [[pytest.approx(0.1), pytest.approx(0.1)]]
+    theirs = RAR(epsilon=0.1, steps=2, attack="avalanche").perturb(module, current, memory, lr=1e-6)
+    # Avalanche: the label of the farthest other-class row (2), the input moved up CE(f(x), 2):
+    # at x = 0 the scores are equal, grad = mean(W) - W_2 = (2/3, 0) - (1, -1) = (-1/3, 1); one
+    # step (steps - 1) of epsilon / steps = 0.05 along its sign. (The nearest's label, 1, would
+    # give grad (2/3, -1), the opposite move.)
+    assert theirs.tolist() == [[pytest.approx(-0.05), pytest.approx(0.05)]]
+    one_step = RAR(epsilon=0.1, steps=1, attack="avalanche").perturb(module, current, memory, lr=1e-6)
+    assert torch.equal(one_step, memory[0])  # Avalanche's loop runs steps - 1 times
+    # No row of another class: Avalanche's target stays class 0, the sample's own here.
+    alone = (current[0][:1], current[1][:1], current[2][:1])
+    own = RAR(epsilon=0.1, steps=2, attack="avalanche").perturb(module, alone, memory, lr=1e-6)
+    # grad of CE(f(x), 0) at 0 = (2/3, 0) - (1, 0) = (-1/3, 0): sign (-, 0).
+    assert own.tolist() == [[pytest.approx(-0.05), pytest.approx(0.0)]]
+
+
 def _counting_run(callbacks: list[Any]) -> tuple[int, dict[str, torch.Tensor]]:
     L.seed_everything(0)
     bench = SplitDigits(n_experiences=5, seed=1)
@@ -143,6 +185,12 @@ def test_with_the_attack_off_rar_costs_nothing_and_changes_nothing() -> None:
     # Experience 1's 6 steps each run the look-ahead (1), the features (2), 2 attack steps, the replay (1).
     assert on_calls == plain_calls + 6 * 6
     assert not all(torch.equal(plain[k], on[k]) for k in plain)
+    avalanche_calls, avalanche = _counting_run(
+        [Replay(mem_size=40, seed=0), RAR(steps=2, attack="avalanche")]
+    )
+    # Avalanche's attack: the look-ahead (1), the features (2), one gradient (1), the replay (1).
+    assert avalanche_calls == plain_calls + 6 * 5
+    assert not all(torch.equal(on[k], avalanche[k]) for k in plain)
 
 
 def test_rar_needs_a_replay_method_in_the_callbacks() -> None:
@@ -181,6 +229,8 @@ def test_bad_arguments_are_refused() -> None:
         RAR(clamp=(1.0, 0.0))
     with pytest.raises(ValueError, match="mixup must be True or False"):
         RAR(mixup="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"attack must be one of \('features', 'avalanche'\), got 'fgsm'"):
+        RAR(attack="fgsm")
 
 
 _SPLIT_MNIST = dict(beta=0.3, epsilon=0.3, step_size=0.075, steps=5, clamp=(0.0, 1.0))
