@@ -58,7 +58,12 @@ class ContinualCallback(L.Callback, TrainDataSource, LossTerm):
     - ``state_dict`` / ``load_state_dict``: the method's whole state, in tensors and Python
       values, so it round-trips through a Lightning checkpoint (``torch.load(weights_only=True)``).
       Give the class a :attr:`state_key` when two instances with other settings may share a
-      trainer.
+      trainer. Two callbacks of a trainer with one ``state_key`` (two ``RAR()``, or one instance
+      listed twice) are refused at set-up with a ``ValueError``: a checkpoint holds one state per
+      key, so one would silently take the other's. (A ``Trainer(callbacks=[...])`` built with
+      both already fails in Lightning's own check; set-up also catches callbacks added later or
+      from ``configure_callbacks``.) A method meant to be stacked puts what tells its instances
+      apart into its ``state_key``.
 
     Any Lightning hook (``on_before_optimizer_step`` for gradient surgery, ...) works as in any
     callback. Subclasses that override ``setup``, ``on_fit_start``, ``on_train_start``,
@@ -105,6 +110,7 @@ class ContinualCallback(L.Callback, TrainDataSource, LossTerm):
         """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        _check_unique_state_key(self, trainer)
         if stage != "fit":
             return
         if not isinstance(pl_module, ContinualModule):
@@ -176,6 +182,22 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     so a resumed run draws what the uninterrupted one drew.
     """
     return torch.Generator().manual_seed(seed + STEP_SEED_STRIDE * (int(step) + 1))
+
+
+def _check_unique_state_key(callback: ContinualCallback, trainer: L.Trainer) -> None:
+    key = callback.state_key
+    same = [c for c in trainer.callbacks if c.state_key == key]  # type: ignore[attr-defined]
+    if len(same) > 1:
+        name = type(callback).__name__
+        if all(c is callback for c in same):
+            what = f"{name} is listed {len(same)} times in the trainer's callbacks"
+        else:
+            what = f"{len(same)} callbacks of the trainer share the state_key {key!r} of {name}"
+        raise ValueError(
+            f"{what}: a checkpoint holds one state per key, so one would take the other's. Pass one {name} "
+            "per trainer (instances with other settings get other keys), or, for a method meant to be "
+            "stacked, put what tells its instances apart into its state_key"
+        )
 
 
 def _experience_of(trainer: L.Trainer) -> Experience:

@@ -107,3 +107,41 @@ def test_seed_generators_differ_by_experience_and_step_and_repeat() -> None:
     assert (
         torch.randint(0, 2**31 - 1, (4,), generator=experience_generator(7, 3)).tolist() == draws[("exp", 3)]
     )
+
+
+class _Keyed(_Recorder):
+    def __init__(self, key: int) -> None:
+        super().__init__()
+        self.key = key
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(key=self.key)
+
+
+def test_two_callbacks_with_one_state_key_are_refused_at_set_up() -> None:
+    experience = SplitDigits(n_experiences=5, seed=1).train_stream[0]
+    # Built with both, the Trainer itself refuses (Lightning's check of stateful callbacks).
+    with pytest.raises(RuntimeError, match="more than one stateful callback of type `_Recorder`"):
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[_Recorder(), _Recorder()])
+    # Added after the Trainer was built, set-up refuses before any hook of the method ran.
+    first, second = _Recorder(), _Recorder()
+    trainer = L.Trainer(**quiet_trainer_kwargs(limit_train_batches=1), callbacks=[first])
+    trainer.callbacks.append(second)
+    with pytest.raises(
+        ValueError, match=r"2 callbacks of the trainer share the state_key '_Recorder' of _Recorder"
+    ):
+        trainer.fit(digits_module(), datamodule=experience)
+    assert first.calls == [] and second.calls == []
+    trainer = L.Trainer(**quiet_trainer_kwargs(limit_train_batches=1), callbacks=[first])
+    trainer.callbacks.append(first)
+    with pytest.raises(
+        ValueError, match=r"_Recorder is listed 2 times in the trainer's callbacks: .* Pass one _Recorder"
+    ):
+        trainer.fit(digits_module(), datamodule=experience)
+    # Instances that tell themselves apart in their state_key combine.
+    a, b = _Keyed(1), _Keyed(2)
+    L.Trainer(**quiet_trainer_kwargs(limit_train_batches=1), callbacks=[a, b]).fit(
+        digits_module(), datamodule=experience
+    )
+    assert a.calls == b.calls == [("start", 0), ("end", 0)]
