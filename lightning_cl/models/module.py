@@ -37,7 +37,11 @@ from lightning_cl.evaluation.stream_metrics import (
 from lightning_cl.models.eval_classifier import EvalClassifier, eval_classifier_of
 from lightning_cl.models.heads import DynamicModule
 from lightning_cl.models.loss_term import LossTerm, batch_parts, task_loss_owner
-from lightning_cl.models.optimisation_step import OptimisationStep, optimisation_step_owner
+from lightning_cl.models.optimisation_step import (
+    OptimisationStep,
+    check_step_result,
+    optimisation_step_owner,
+)
 
 __all__ = [
     "ON_NONFINITE",
@@ -340,6 +344,7 @@ class ContinualModule(L.LightningModule):
         trainer = self.trainer
         before = trainer.global_step
         result = owner.optimisation_step(self, (x, y, t), batch_parts(batch), self.optimizers())  # type: ignore[arg-type]
+        result = check_step_result(owner, result, len(y))
         steps = trainer.global_step - before
         if steps == 0:
             # The owner wrote the weights itself: the step is counted here, as Lightning counts
@@ -469,6 +474,19 @@ class ContinualModule(L.LightningModule):
         self.log("step", float(self.global_step_all), on_step=False, on_epoch=True, reduce_fx="max")
 
     # ------------------------------------------------------------------ experience set-up
+    def configure_callbacks(self) -> list[L.Callback]:
+        # Lightning asks for these before any callback hook runs: an owner of the optimisation
+        # step that is no Lightning callback is refused here, before its missing hooks fail.
+        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]
+        try:
+            optimisation_step_owner(callbacks)
+        except TypeError:
+            # Lightning calls `on_exception` on each callback next: without what is no callback,
+            # so that this error is the one the user sees.
+            callbacks[:] = [c for c in callbacks if isinstance(c, L.Callback)]
+            raise
+        return []
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if stage == "fit":

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
     from lightning_cl.models.module import ContinualModule
 
-__all__ = ["OptimisationStep", "StepResult", "optimisation_step_owner"]
+__all__ = ["OptimisationStep", "StepResult", "check_step_result", "optimisation_step_owner"]
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,15 @@ class OptimisationStep:
       (``optimizer_policy``) and checkpointed as with automatic optimisation; epoch-interval
       learning-rate schedulers are stepped by the module at each epoch's end.
 
+    An owner must also be a Lightning ``Callback`` (in practice a
+    :class:`~lightning_cl.methods.ContinualCallback`): Lightning calls a callback's hooks before
+    the module's set-up, so an owner that is no callback is refused when the fit starts
+    (``TypeError`` naming it), as is a step that returns anything but a :class:`StepResult`.
+
     Example:
         >>> import torch
-        >>> class PlainSGD(OptimisationStep):
+        >>> from lightning.pytorch.callbacks import Callback
+        >>> class PlainSGD(Callback, OptimisationStep):  # a ContinualCallback in practice
         ...     def optimisation_step(self, module, batch, parts, optimizer):
         ...         x, y, t = batch
         ...         logits = module(x, t)
@@ -122,13 +129,27 @@ def optimisation_step_owner(callbacks: Iterable[Any]) -> OptimisationStep | None
     """The one callback among ``callbacks`` that owns the optimisation step, if any.
 
     Raises:
+        TypeError: if an owner is not a Lightning ``Callback`` (Lightning would call hooks it
+            lacks); the message names it.
         MisconfigurationException: if two or more do; the message names them.
 
     Example:
         >>> optimisation_step_owner([object()]) is None
         True
+        >>> optimisation_step_owner([OptimisationStep()])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: OptimisationStep owns the optimisation step but is not a Lightning Callback...
     """
     owners = [c for c in callbacks if isinstance(c, OptimisationStep)]
+    for owner in owners:
+        if not isinstance(owner, Callback):
+            name = type(owner).__name__
+            raise TypeError(
+                f"{name} owns the optimisation step but is not a Lightning Callback (Lightning calls "
+                f"callback hooks such as setup on it): define it as class {name}(ContinualCallback, "
+                "OptimisationStep), ContinualCallback from lightning_cl.methods"
+            )
     if len(owners) > 1:
         names = ", ".join(type(c).__name__ for c in owners)
         raise MisconfigurationException(
@@ -136,3 +157,55 @@ def optimisation_step_owner(callbacks: Iterable[Any]) -> OptimisationStep | None
             "trainer may run its own inner loop: keep one of them"
         )
     return owners[0] if owners else None
+
+
+def check_step_result(owner: object, result: object, n_rows: int) -> StepResult:
+    """``result`` if it is what an owner's :meth:`~OptimisationStep.optimisation_step` must return.
+
+    Args:
+        owner: the callback whose step returned ``result`` (named in the errors).
+        result: what it returned.
+        n_rows: the rows of the batch it was given (the logits must have as many).
+
+    Returns:
+        ``result``, a :class:`StepResult`.
+
+    Raises:
+        TypeError: if ``result`` is not a :class:`StepResult` (``None`` included), or its loss or
+            logits are not tensors.
+        ValueError: if its loss is not a scalar, or its logits do not have ``n_rows`` rows.
+
+    Example:
+        >>> import torch
+        >>> check_step_result(object(), StepResult(torch.tensor(0.5), torch.zeros(3, 2)), 3).logits.shape
+        torch.Size([3, 2])
+        >>> check_step_result(object(), None, 3)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: object.optimisation_step returned None; it must return a StepResult(...
+    """
+    name = type(owner).__name__
+    if not isinstance(result, StepResult):
+        shown = "None" if result is None else f"a {type(result).__name__} ({result!r:.60})"
+        raise TypeError(
+            f"{name}.optimisation_step returned {shown}; it must return a StepResult(loss, logits, "
+            "penalties) from lightning_cl.models, the step's scalar loss and the logits of its batch"
+        )
+    for field_name in ("loss", "logits"):
+        value = getattr(result, field_name)
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"{name}.optimisation_step returned a StepResult whose {field_name} is a "
+                f"{type(value).__name__}; it must be a tensor"
+            )
+    if result.loss.numel() != 1:
+        raise ValueError(
+            f"{name}.optimisation_step returned a loss of shape {tuple(result.loss.shape)}; it must be "
+            "a scalar (one value)"
+        )
+    if result.logits.ndim != 2 or len(result.logits) != n_rows:
+        raise ValueError(
+            f"{name}.optimisation_step returned logits of shape {tuple(result.logits.shape)}; they must "
+            f"be (B, n_outputs) with B = {n_rows}, one row per row of the batch it was given"
+        )
+    return result

@@ -149,3 +149,59 @@ def test_a_scheduler_is_stepped_per_epoch_under_an_owner() -> None:
     module = digits_module(lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
     _, trainer = _fit([_Owner()], module=module, max_epochs=3)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**3)
+
+
+class _Returns(ContinualCallback, OptimisationStep):
+    """An owner whose step returns ``make(logits, loss)`` (something other than a good StepResult)."""
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    def optimisation_step(self, module: Any, batch: Any, parts: Any, optimizer: Any) -> Any:
+        x, y, t = batch
+        logits = module(x, t)
+        return self.make(logits, F.cross_entropy(logits, y))
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (
+            lambda z, loss: None,
+            TypeError,
+            "_Returns.optimisation_step returned None; it must return a StepResult",
+        ),
+        (lambda z, loss: (loss, z), TypeError, "returned a tuple .*; it must return a StepResult"),
+        (lambda z, loss: StepResult(float(loss), z), TypeError, "whose loss is a float; it must be a tensor"),
+        (
+            lambda z, loss: StepResult(loss, z[:1]),
+            ValueError,
+            r"logits of shape \(1, 10\); .* B = \d\d+, one row per row",
+        ),
+        (
+            lambda z, loss: StepResult(z.sum(1), z),
+            ValueError,
+            r"a loss of shape \(\d\d+,\); it must be a scalar",
+        ),
+    ],
+)
+def test_a_step_that_returns_no_step_result_is_refused_naming_the_owner(
+    make: Any, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        _fit([_Returns(make)])
+
+
+class _NotACallback(OptimisationStep):
+    def optimisation_step(self, module: Any, batch: Any, parts: Any, optimizer: Any) -> StepResult:
+        raise AssertionError("never called")
+
+
+def test_an_owner_that_is_no_lightning_callback_is_refused_before_any_hook() -> None:
+    module = digits_module()
+    before = [p.detach().clone() for p in module.parameters()]
+    with pytest.raises(
+        TypeError, match=r"_NotACallback owns the optimisation step but is not a Lightning Callback"
+    ):
+        _fit([_NotACallback()], module=module)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, module.parameters()))
