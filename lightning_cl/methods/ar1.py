@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_cl.data.dataset_view import DatasetView
@@ -22,7 +23,9 @@ from lightning_cl.models.batch_renorm import (
     replace_batch_norm,
 )
 
-__all__ = ["AR1"]
+__all__ = ["AR1", "AR1_FREEZE_MOMENTS"]
+
+AR1_FREEZE_MOMENTS = ("after_first", "always", "never")
 
 
 class AR1(CWRStar):
@@ -58,10 +61,37 @@ class AR1(CWRStar):
       its weights and running moments kept (:func:`~lightning_cl.models.replace_batch_norm`); a
       model without batch normalisation is left as it is. The renormalised layers' parameters and
       buffers are batch normalisation's, so checkpoints load into the unconverted model, which the
-      next set-up converts again. The layers below the latent layer keep their running moments
-      moving: the frozen part of the network still runs in train mode.
+      next set-up converts again.
       Under DDP, which gives every rank rank 0's moments at each forward pass, the moments are
       averaged over the ranks when an experience ends, so that they are the same on every rank.
+    - The frozen layers' running moments (``freeze_moments``): ``"after_first"`` (default) runs
+      the layers up to ``latent_layer`` in eval mode once they are frozen, from the second
+      experience on, so that their weights *and* batch-(re)normalisation moments stay as the first
+      experience left them and the latent activations of a memory sample do not change (the
+      paper's frozen layers, Pellegrini et al., 2020, Sec. 3; the first experience, on a model
+      that is not pretrained, trains them in train mode). ``"always"`` also runs them in eval mode
+      during the first experience: what the authors' code (``vlomonaco/ar1-pytorch``,
+      ``ar1star_lat_replay.py``: ``model.lat_features.eval()`` before every batch) and Avalanche's
+      ``AR1._before_training_exp`` (``model.eval()``, then only the layers above the latent layer
+      in train mode) do, on a pretrained MobileNet whose moments they keep. ``"never"`` leaves
+      them in train mode (their moments follow the current data; this class's earlier behaviour).
+      The layers' modes are given back when the experience ends.
+    - What is frozen: every parameter of the layers up to ``latent_layer``, batch-norm affine
+      parameters included. Avalanche freezes the parameters below ``freeze_below_layer`` except
+      those of batch-(re)normalisation layers (``freeze_up_to(..., layer_filter=
+      filter_bn_and_brn)``), which keep learning; the authors' code freezes every parameter
+      before ``freeze_below_layer`` (``"lat_features.19.bn.beta"``), from the first batch on.
+    - From the second experience on, the authors' code and Avalanche build a new SGD optimizer
+      with a 20 times lower learning rate (``inc_lr=5e-5`` after ``lr=1e-3``; the same momentum
+      0.9 and weight decay 5e-4, its momentum buffers empty) and give the renormalisation layers
+      a slower ``momentum`` (5e-5 after 0.01) with :math:`r_{max}, d_{max}` held at their final
+      1.25 and 0.5 (``change_brn_pars``). Here: ``inc_lr`` sets every parameter group's learning
+      rate when each later experience starts (``ContinualModule(optimizer_policy="reset")``, the
+      default, gives the empty momentum buffers), and ``inc_batch_renorm`` replaces the
+      renormalisation layers' settings (for the authors' values:
+      ``BatchRenormSettings(momentum=5e-5, r_max=1.25, d_max=0.5, warmup_steps=0,
+      r_max_steps=0, d_max_steps=0)``). Both default to ``None``: the module's optimizer and the
+      ``batch_renorm`` settings throughout.
     - The memory's choices use a generator seeded by the shared seed and the experience, the
       same on every rank.
 
@@ -75,14 +105,23 @@ class AR1(CWRStar):
         batch_renorm: convert the model's batch normalisation to batch renormalisation: ``True``
             (the paper's schedule, :class:`~lightning_cl.models.BatchRenormSettings`), settings of
             one's own, or ``False`` (leave the model as it is).
+        freeze_moments: when the layers up to ``latent_layer`` run in eval mode:
+            ``"after_first"``, ``"always"`` or ``"never"`` (see above).
+        inc_lr: the learning rate of every parameter group from the second experience on
+            (``None``: the module's optimizer as built).
+        inc_batch_renorm: the renormalisation layers' settings from the second experience on
+            (``None``: ``batch_renorm``'s).
 
     Raises:
-        ValueError: for ``mem_size`` or ``mem_batch_size`` below 1, a ``batch_renorm`` of another
-            type, and as :class:`CWRStar`.
+        ValueError: for ``mem_size`` or ``mem_batch_size`` below 1, a ``batch_renorm`` or
+            ``inc_batch_renorm`` of another type, an unknown ``freeze_moments``, an ``inc_lr``
+            that is not a positive number, and as :class:`CWRStar`.
+        MisconfigurationException: at set-up, for ``inc_lr`` with a learning-rate scheduler (which
+            would rescale its own base rate).
 
     Example:
-        >>> AR1(mem_size=500).mem_size
-        500
+        >>> AR1(mem_size=500).mem_size, AR1().freeze_moments
+        (500, 'after_first')
     """
 
     def __init__(
@@ -95,10 +134,23 @@ class AR1(CWRStar):
         mean_shift: str = "classes",
         seed: int | None = None,
         batch_renorm: bool | BatchRenormSettings = True,
+        freeze_moments: str = "after_first",
+        inc_lr: float | None = None,
+        inc_batch_renorm: BatchRenormSettings | None = None,
     ):
         if not isinstance(batch_renorm, bool | BatchRenormSettings):
             raise ValueError(
                 f"batch_renorm must be True, False or a BatchRenormSettings, got {batch_renorm!r}"
+            )
+        if freeze_moments not in AR1_FREEZE_MOMENTS:
+            raise ValueError(f"freeze_moments must be one of {AR1_FREEZE_MOMENTS}, got {freeze_moments!r}")
+        if inc_lr is not None and (
+            isinstance(inc_lr, bool) or not isinstance(inc_lr, int | float) or not 0 < inc_lr < float("inf")
+        ):
+            raise ValueError(f"inc_lr must be a positive number or None, got {inc_lr!r}")
+        if inc_batch_renorm is not None and not isinstance(inc_batch_renorm, BatchRenormSettings):
+            raise ValueError(
+                f"inc_batch_renorm must be a BatchRenormSettings or None, got {inc_batch_renorm!r}"
             )
         super().__init__(head_layer=head_layer, init=init, mean_shift=mean_shift, freeze_remaining=False)
         if isinstance(mem_size, bool) or not isinstance(mem_size, int) or mem_size < 1:
@@ -110,6 +162,10 @@ class AR1(CWRStar):
         self.mem_batch_size = mem_batch_size
         self.seed = seed
         self.batch_renorm = batch_renorm
+        self.freeze_moments = freeze_moments
+        self.inc_lr = None if inc_lr is None else float(inc_lr)
+        self.inc_batch_renorm = inc_batch_renorm
+        self._eval_layers: list[tuple[nn.Module, bool]] = []  # layers put in eval mode, their mode before
         self.indices = torch.zeros(0, dtype=torch.long)  # into the stream's dataset
         self.memory_task_labels = torch.zeros(0, dtype=torch.long)
         self._seed: int | None = None
@@ -132,11 +188,22 @@ class AR1(CWRStar):
             replace_batch_norm(module.model, settings)
         super().on_experience_start(trainer, module, experience)
         model: nn.Module = module.model
-        if self.trained_experiences > 0:
-            for part in modules_up_to(model, self.latent_layer):
+        later = self.trained_experiences > 0
+        if later and self.inc_batch_renorm is not None:
+            for layer in model.modules():
+                if isinstance(layer, BatchRenorm1d | BatchRenorm2d):
+                    layer.settings = self.inc_batch_renorm
+                    layer.momentum = self.inc_batch_renorm.momentum
+        self._release_modes()
+        lower = modules_up_to(model, self.latent_layer)
+        if later:
+            for part in lower:
                 for param in part.parameters(recurse=False):
                     self._frozen.append((param, param.requires_grad))
                     param.requires_grad_(False)
+        if self.freeze_moments == "always" or (self.freeze_moments == "after_first" and later):
+            self._eval_layers = [(part, part.training) for part in lower]
+            self._eval_mode()
         memory = self.memory(experience.dataset)
         if memory is not None and self._counts is not None:
             held = torch.bincount(memory.targets.long().cpu())
@@ -146,6 +213,35 @@ class AR1(CWRStar):
             counts[: len(held)] += held
             self._counts = counts
             self._current = sorted(int(c) for c in torch.nonzero(counts > 0).flatten())
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if self.inc_lr is None or self.trained_experiences == 0:
+            return
+        if trainer.lr_scheduler_configs:
+            raise MisconfigurationException(
+                f"AR1(inc_lr={self.inc_lr}) sets the learning rate of the later experiences, which the "
+                f"module's scheduler ({type(trainer.lr_scheduler_configs[0].scheduler).__name__}) would "
+                "rescale from its own base rate: use inc_lr=None with a scheduler, or no scheduler"
+            )
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = self.inc_lr
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning restores each layer's mode after validation; this holds it against any
+        # `model.train()` between experience set-up and the epoch.
+        self._eval_mode()
+
+    def _eval_mode(self) -> None:
+        for part, _ in self._eval_layers:
+            part.eval()
+
+    def _release_modes(self) -> None:
+        """Give the layers put in eval mode their modes back."""
+        for part, mode in reversed(self._eval_layers):
+            part.train(mode)
+        self._eval_layers = []
 
     def train_dataloaders(self, experience: Experience, current: Sized) -> dict[str, Iterable[Any]]:
         memory = self.memory(experience.dataset)
@@ -158,6 +254,7 @@ class AR1(CWRStar):
         }
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        self._release_modes()
         _average_moments(trainer, module.model)
         super().on_experience_end(trainer, module, experience)  # consolidates (and counts this experience)
         generator = experience_generator(int(self._seed or 0), experience.index)
