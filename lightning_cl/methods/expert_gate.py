@@ -61,8 +61,12 @@ class ExpertGate(ContinualCallback):
 
     - The gates work on the inputs (squashed by a sigmoid), not on a pretrained network's
       features as in the paper.
-    - ``lwf_threshold=0.85``: the value we read in the paper's experiments; ``None`` always
-      fine-tunes.
+    - ``lwf_threshold=0.85``: Avalanche's ``ExpertGateStrategy(rel_thresh=0.85)``
+      (``avalanche/training/supervised/expert_gate.py``: LwF when the relatedness is above it).
+      Whether Aljundi et al. (2017) use this value is unchecked: the paper's text was not at
+      hand, and the README of the authors' code (``rahafaljundi/Expert-Gate``, MATLAB) says only
+      that the relatedness can choose between fine-tuning and LwF, and gives no threshold.
+      ``None`` always fine-tunes.
     - ``gate_epochs=0`` is the earlier behaviour of this class: the new gate trains during the
       experience, with the expert, from the reconstruction loss this callback adds
       (``gate_weight`` times the mean squared reconstruction error of the batch's samples of the
