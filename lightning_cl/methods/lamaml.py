@@ -17,7 +17,7 @@ from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch
 from lightning_cl.methods.distributed import all_reduce_tensors
 from lightning_cl.methods.mer import _all_finite, _check_int, _check_rate, _MetaReplay, trainable
-from lightning_cl.models.optimisation_step import StepResult
+from lightning_cl.models.optimisation_step import InnerLossScaling, StepResult
 
 __all__ = ["LaMAML", "lamaml_meta_gradients"]
 
@@ -32,6 +32,7 @@ def lamaml_meta_gradients(
     second_order: bool = False,
     inner_clip: float | None = None,
     extra_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+    scaling: InnerLossScaling | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
     r"""The meta-loss of La-MAML's look-ahead and its gradients (Gupta et al., 2020, Algorithm 1).
 
@@ -59,6 +60,9 @@ def lamaml_meta_gradients(
         second_order: differentiate through the inner gradients.
         inner_clip: clamp each inner gradient elementwise to ``[-inner_clip, inner_clip]``.
         extra_loss: ``extra_loss(outputs, y)`` added to each meta-loss (other callbacks' penalties).
+        scaling: the loss scaling of the inner and meta-gradients under ``precision="16-mixed"``
+            (:class:`~lightning_cl.models.InnerLossScaling`: its ``finite`` says whether they all
+            were); ``None``: plain ``torch.autograd.grad``.
 
     Returns:
         ``(L, grads of theta, grads of alpha)``, the gradients by name (``zeros`` where unused).
@@ -84,9 +88,14 @@ def lamaml_meta_gradients(
     for x, y, t in glances:
         loss = criterion(forward(fast, x, t), y)
         inputs = [fast[n] for n in names]
-        grads = torch.autograd.grad(
-            loss, inputs, create_graph=second_order, retain_graph=True, allow_unused=True
-        )
+        if scaling is None:
+            grads: list[Tensor | None] = list(
+                torch.autograd.grad(
+                    loss, inputs, create_graph=second_order, retain_graph=True, allow_unused=True
+                )
+            )
+        else:
+            grads = scaling.grad(loss, inputs, create_graph=second_order, retain_graph=True)
         step = {}
         for n, g in zip(names, grads):
             if g is None:
@@ -103,7 +112,10 @@ def lamaml_meta_gradients(
         meta_losses.append(meta)
     meta_loss = torch.stack(meta_losses).mean()
     leaves = [params[n] for n in names] + [alpha[n] for n in names]
-    found = torch.autograd.grad(meta_loss, leaves, allow_unused=True)
+    if scaling is None:
+        found: list[Tensor | None] = list(torch.autograd.grad(meta_loss, leaves, allow_unused=True))
+    else:
+        found = scaling.grad(meta_loss, leaves)
     out = [g if g is not None else torch.zeros_like(v) for g, v in zip(found, leaves)]
     k = len(names)
     return (
@@ -142,11 +154,31 @@ class LaMAML(_MetaReplay):
 
     Choices, stated:
 
-    - ``second_order=False`` (default, first order: the inner gradients are constants; the
-      reference code's default) or ``True`` (Avalanche's default: through the inner gradients).
-    - ``grad_clip_norm`` (default 1.0, Avalanche's): inner gradients are clamped elementwise and
-      the meta-gradients of :math:`\theta` and of :math:`\alpha` are each clipped to that norm;
-      ``None``: no clipping.
+    - ``second_order=False`` (default, first order: the inner gradients are constants) or
+      ``True`` (through the inner gradients). The authors' code (``montrealrobotics/La-MAML``):
+      ``parser.py`` has ``--second_order`` off by default and ``run_experiments.sh`` passes it
+      to none of the MNIST runs (``model/lamaml.py``), only to the CIFAR-100 and TinyImageNet
+      runs (``model/lamaml_cifar.py``); Avalanche's ``LaMAML`` defaults to ``True``.
+    - ``grad_clip_norm`` (default 2.0): inner gradients are clamped elementwise and the
+      meta-gradients of :math:`\theta` and of :math:`\alpha` are each clipped to that norm;
+      ``None``: no clipping. 2.0 is the authors' ``parser.py`` default, which every MNIST run of
+      ``run_experiments.sh`` keeps; their CIFAR-100 La-MAML run passes ``--grad_clip_norm 1.0``
+      (Avalanche's default, 1.0). In their ``model/lamaml.py`` (MNIST) the elementwise clamp of
+      the inner gradients discards its result (``torch.clamp`` not assigned), so only the
+      meta-gradients are clipped there; ``model/lamaml_cifar.py`` clamps them.
+    - The inner steps: the authors' MNIST code takes one look-ahead step per incoming sample
+      (their ``--glances`` repeats the whole step over the shuffled batch), their CIFAR code
+      splits the batch into ``--cifar_batches`` parts, as ``n_glances`` does here. Their MNIST
+      inner step moves by :math:`\max(0, \alpha)`, their CIFAR one (and this class) by
+      :math:`\alpha`.
+    - Precision: under ``Trainer(precision="16-mixed")`` the inner and meta-losses are scaled by
+      the trainer's ``GradScaler`` and their gradients unscaled
+      (:class:`~lightning_cl.models.InnerLossScaling`); a step with a non-finite gradient is
+      skipped (weights and rates unchanged) and the scale backed off, as ``GradScaler`` skips an
+      optimizer step; with ``sync_update`` the optimizer gets the gradients scaled, so that
+      Lightning's step unscales, checks and updates the scale itself. ``"bf16-mixed"``,
+      ``"16-true"``, ``"bf16-true"``, 32 and 64 bits take the gradients as they come; DeepSpeed's,
+      FSDP's and other precision plugins are refused at set-up.
     - ``sync_update=True`` (Avalanche's option) puts the meta-gradient into the weights'
       ``.grad`` and steps the module's optimizer instead of step 4 (:math:`\alpha` still learns).
     - :math:`\alpha` lives in this callback's state (checkpointed, saved on rank 0 and the same on
@@ -182,8 +214,8 @@ class LaMAML(_MetaReplay):
 
     Example:
         >>> lamaml = LaMAML(mem_size=200, n_glances=5, alpha_init=0.1)
-        >>> lamaml.alpha, lamaml.second_order
-        ({}, False)
+        >>> lamaml.alpha, lamaml.second_order, lamaml.grad_clip_norm
+        ({}, False, 2.0)
     """
 
     def __init__(
@@ -194,7 +226,7 @@ class LaMAML(_MetaReplay):
         alpha_init: float = 0.1,
         alpha_lr: float = 0.3,
         second_order: bool = False,
-        grad_clip_norm: float | None = 1.0,
+        grad_clip_norm: float | None = 2.0,
         sync_update: bool = False,
         online: bool = True,
         seed: int | None = None,
@@ -268,6 +300,8 @@ class LaMAML(_MetaReplay):
             penalties.update(terms)
             return total
 
+        trainer = module.trainer
+        scaling = InnerLossScaling.for_trainer(trainer, type(self).__name__)
         with torch.enable_grad():
             _, grad_theta, grad_alpha = lamaml_meta_gradients(
                 params,
@@ -279,8 +313,17 @@ class LaMAML(_MetaReplay):
                 self.second_order,
                 self.grad_clip_norm,
                 extra,
+                scaling,
             )
-        trainer = module.trainer
+        if scaling.scaler is not None:
+            # Under 16-mixed: a step with an overflow of the scaled gradients is skipped (the
+            # weights and rates as they were) and the scale backed off, as GradScaler does. With
+            # sync_update a clean step's scale is updated by Lightning's optimizer step instead.
+            finite = scaling.all_finite(trainer)
+            if not finite or not self.sync_update:
+                scaling.update(finite)
+            if not finite:
+                return StepResult(loss, logits, penalties)
         if trainer.world_size > 1:
             tagged = {f"theta.{n}": g for n, g in grad_theta.items()} | {
                 f"alpha.{n}": g for n, g in grad_alpha.items()
@@ -297,7 +340,8 @@ class LaMAML(_MetaReplay):
         if self.sync_update:
             optimizer.zero_grad()
             for n, p in params.items():
-                p.grad = grad_theta[n].to(p.dtype)
+                # Lightning's precision plugin unscales .grad by the scaler's scale (1 without one).
+                p.grad = (grad_theta[n] * scaling.scale).to(p.dtype)
             optimizer.step()
         else:
             with torch.no_grad():

@@ -24,9 +24,11 @@ from lightning_cl.methods.base import (
 from lightning_cl.methods.buffers import ReplayBuffer
 from lightning_cl.methods.distributed import all_reduce_tensors
 from lightning_cl.methods.replay import step_samples
-from lightning_cl.models.optimisation_step import OptimisationStep, StepResult
+from lightning_cl.models.optimisation_step import InnerLossScaling, OptimisationStep, StepResult
 
-__all__ = ["MER", "reptile_batches"]
+__all__ = ["MER", "MER_INNER_STEPS", "reptile_batches"]
+
+MER_INNER_STEPS = ("sgd", "optimizer")
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -55,6 +57,8 @@ def reptile_batches(
     beta: float,
     gamma: float,
     inner_batch_size: int = 1,
+    scaling: InnerLossScaling | None = None,
+    inner_step: Callable[[Sequence[Tensor], Sequence[Tensor | None]], None] | None = None,
 ) -> None:
     r"""MER's update of the weights for one incoming batch (Riemer et al., 2019, Algorithm 1), in place.
 
@@ -74,6 +78,12 @@ def reptile_batches(
         beta: the within-batch meta-learning rate.
         gamma: the across-batch meta-learning rate.
         inner_batch_size: samples per inner SGD step.
+        scaling: the loss scaling of the inner gradients under ``precision="16-mixed"``
+            (:class:`~lightning_cl.models.InnerLossScaling`); an inner step whose gradients (or an
+            earlier one's in this call) were not finite moves nothing. ``None``: plain
+            ``torch.autograd.grad``.
+        inner_step: ``inner_step(weights, grads)`` updates the weights in place in place of the
+            SGD step (``lr`` is then unused): MER's ``inner_steps="optimizer"``.
 
     Example:
         >>> w = torch.zeros(1, requires_grad=True)
@@ -94,11 +104,18 @@ def reptile_batches(
             rows = slice(start, start + inner_batch_size)
             with torch.enable_grad():
                 loss = loss_fn((x[rows], y[rows], t[rows]))
-                grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+                if scaling is None:
+                    grads: Sequence[Tensor | None] = torch.autograd.grad(loss, tensors, allow_unused=True)
+                else:
+                    grads = scaling.grad(loss, tensors)
+            if inner_step is not None:
+                inner_step(tensors, grads)
+                continue
             with torch.no_grad():
                 for p, g in zip(tensors, grads):
                     if g is not None:
-                        p.sub_(g.to(p.dtype) * lr)
+                        step = g.to(p.dtype) * lr
+                        p.sub_(step if scaling is None else scaling.where_finite(step))
         with torch.no_grad():
             for p, w0 in zip(tensors, within):
                 p.copy_(w0 + beta * (p - w0))
@@ -137,6 +154,7 @@ class _MetaReplay(ContinualCallback, OptimisationStep):
 
     @override
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        InnerLossScaling.for_trainer(trainer, type(self).__name__)  # refuses what it cannot follow
         self._shared_seed(trainer)
         self._memory = self.buffer.dataset(experience.dataset)
 
@@ -226,11 +244,33 @@ class MER(_MetaReplay):
 
     Choices, stated:
 
-    - Inner steps are plain SGD with learning rate ``lr`` (:math:`\alpha`; ``None``: the module
-      optimizer's first group's ``lr``) on one sample at a time (``inner_batch_size=1``, the
-      paper's); the module's optimizer is not stepped (its state stays empty). The batch order
-      is the incoming samples, then the memory samples. Penalties of other callbacks (EWC, ...)
+    - The algorithm is the paper's Algorithm 1 (the authors' ``mattriemer/MER``,
+      ``model/meralg1.py``): a within-batch meta-update with :math:`\beta` after each batch and an
+      across-batch one with :math:`\gamma`. Their Algorithm 6 (``meralg6.py``: one meta-update per
+      batch, with :math:`\gamma`, and no across-batch update) is ``beta=`` that rate and
+      ``gamma=1.0``.
+    - ``inner_steps="sgd"`` (default, the paper's; the authors' code steps a plain
+      ``optim.SGD(lr)``): plain SGD with learning rate ``lr`` (:math:`\alpha`; ``None``: the
+      module optimizer's first group's ``lr``) on one sample at a time (``inner_batch_size=1``,
+      the paper's); the module's optimizer is not stepped (its state stays empty).
+      ``inner_steps="optimizer"`` (Avalanche's ``MER._inner_updates``, which calls
+      ``self.optimizer.step()`` after each sample's backward): each inner step puts its
+      gradients in the weights' ``.grad`` and steps the module's torch optimizer (its momentum,
+      weight decay and learning rate; ``lr`` must be ``None``); the optimizer's state carries
+      over the inner steps, the meta-updates and the training steps, and is checkpointed by
+      Lightning. It is stepped directly, not through Lightning's ``optimizer.step()``:
+      ``on_before_optimizer_step`` callbacks do not see the inner steps, and the step is counted
+      once by the module. The batch order is the incoming samples, then the memory samples (the
+      authors' code puts the incoming sample last). Penalties of other callbacks (EWC, ...)
       are added to each inner step's loss.
+    - Precision: under ``Trainer(precision="16-mixed")`` the inner losses are scaled by the
+      trainer's ``GradScaler`` and their gradients unscaled
+      (:class:`~lightning_cl.models.InnerLossScaling`); a training step in which an inner
+      gradient was not finite is skipped (the weights as before it) and the scale backed off, as
+      ``GradScaler`` skips an optimizer step; with ``inner_steps="optimizer"`` the optimizer's
+      state keeps the inner steps taken before the overflow. ``"bf16-mixed"``, ``"16-true"``,
+      ``"bf16-true"``, 32 and 64 bits take the gradients as they come; DeepSpeed's, FSDP's and
+      other precision plugins are refused at set-up.
     - Defaults are the paper's MNIST settings (Appendix, Table: :math:`\beta = 0.03`,
       :math:`\gamma = 1.0`, ``n_batches`` :math:`s = 10`, ``mem_batch_size`` :math:`k - 1 = 10`).
       Avalanche's ``MER`` (``n_inner_steps=5``, ``beta=0.1``, ``gamma=0.1``,
@@ -258,15 +298,20 @@ class MER(_MetaReplay):
         inner_batch_size: samples per inner SGD step (1: the paper's per-sample SGD).
         online: update the memory after every step (default) or at experience end.
         seed: seed of the memory and its draws (``None``: torch's initial seed on rank 0).
+        inner_steps: ``"sgd"`` (the paper's plain SGD) or ``"optimizer"`` (the module's
+            optimizer, Avalanche's).
 
     Raises:
         ValueError: for a ``mem_size`` below 1, a negative ``mem_batch_size``, ``n_batches`` or
-            ``inner_batch_size`` below 1, non-positive rates, or a ``seed`` that is not an int.
+            ``inner_batch_size`` below 1, non-positive rates, a ``seed`` that is not an int, an
+            unknown ``inner_steps``, or an ``lr`` with ``inner_steps="optimizer"``.
+        MisconfigurationException: at set-up, for a precision plugin the inner loop cannot
+            follow (DeepSpeed's, FSDP's, ...).
 
     Example:
         >>> mer = MER(mem_size=200, n_batches=5, beta=0.1, gamma=1.0)
-        >>> len(mer.buffer), mer.n_batches
-        (0, 5)
+        >>> len(mer.buffer), mer.n_batches, mer.inner_steps
+        (0, 5, 'sgd')
     """
 
     def __init__(
@@ -280,8 +325,17 @@ class MER(_MetaReplay):
         inner_batch_size: int = 1,
         online: bool = True,
         seed: int | None = None,
+        inner_steps: str = "sgd",
     ):
         super().__init__(mem_size, mem_batch_size, online, seed, lr)
+        if inner_steps not in MER_INNER_STEPS:
+            raise ValueError(f"inner_steps must be one of {MER_INNER_STEPS}, got {inner_steps!r}")
+        if inner_steps == "optimizer" and lr is not None:
+            raise ValueError(
+                f"lr={lr!r} is the inner SGD steps' rate; inner_steps='optimizer' steps the module's "
+                "optimizer at its own learning rate: leave lr=None"
+            )
+        self.inner_steps = inner_steps
         self.n_batches = _check_int("n_batches", n_batches, 1)
         self.inner_batch_size = _check_int("inner_batch_size", inner_batch_size, 1)
         self.beta = _check_rate("beta", beta)
@@ -311,17 +365,25 @@ class MER(_MetaReplay):
             penalties.update(terms)
             return total
 
+        trainer = module.trainer
+        scaling = InnerLossScaling.for_trainer(trainer, type(self).__name__)
+        inner_step = None if self.inner_steps == "sgd" else _optimizer_step(optimizer, scaling)
         try:
             reptile_batches(
                 params,
                 loss_fn,
                 batches,
-                self._inner_lr(optimizer),
+                self._inner_lr(optimizer) if inner_step is None else 0.0,
                 self.beta,
                 self.gamma,
                 self.inner_batch_size,
+                scaling,
+                inner_step,
             )
-            trainer = module.trainer
+            if not scaling.finish(trainer):
+                # An overflow of the scaled fp16 gradients: the step is skipped, as GradScaler would.
+                self._restore(params, start)
+                return StepResult(loss, logits, penalties)
             if trainer.world_size > 1:
                 deltas = {n: p.detach() - start[n] for n, p in params.items()}
                 mean = all_reduce_tensors(trainer, deltas, op="mean")
@@ -341,3 +403,25 @@ class MER(_MetaReplay):
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(start[n])
+
+
+def _optimizer_step(
+    optimizer: Any, scaling: InnerLossScaling
+) -> Callable[[Sequence[Tensor], Sequence[Tensor | None]], None]:
+    """An inner step through the module's torch optimizer (the one Lightning wraps), not counted."""
+    raw = getattr(optimizer, "optimizer", optimizer)
+    if raw is None or not hasattr(raw, "step"):
+        raise MisconfigurationException(
+            "MER(inner_steps='optimizer') steps the module's optimizer, but the module has none"
+        )
+
+    def step(tensors: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
+        if scaling.scaler is not None and not bool(scaling.finite):
+            return  # the step is skipped at its end; no further state in the optimizer
+        for p, g in zip(tensors, grads):
+            p.grad = None if g is None else g.detach().to(p.dtype)
+        raw.step()
+        for p in tensors:
+            p.grad = None
+
+    return step

@@ -34,7 +34,12 @@ from lightning_cl.models.module import (
     check_new_trainer,
     merge_batch,
 )
-from lightning_cl.models.optimisation_step import OptimisationStep, StepResult, optimisation_step_owner
+from lightning_cl.models.optimisation_step import (
+    InnerLossScaling,
+    OptimisationStep,
+    StepResult,
+    optimisation_step_owner,
+)
 from lightning_cl.models.pnn import PNN_ADAPTERS, ProgressiveNetwork
 from lightning_cl.models.vae import VAE, VAE_LIKELIHOODS
 
@@ -57,6 +62,7 @@ __all__ = [
     "ExpertGateNetwork",
     "GateAutoencoder",
     "IncrementalClassifier",
+    "InnerLossScaling",
     "LossTerm",
     "MultiHeadClassifier",
     "NonFiniteLossError",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
@@ -17,7 +19,13 @@ if TYPE_CHECKING:
 
     from lightning_cl.models.module import ContinualModule
 
-__all__ = ["OptimisationStep", "StepResult", "check_step_result", "optimisation_step_owner"]
+__all__ = [
+    "InnerLossScaling",
+    "OptimisationStep",
+    "StepResult",
+    "check_step_result",
+    "optimisation_step_owner",
+]
 
 
 @dataclass(frozen=True)
@@ -209,3 +217,141 @@ def check_step_result(owner: object, result: object, n_rows: int) -> StepResult:
             f"be (B, n_outputs) with B = {n_rows}, one row per row of the batch it was given"
         )
     return result
+
+
+# The precision plugins whose forward pass an owner's own gradients can go through.
+_INNER_PRECISIONS = (MixedPrecision, HalfPrecision, DoublePrecision)
+
+
+class InnerLossScaling:
+    r"""Loss scaling for the gradients an owner takes itself (``torch.autograd.grad``) under mixed precision.
+
+    Lightning's ``GradScaler`` (``trainer.precision_plugin.scaler`` under ``precision="16-mixed"``)
+    scales only what goes through ``manual_backward``; an inner loop's ``torch.autograd.grad`` on
+    an fp16 forward pass gets unscaled gradients, which underflow to zero below about
+    :math:`6 \cdot 10^{-8}`. This object does what ``GradScaler`` does for them, with the
+    trainer's scaler: :meth:`grad` differentiates ``loss * S`` (``S`` the scaler's scale as the
+    step began) and divides the gradients by ``S``, and records whether they are finite;
+    :meth:`finish`, once per training step, backs ``S`` off (``backoff_factor``) when any inner
+    gradient of the step (on any rank) was not finite and otherwise counts the step towards
+    growing it (``growth_factor`` every ``growth_interval`` clean steps), through the scaler's
+    ``state_dict`` / ``load_state_dict``, so the scale is checkpointed with Lightning's. The
+    owner skips the updates whose gradients were not finite (:meth:`where_finite`), as
+    ``GradScaler.step`` skips the optimizer's.
+
+    Without a scaler (32-, 64-bit, ``"bf16-mixed"``, ``"16-true"``, ``"bf16-true"``) the gradients
+    are ``torch.autograd.grad``'s, unchecked, and :meth:`finish` does nothing. Other precision
+    plugins (DeepSpeed's, FSDP's, Transformer Engine's, bitsandbytes') are refused by
+    :meth:`for_trainer`.
+
+    Args:
+        scaler: a ``torch.amp.GradScaler`` (``None``: no scaling).
+
+    Example:
+        >>> scaling = InnerLossScaling(torch.amp.GradScaler("cpu", init_scale=1024.0))
+        >>> w = torch.ones(1, requires_grad=True)
+        >>> (g,) = scaling.grad((w * 3.0).sum(), [w])
+        >>> g, bool(scaling.finite)
+        (tensor([3.]), True)
+    """
+
+    def __init__(self, scaler: Any = None) -> None:
+        enabled = scaler is not None and bool(scaler.is_enabled())
+        self.scaler = scaler if enabled else None
+        self.scale = float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+        self.finite: Tensor = torch.ones((), dtype=torch.bool)
+        """Whether every gradient since this object was made (or :meth:`finish` ran) was finite."""
+
+    @classmethod
+    def for_trainer(cls, trainer: Any, owner: str) -> InnerLossScaling:
+        """The scaling of ``trainer``'s precision plugin, for the owner named ``owner``.
+
+        Raises:
+            MisconfigurationException: for a precision plugin whose scaling an inner loop cannot
+                follow (``DeepSpeedPrecision``, ``FSDPPrecision``, ...); the message names it.
+        """
+        plugin = getattr(trainer, "precision_plugin", None)
+        if plugin is None:
+            return cls(None)
+        if not (type(plugin) is Precision or isinstance(plugin, _INNER_PRECISIONS)):
+            raise MisconfigurationException(
+                f"{owner} takes its own gradients (torch.autograd.grad) in its inner loop, which "
+                f"{type(plugin).__name__} (Trainer(precision={getattr(trainer, 'precision', None)!r})) does "
+                "not scale or shard for it: use precision '32-true', '64-true', '16-mixed', 'bf16-mixed', "
+                "'16-true' or 'bf16-true' with a single-device or DDP strategy"
+            )
+        return cls(getattr(plugin, "scaler", None))
+
+    def grad(
+        self,
+        loss: Tensor,
+        inputs: Sequence[Tensor],
+        create_graph: bool = False,
+        retain_graph: bool | None = None,
+    ) -> list[Tensor | None]:
+        """``torch.autograd.grad(loss, inputs, allow_unused=True)``, through the scale, unscaled.
+
+        Returns:
+            One gradient per input (``None`` where unused); their finiteness is folded into
+            :attr:`finite` (no host synchronisation).
+        """
+        if self.scaler is None:
+            return list(
+                torch.autograd.grad(
+                    loss, inputs, allow_unused=True, create_graph=create_graph, retain_graph=retain_graph
+                )
+            )
+        # scaler.scale: loss * S, and the scaler's lazy set-up on the loss's device.
+        scaled = self.scaler.scale(loss)
+        grads = torch.autograd.grad(
+            scaled, inputs, allow_unused=True, create_graph=create_graph, retain_graph=retain_graph
+        )
+        out: list[Tensor | None] = [None if g is None else g / self.scale for g in grads]
+        found = [torch.isfinite(g).all() for g in out if g is not None]
+        if found:
+            self.finite = self.finite.to(found[0].device) & torch.stack(found).all()
+        return out
+
+    def where_finite(self, step: Tensor) -> Tensor:
+        """``step`` where the gradients so far were finite, zeros where they were not (a skipped update)."""
+        if self.scaler is None:
+            return step
+        return torch.where(self.finite.to(step.device), step, torch.zeros_like(step))
+
+    def finish(self, trainer: Any) -> bool:
+        """Update the scaler once for the training step; whether the step's gradients were all finite.
+
+        Under DDP every rank backs off when one rank found a non-finite gradient, so the scale
+        stays the same on every rank.
+        """
+        if self.scaler is None:
+            return True
+        finite = self.all_finite(trainer)
+        self.update(finite)
+        return finite
+
+    def all_finite(self, trainer: Any) -> bool:
+        """Whether the gradients so far were finite on every rank (one host synchronisation)."""
+        if self.scaler is None:
+            return True
+        bad = (~self.finite).float().reshape(1)
+        if getattr(trainer, "world_size", 1) > 1:
+            bad = trainer.strategy.reduce(bad, reduce_op="sum")
+        return not bool(bad.item() > 0)
+
+    def update(self, finite: bool) -> None:
+        """Back the scale off (``finite=False``) or count a clean step towards growing it, as GradScaler."""
+        if self.scaler is None:
+            return
+        state = self.scaler.state_dict()
+        if not finite:
+            state["scale"] = state["scale"] * state["backoff_factor"]
+            state["_growth_tracker"] = 0
+        else:
+            state["_growth_tracker"] += 1
+            if state["_growth_tracker"] >= state["growth_interval"]:
+                state["scale"] = state["scale"] * state["growth_factor"]
+                state["_growth_tracker"] = 0
+        self.scaler.load_state_dict(state)
+        self.scale = float(state["scale"])
+        self.finite = torch.ones((), dtype=torch.bool)

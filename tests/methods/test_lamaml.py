@@ -186,3 +186,43 @@ def test_resume_at_an_experience_boundary_gives_the_same_weights_rates_and_memor
     for name, a in full_lamaml.alpha.items():
         assert torch.equal(a, resumed_lamaml.alpha[name])
     assert torch.equal(full_lamaml.buffer.indices, resumed_lamaml.buffer.indices)
+
+
+def test_under_16_mixed_an_overflowing_step_leaves_weights_and_rates_and_backs_off() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    module = TinyModule([0.2, -0.1])
+    scaler = torch.amp.GradScaler("cpu", init_scale=3e38)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    module.trainer = SimpleNamespace(world_size=1, global_rank=0, precision_plugin=plugin)  # type: ignore[assignment]
+    lamaml = LaMAML(mem_size=10, mem_batch_size=1, n_glances=1, alpha_init=0.1, seed=0)
+    lamaml._seed, lamaml._memory = 0, one_sample_memory(1.0, 1)
+    batch = (torch.tensor([[10.0]]), torch.tensor([1]), torch.tensor([0]))
+    result = lamaml.optimisation_step(module, batch, {"current": slice(0, 1)}, optimizer=None)
+    torch.testing.assert_close(module.w.detach().flatten(), torch.tensor([0.2, -0.1]))
+    assert all(torch.equal(a, torch.full_like(a, 0.1)) for a in lamaml.alpha.values())
+    assert math.isfinite(float(result.loss)) and scaler.get_scale() == pytest.approx(1.5e38)
+
+
+def test_sync_update_under_16_mixed_hands_lightning_the_scaled_gradients() -> None:
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    def run(plugins: list[Any]) -> list[torch.Tensor]:
+        L.seed_everything(0)
+        module = digits_module()
+        lamaml = LaMAML(mem_size=20, n_glances=2, sync_update=True, seed=0)
+        trainer = L.Trainer(
+            **quiet_trainer_kwargs(limit_train_batches=2), plugins=plugins, callbacks=[lamaml]
+        )
+        trainer.fit(module, datamodule=SplitDigits(n_experiences=5, seed=1).train_stream[0])
+        assert trainer.global_step == 2
+        return [p.detach().clone() for p in module.parameters()]
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    mixed = run([MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert scaler.state_dict()["_growth_tracker"] == 2  # Lightning's step found them finite, once each
+    # The optimizer stepped the unscaled gradients: fp16 forward passes, the same update as fp32.
+    for a, b in zip(mixed, run([])):
+        torch.testing.assert_close(a, b, rtol=0.0, atol=2e-3)

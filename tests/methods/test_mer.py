@@ -189,3 +189,93 @@ def test_mer_combines_with_a_penalty_and_a_replay_loader() -> None:
     # Experience 1 trains with Replay's loader beside MER, and EWC's penalty joined MER's inner losses.
     assert float(trainer.callback_metrics["train/penalty/ewc_epoch"]) > 0.0
     assert trainer.global_step == 4
+
+
+def test_inner_steps_through_the_module_optimizer_carry_its_momentum() -> None:
+    # Avalanche's choice: each sample's step is the optimizer's (SGD, momentum 0.9), then Reptile.
+    module = TinyModule([0.2, -0.1])
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.5, momentum=0.9)
+    mer = MER(
+        mem_size=10, mem_batch_size=1, n_batches=1, beta=0.25, gamma=1.0, inner_steps="optimizer", seed=0
+    )
+    mer._seed, mer._memory = 0, one_sample_memory(1.0, 1)
+    batch = (torch.tensor([[1.0]]), torch.tensor([0]), torch.tensor([0]))
+    mer.optimisation_step(module, batch, {"current": slice(0, 1)}, optimizer=optimizer)
+    theta, inner, buf = [0.2, -0.1], [0.2, -0.1], [0.0, 0.0]
+    for k, (x, y) in enumerate(((1.0, 0), (1.0, 1))):
+        g = ce_grad(inner, x, y)
+        buf = g if k == 0 else [0.9 * b + gi for b, gi in zip(buf, g)]
+        inner = [w - 0.5 * b for w, b in zip(inner, buf)]
+    expected = [t + 0.25 * (i - t) for t, i in zip(theta, inner)]
+    torch.testing.assert_close(module.w.detach().flatten(), torch.tensor(expected))
+    momentum = optimizer.state[module.w]["momentum_buffer"].flatten()
+    torch.testing.assert_close(momentum, torch.tensor(buf))
+    assert module.w.grad is None
+
+
+def test_inner_steps_options_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"inner_steps must be one of \('sgd', 'optimizer'\), got 'adam'"):
+        MER(inner_steps="adam")
+    with pytest.raises(ValueError, match=r"lr=0\.1 is the inner SGD steps' rate; inner_steps='optimizer'"):
+        MER(lr=0.1, inner_steps="optimizer")
+
+
+def test_inner_steps_with_the_optimizer_in_a_fit_fill_its_state_and_count_one_step() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    mer = MER(mem_size=50, n_batches=1, inner_batch_size=16, inner_steps="optimizer", seed=3)
+    module = digits_module()
+    trainer = L.Trainer(**quiet_trainer_kwargs(limit_train_batches=3), callbacks=[mer])
+    trainer.fit(module, datamodule=bench.train_stream[0])
+    assert trainer.global_step == 3
+    assert any(trainer.optimizers[0].state.values())  # momentum buffers from the inner steps
+
+
+def _half_mixed_trainer(init_scale: float, **kwargs: Any) -> Any:
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    plugin = MixedPrecision(
+        "16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=init_scale, **kwargs)
+    )
+    return SimpleNamespace(world_size=1, global_rank=0, precision_plugin=plugin), plugin.scaler
+
+
+def test_under_16_mixed_an_overflowing_step_is_skipped_and_the_scale_backed_off() -> None:
+    module = TinyModule([0.2, -0.1])
+    module.trainer, scaler = _half_mixed_trainer(3e38)  # loss 3 and gradient -10, times 3e38: overflows
+    mer = MER(mem_size=10, n_batches=1, lr=0.5, seed=0)
+    mer._seed = 0
+    batch = (torch.tensor([[10.0]]), torch.tensor([1]), torch.tensor([0]))
+    result = mer.optimisation_step(module, batch, {"current": slice(0, 1)}, optimizer=None)
+    torch.testing.assert_close(module.w.detach().flatten(), torch.tensor([0.2, -0.1]))
+    assert math.isfinite(float(result.loss))  # a skipped step, not a non-finite loss
+    assert scaler.get_scale() == pytest.approx(1.5e38)
+    # At a scale that fits, the scaled step equals the plain one.
+    module.trainer, scaler = _half_mixed_trainer(2.0**16)
+    mer.optimisation_step(module, batch, {"current": slice(0, 1)}, optimizer=None)
+    plain = TinyModule([0.2, -0.1])
+    mer.optimisation_step(plain, batch, {"current": slice(0, 1)}, optimizer=None)
+    torch.testing.assert_close(module.w, plain.w)
+    assert scaler.state_dict()["_growth_tracker"] == 1
+
+
+@pytest.mark.parametrize("method", ["mer", "lamaml"])
+def test_16_mixed_on_cpu_scales_the_inner_gradients_with_the_trainers_scaler(method: str) -> None:
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from lightning_cl.methods import LaMAML
+
+    bench = SplitDigits(n_experiences=5, seed=1)
+    owner = (
+        MER(mem_size=50, n_batches=1, inner_batch_size=16, seed=3)
+        if method == "mer"
+        else LaMAML(mem_size=50, n_glances=2, seed=3)
+    )
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    module = digits_module()
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = L.Trainer(**quiet_trainer_kwargs(limit_train_batches=3), plugins=[plugin], callbacks=[owner])
+    trainer.fit(module, datamodule=bench.train_stream[0])
+    assert trainer.global_step == 3 and math.isfinite(float(trainer.callback_metrics["train/loss_epoch"]))
+    # Every step went through the scaler (Lightning never sees these gradients).
+    assert plugin.scaler.state_dict()["_growth_tracker"] == 3
+    assert all(not torch.equal(a, b.detach()) for a, b in zip(before, module.parameters()))

@@ -205,3 +205,57 @@ def test_an_owner_that_is_no_lightning_callback_is_refused_before_any_hook() -> 
     ):
         _fit([_NotACallback()], module=module)
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, module.parameters()))
+
+
+def test_inner_loss_scaling_keeps_fp16_gradients_that_underflow_unscaled() -> None:
+    # Under fp16 autocast, d(1e-8 * out)/d out = 1e-8 rounds to 0 in half precision: the weight's
+    # gradient vanishes unless the loss is scaled first (GradScaler's reason to be).
+    from lightning_cl.models.optimisation_step import InnerLossScaling
+
+    w = torch.full((1, 3), 0.5, requires_grad=True)
+    x = torch.full((2, 3), 2.0)
+
+    def loss() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.float16):
+            return ((x @ w.T) * 1e-8).float().sum()
+
+    (plain,) = InnerLossScaling(None).grad(loss(), [w])
+    assert plain is not None and torch.count_nonzero(plain) == 0
+    scaling = InnerLossScaling(torch.amp.GradScaler("cpu", init_scale=2.0**10))
+    (scaled,) = scaling.grad(loss(), [w])
+    assert scaled is not None
+    torch.testing.assert_close(scaled, torch.full((1, 3), 4e-8), rtol=1e-2, atol=0.0)
+    assert scaling.finish(trainer=None) and scaling.scaler.state_dict()["_growth_tracker"] == 1
+
+
+def test_inner_loss_scaling_backs_off_and_grows_as_grad_scaler() -> None:
+    from lightning_cl.models.optimisation_step import InnerLossScaling
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=1e38, growth_interval=2)
+    scaling = InnerLossScaling(scaler)
+    w = torch.ones(1, requires_grad=True)
+    (g,) = scaling.grad((w * 10.0).sum(), [w])  # 1e39 overflows float32
+    assert not bool(scaling.finite)
+    assert torch.equal(scaling.where_finite(torch.ones(2)), torch.zeros(2))  # the update is skipped
+    assert not scaling.finish(trainer=None) and scaler.get_scale() == pytest.approx(5e37)
+    for _ in range(2):
+        (g,) = scaling.grad((w * 3.0).sum(), [w])
+        assert scaling.finish(trainer=None)
+    assert float(g) == pytest.approx(3.0) and scaler.get_scale() == pytest.approx(1e38)  # grew after 2
+
+
+def test_an_inner_loop_refuses_a_precision_plugin_it_cannot_follow() -> None:
+    from lightning.pytorch.plugins.precision import Precision
+
+    from lightning_cl.models.optimisation_step import InnerLossScaling
+
+    class _Sharded(Precision):
+        pass
+
+    trainer = L.Trainer(**quiet_trainer_kwargs(), plugins=[_Sharded()])
+    with pytest.raises(MisconfigurationException, match=r"MER takes its own gradients .* _Sharded"):
+        InnerLossScaling.for_trainer(trainer, "MER")
+    assert (
+        InnerLossScaling.for_trainer(L.Trainer(**quiet_trainer_kwargs(precision="bf16-mixed")), "MER").scaler
+        is None
+    )
