@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +42,56 @@ def _timm() -> Any:
             '(or pip install "timm>=0.9")'
         ) from err
     return timm
+
+
+def _vit_from_file(timm: Any, model_name: str, path: str | os.PathLike[str], options: dict[str, Any]) -> Any:
+    """``model_name`` built with ``options``, its weights read from the local file ``path``.
+
+    timm's own route for local weights: the file's state dict handed over as the model's
+    pretrained configuration (``pretrained_cfg_overlay``), so timm's checkpoint filter of the
+    architecture applies (a ViT's position embeddings resampled to another ``img_size``, its
+    patch embedding to another ``patch_size``; a 3-channel stem adapted to ``in_chans``). The
+    file's classifier (timm's ``head``) is dropped, as the prompted model has its own; every
+    other weight of the transformer must be in the file, with its shape (a strict load).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"pretrained_file {str(file)!r} is not a file: give the path of a saved state dict of "
+            f"{model_name!r} (torch.save(model.state_dict(), path), or a .safetensors file)"
+        )
+    try:
+        state = dict(timm.models.load_state_dict(str(file)))
+    except Exception as err:  # torch.load / safetensors raise many kinds
+        raise ValueError(
+            f"pretrained_file {str(file)!r} could not be read as a state dict ({type(err).__name__}: {err})"
+        ) from err
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    classifier = (cfg.classifier if cfg is not None else None) or "head"
+    for name in (classifier,) if isinstance(classifier, str) else classifier:
+        state.pop(f"{name}.weight", None)
+        state.pop(f"{name}.bias", None)
+    overlay: dict[str, Any] = dict(state_dict=state, num_classes=0)
+    stem = state.get("patch_embed.proj.weight")
+    if isinstance(stem, Tensor) and stem.ndim == 4 and cfg is not None and cfg.input_size:
+        overlay["input_size"] = (int(stem.shape[1]), *cfg.input_size[1:])  # the file's channels
+    try:
+        return timm.create_model(
+            model_name,
+            pretrained=True,
+            pretrained_cfg_overlay=overlay,
+            pretrained_strict=True,
+            num_classes=0,
+            **options,
+        )
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        shown = "; ".join(line[:300] for line in lines[:3]) + ("; ..." if len(lines) > 3 else "")
+        raise ValueError(
+            f"pretrained_file {str(file)!r} does not fit {model_name!r} built with {options}: "
+            f"{shown or err} (give the architecture the weights were saved from: embed_dim, depth, "
+            f"num_heads, ...)"
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -214,6 +266,13 @@ class PromptedViT(DynamicModule):
             paper's ViT-B/16 (Avalanche's default too).
         pretrained: load timm's pretrained weights (needs the network, or timm's cache); the paper
             uses an ImageNet-pretrained backbone. ``False`` keeps timm's random initialisation.
+        pretrained_file: load the transformer's weights from this local file instead (a state
+            dict saved with ``torch.save(model.state_dict(), path)``, a checkpoint holding one
+            under ``"state_dict"`` or ``"model"``, or a ``.safetensors`` file), whatever
+            ``pretrained`` says; no network is needed. timm loads it as pretrained weights
+            (``pretrained_cfg_overlay``): its classifier is dropped, position embeddings are
+            resampled to another ``img_size``; every other weight must be in the file with its
+            shape.
         pool_size: :math:`M` (the paper: 10; Avalanche: 20).
         prompt_length: :math:`L_p` (the paper: 5).
         top_n: :math:`N`, prompts per sample (the paper: 5).
@@ -226,8 +285,11 @@ class PromptedViT(DynamicModule):
 
     Raises:
         ImportError: without timm, naming ``pip install "lightning-cl[vit]"``.
-        ValueError: for a timm model that is not a vision transformer with a token sequence, or
-            bad pool sizes.
+        FileNotFoundError: for a ``pretrained_file`` that does not exist.
+        ValueError: for a timm model that is not a vision transformer with a token sequence, bad
+            pool sizes, or a ``pretrained_file`` that is not a state dict or does not fit the
+            architecture (a missing weight or a wrong shape, named). At the first forward, for
+            images whose channels or size are not the transformer's (``in_chans``, ``img_size``).
 
     Example:
         A small randomly initialised ViT for 8x8 grey images (where timm is installed):
@@ -248,6 +310,7 @@ class PromptedViT(DynamicModule):
         self,
         model_name: str = "vit_base_patch16_224",
         pretrained: bool = True,
+        pretrained_file: str | os.PathLike[str] | None = None,
         pool_size: int = 10,
         prompt_length: int = 5,
         top_n: int = 5,
@@ -260,7 +323,10 @@ class PromptedViT(DynamicModule):
         super().__init__()
         timm = _timm()
         options = {**dict(vit_kwargs or {}), **kwargs}
-        backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **options)
+        if pretrained_file is not None:
+            backbone = _vit_from_file(timm, model_name, pretrained_file, options)
+        else:
+            backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **options)
         missing = [name for name in _VIT_PARTS if not hasattr(backbone, name)]
         if missing:
             raise ValueError(
@@ -279,8 +345,37 @@ class PromptedViT(DynamicModule):
         """Grow the head to the experience's classes."""
         self.head.adaptation(classes)
 
+    def check_input(self, x: Tensor) -> None:
+        """Refuse images the transformer cannot embed, naming both sizes (timm would only assert).
+
+        Raises:
+            ValueError: if ``x`` is not ``(B, C, H, W)`` with the transformer's ``in_chans`` and,
+                unless the model was built with ``dynamic_img_size``, its ``img_size``.
+        """
+        patch_embed = self.backbone.patch_embed
+        proj = getattr(patch_embed, "proj", None)
+        channels = getattr(proj, "in_channels", None)
+        if x.ndim != 4:
+            raise ValueError(f"PromptedViT takes images (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        if channels is not None and x.shape[1] != channels:
+            raise ValueError(
+                f"PromptedViT's transformer takes {channels}-channel images (in_chans={channels}), got "
+                f"{x.shape[1]} channels in a batch of shape {tuple(x.shape)}"
+            )
+        size = getattr(patch_embed, "img_size", None)
+        if size is not None and getattr(patch_embed, "strict_img_size", False):
+            expected, got = tuple(int(v) for v in size), tuple(int(v) for v in x.shape[-2:])
+            if got != expected:
+                raise ValueError(
+                    f"PromptedViT's transformer takes {expected[0]}x{expected[1]} images "
+                    f"(img_size={expected[0] if expected[0] == expected[1] else expected}), got "
+                    f"{got[0]}x{got[1]}: build it with img_size={got[0] if got[0] == got[1] else got} "
+                    f"(vit_kwargs) or resize the input"
+                )
+
     def query(self, x: Tensor) -> Tensor:
         """:math:`q(x)`: the frozen model's pre-logit features of ``x`` without prompts, ``(B, D)``."""
+        self.check_input(x)
         with torch.no_grad():
             return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
 
