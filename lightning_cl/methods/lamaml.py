@@ -275,10 +275,7 @@ class LaMAML(_MetaReplay):
         self, module: Any, batch: Batch, parts: Mapping[str, slice], optimizer: Any
     ) -> StepResult:
         x, y, t = batch
-        with torch.no_grad():
-            logits = module(x, t)
-            loss = module.criterion(logits, y)
-        params = trainable(module)
+        logits, loss, params = self._step_start(module, batch)
         if set(self.alpha) != set(params) or any(self.alpha[n].shape != p.shape for n, p in params.items()):
             self._fit_alpha(module)
         (drawn,) = self._memory_batches(module, 1, x.device)

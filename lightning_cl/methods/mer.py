@@ -24,7 +24,12 @@ from lightning_cl.methods.base import (
 from lightning_cl.methods.buffers import ReplayBuffer
 from lightning_cl.methods.distributed import all_reduce_tensors
 from lightning_cl.methods.replay import step_samples
-from lightning_cl.models.optimisation_step import InnerLossScaling, OptimisationStep, StepResult
+from lightning_cl.models.optimisation_step import (
+    InnerLossScaling,
+    OptimisationStep,
+    StepResult,
+    inner_learning_rate,
+)
 
 __all__ = ["MER", "MER_INNER_STEPS", "reptile_batches"]
 
@@ -162,15 +167,13 @@ class _MetaReplay(ContinualCallback, OptimisationStep):
     def on_state_restored(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         self._memory = self.buffer.dataset(experience.dataset)
 
-    def _inner_lr(self, optimizer: Any) -> float:
-        if self.lr is not None:
-            return self.lr
-        groups = getattr(optimizer, "param_groups", None)
-        if not groups:
-            raise MisconfigurationException(
-                f"{type(self).__name__}(lr=None) takes the optimizer's lr, but the module has no optimizer"
-            )
-        return float(groups[0]["lr"])
+    def _step_start(self, module: Any, batch: Batch) -> tuple[Tensor, Tensor, dict[str, nn.Parameter]]:
+        """The incoming batch's logits and loss at the weights before the step, and the weights to update."""
+        x, y, t = batch
+        with torch.no_grad():
+            logits = module(x, t)
+            loss = module.criterion(logits, y)
+        return logits, loss, trainable(module)
 
     def _memory_batches(self, module: Any, n_batches: int, device: torch.device) -> list[Batch | None]:
         """``n_batches`` draws of this rank's share of ``mem_batch_size`` samples each (same on all ranks)."""
@@ -346,10 +349,7 @@ class MER(_MetaReplay):
         self, module: Any, batch: Batch, parts: Mapping[str, slice], optimizer: Any
     ) -> StepResult:
         x, y, t = batch
-        with torch.no_grad():
-            logits = module(x, t)
-            loss = module.criterion(logits, y)
-        params = trainable(module)
+        logits, loss, params = self._step_start(module, batch)
         start = {n: p.detach().clone() for n, p in params.items()}
         batches = []
         for drawn in self._memory_batches(module, self.n_batches, x.device):
@@ -373,7 +373,7 @@ class MER(_MetaReplay):
                 params,
                 loss_fn,
                 batches,
-                self._inner_lr(optimizer) if inner_step is None else 0.0,
+                inner_learning_rate(self.lr, optimizer, type(self).__name__) if inner_step is None else 0.0,
                 self.beta,
                 self.gamma,
                 self.inner_batch_size,

@@ -26,6 +26,7 @@ from lightning_cl.methods.buffers import ReplayBuffer, check_memory_size
 from lightning_cl.methods.distributed import all_reduce_tensors
 from lightning_cl.methods.rar import virtual_parameters
 from lightning_cl.methods.replay import step_samples
+from lightning_cl.models.optimisation_step import inner_learning_rate
 
 __all__ = ["MIR", "MIR_CANDIDATES", "interference_scores"]
 
@@ -222,12 +223,7 @@ class MIR(ContinualCallback):
         self._memory = self.buffer.dataset(experience.dataset)
 
     def _virtual_lr(self, module: Any) -> float:
-        if self.lr is not None:
-            return self.lr
-        optimizers = module.trainer.optimizers
-        if not optimizers:
-            raise MisconfigurationException("MIR(lr=None) takes the optimizer's lr, but the trainer has none")
-        return float(optimizers[0].param_groups[0]["lr"])
+        return inner_learning_rate(self.lr, module.trainer.optimizers, "MIR")
 
     def penalty(self, module: Any, batch: Batch, logits: Tensor) -> Tensor | None:
         memory = self._memory

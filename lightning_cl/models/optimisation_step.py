@@ -24,6 +24,7 @@ __all__ = [
     "OptimisationStep",
     "StepResult",
     "check_step_result",
+    "inner_learning_rate",
     "optimisation_step_owner",
 ]
 
@@ -355,3 +356,39 @@ class InnerLossScaling:
         self.scaler.load_state_dict(state)
         self.scale = float(state["scale"])
         self.finite = torch.ones((), dtype=torch.bool)
+
+
+def inner_learning_rate(lr: float | None, optimizers: Any, owner: str) -> float:
+    """The learning rate of a method's own inner or virtual SGD step: ``lr``, or the optimizer's.
+
+    ``lr=None`` means the first parameter group's learning rate of the module's (first)
+    optimizer, read at each call, so a scheduler's changes carry over (MER's inner steps, MIR's
+    virtual step).
+
+    Args:
+        lr: the method's own rate, or ``None``.
+        optimizers: the module's optimizer (``LightningOptimizer`` or torch's), a sequence of
+            them (``trainer.optimizers``), or ``None``.
+        owner: the method's name, for the error.
+
+    Returns:
+        The rate.
+
+    Raises:
+        MisconfigurationException: for ``lr=None`` when there is no optimizer.
+
+    Example:
+        >>> sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
+        >>> inner_learning_rate(None, [sgd], "MIR"), inner_learning_rate(0.1, None, "MIR")
+        (0.05, 0.1)
+    """
+    if lr is not None:
+        return lr
+    first = optimizers[0] if isinstance(optimizers, Sequence) and optimizers else optimizers
+    groups = getattr(first, "param_groups", None)
+    if not groups:
+        raise MisconfigurationException(
+            f"{owner}(lr=None) takes the optimizer's learning rate, but the module has no optimizer: "
+            f"give {owner} an lr, or the module an optimizer"
+        )
+    return float(groups[0]["lr"])

@@ -259,3 +259,15 @@ def test_an_inner_loop_refuses_a_precision_plugin_it_cannot_follow() -> None:
         InnerLossScaling.for_trainer(L.Trainer(**quiet_trainer_kwargs(precision="bf16-mixed")), "MER").scaler
         is None
     )
+
+
+def test_an_inner_rate_of_none_needs_an_optimizer() -> None:
+    from lightning_cl.models.optimisation_step import inner_learning_rate
+
+    with pytest.raises(
+        MisconfigurationException, match=r"MER\(lr=None\) takes the optimizer's learning rate"
+    ):
+        inner_learning_rate(None, [], "MER")
+    sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
+    sgd.param_groups[0]["lr"] = 0.01  # as a scheduler would: read at each call
+    assert inner_learning_rate(None, sgd, "MER") == 0.01
