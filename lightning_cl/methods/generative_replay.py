@@ -31,6 +31,15 @@ REPLAY_RATIOS = ("tasks_seen", "equal")
 _RANK_STRIDE = 104_729  # a prime: each rank draws its own generated samples at a step
 
 
+def _fusable(module: nn.Module) -> bool:
+    """Whether torch's fused Adam (one kernel per step, the same update) takes ``module``'s parameters."""
+    return all(
+        p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        for p in module.parameters()
+    )
+
+
 class GenerativeReplay(ContinualCallback):
     r"""Deep generative replay: a VAE learns the inputs seen so far, the previous model labels its samples.
 
@@ -63,7 +72,11 @@ class GenerativeReplay(ContinualCallback):
       continual-learning-baselines use for MNIST) instead of the paper's WGAN-GP; it is trained
       after the solver's fit on the experience, with a fresh Adam (lr ``generator_lr``, 1e-3 as
       in continual-learning-baselines) for ``generator_epochs`` passes in batches of
-      ``generator_batch_size``, on the raw inputs (no training augmentation).
+      ``generator_batch_size``, on the raw inputs (no training augmentation). Each step takes
+      one pass of the VAE over the batch joined by its replayed samples, each group averaged
+      apart, and torch's fused Adam where the parameters allow it (CPU or CUDA floats: the same
+      update as the default loop, to rounding), so a generator step costs about half what a
+      step of two passes and the per-tensor Adam loop did.
     - Under DDP every rank trains the generator on the whole experience in the same seeded
       order (:func:`~lightning_cl.methods.experience_generator`); rank 0's weights are then
       broadcast, so the generators are identical even where kernels are not bitwise repeatable.
@@ -221,7 +234,7 @@ class GenerativeReplay(ContinualCallback):
         vae = self.generator.to(device).train()
         previous = copy.deepcopy(vae).eval().requires_grad_(False) if self.experiences_trained else None
         r = self.current_weight(self.experiences_trained)
-        optimizer = torch.optim.Adam(vae.parameters(), lr=self.generator_lr)
+        optimizer = torch.optim.Adam(vae.parameters(), lr=self.generator_lr, fused=_fusable(vae))
         rng = experience_generator(self.seed, experience.index)
         with torch.enable_grad(), torch.inference_mode(False):
             for _ in range(self.generator_epochs):
@@ -229,10 +242,16 @@ class GenerativeReplay(ContinualCallback):
                 for start in range(0, len(data), self.generator_batch_size):
                     x, _, _ = data.__getitems__(order[start : start + self.generator_batch_size])
                     x = x.to(device)
-                    loss = vae.loss(x, generator=rng)
-                    if previous is not None:
+                    if previous is None:
+                        loss = vae.loss(x, generator=rng)
+                    else:
+                        # One pass over current and replayed inputs, each group averaged
+                        # apart: r * mean ELBO(x) + (1 - r) * mean ELBO(x').
                         replayed = previous.sample(len(x), generator=rng)
-                        loss = r * loss + (1 - r) * vae.loss(replayed, generator=rng)
+                        losses = vae.loss(
+                            torch.cat([x.to(replayed.dtype), replayed]), generator=rng, reduction="none"
+                        )
+                        loss = r * losses[: len(x)].mean() + (1 - r) * losses[len(x) :].mean()
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

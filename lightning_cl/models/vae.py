@@ -103,16 +103,27 @@ class VAE(nn.Module):
         mean, _ = self.encode(x)
         return self.decode(mean)
 
-    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def loss(self, x: Tensor, generator: torch.Generator | None = None, reduction: str = "mean") -> Tensor:
         """The negative ELBO of ``x`` per sample, averaged over the batch (a float32 scalar).
 
         Args:
             x: inputs of shape ``(B, *input_shape)``.
             generator: a CPU generator for the reparameterisation noise (for repeatable runs).
+            reduction: ``"mean"`` (the batch's average, a scalar) or ``"none"`` (each sample's
+                negative ELBO, shape ``(B,)``: one pass over a batch that joins groups weighed
+                differently, as generative replay's current and replayed inputs).
 
         Raises:
-            ValueError: if ``x`` does not have the VAE's input shape.
+            ValueError: if ``x`` does not have the VAE's input shape, or for a ``reduction``
+                other than ``"mean"`` and ``"none"``.
+
+        Example:
+            >>> vae = VAE((1, 4, 4), hidden_size=8, latent_size=2)
+            >>> tuple(vae.loss(torch.rand(3, 1, 4, 4), reduction="none").shape)
+            (3,)
         """
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"the VAE takes inputs of shape (B, {', '.join(map(str, self.input_shape))}), "
@@ -128,7 +139,8 @@ class VAE(nn.Module):
         else:
             nll = 0.5 * (out - target).pow(2).sum(1)
         kl = 0.5 * (mean.pow(2) + log_var.exp() - log_var - 1).sum(1)
-        return (nll + kl).mean()
+        per_sample = nll + kl
+        return per_sample.mean() if reduction == "mean" else per_sample
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
