@@ -79,6 +79,12 @@ class L2P(ContinualCallback):
     (:math:`\beta = (0.9, 0.999)`, constant learning rate 0.03), reset at each experience:
     ``ContinualModule(optimizer=partial(torch.optim.Adam, lr=0.03))``.
 
+    The method rests on the frozen feature: its queries must tell the experiences apart and its
+    class rows, trained under the mask one experience at a time, must be comparable at test. On
+    a small ViT pretrained on the UCI digits (``PromptedViT(pretrained_file=...)``; its feature's
+    joint linear accuracy on MNIST 0.74) class-incremental SplitMNIST gives 0.21, below the
+    frozen linear head with this masking alone (0.27): ``benchmarks/l2p_pretrained.md``.
+
     Args:
         sim_coefficient: :math:`\lambda` (>= 0).
         use_mask: mask the logits of classes outside the current experience in training.
