@@ -76,6 +76,10 @@ class ReplayBuffer:
     :class:`~lightning_cl.methods.ClosestToCenterSelection`) read the model given to
     :meth:`update` and rank a group's candidates again whenever new ones arrive.
 
+    **Each sample once**: a sample that :meth:`update` offers again (the same index and task
+    label: an experience trained twice) replaces its earlier entry, with a fresh priority or
+    rank, so the memory never holds two copies of it.
+
     **End of experience or online**: :meth:`update` offers an experience's samples at once;
     :meth:`offer` offers a training step's samples (online, task-free streams, random selection
     only). A ``"reservoir"`` buffer fed by :meth:`offer` follows Vitter's algorithm R by default
@@ -177,10 +181,16 @@ class ReplayBuffer:
                 f"the buffer's selection {self.selection!r} reads the model's features: pass module="
             )
         keys = self._keys(data, experience_index)
-        if type(self.selection) is RandomSelection:
-            self._merge_by_priority(data, keys, torch.rand(len(data), generator=generator))
-        else:
-            self._merge_by_selection(data, keys, generator, module)
+        previous = dict(self.groups)
+        try:
+            self._drop_offered_again(data)
+            if type(self.selection) is RandomSelection:
+                self._merge_by_priority(data, keys, torch.rand(len(data), generator=generator))
+            else:
+                self._merge_by_selection(data, keys, generator, module)
+        except BaseException:
+            self.groups = previous  # a failed update leaves the memory as it was
+            raise
         self.seen += len(data)
         self.base_size = len(data.base_targets)
 
@@ -213,6 +223,20 @@ class ReplayBuffer:
             )
         self.seen += len(data)
         self.base_size = len(data.base_targets)
+
+    def _drop_offered_again(self, data: DatasetView) -> None:
+        """Forget the entries of the samples ``data`` offers again (matched by index and task label)."""
+        held = [g for g in self.groups.values() if len(g[0])]
+        if not held or len(data) == 0:
+            return
+        width = int(torch.cat([data.task_labels, *(g[1] for g in held)]).max()) + 1
+        offered = data.indices.long() * width + data.task_labels.long()
+        for key, group in list(self.groups.items()):
+            keep = ~torch.isin(group[0].long() * width + group[1].long(), offered)
+            if not bool(keep.all()):
+                self.groups[key] = tuple(v[keep] for v in group)  # type: ignore[assignment]
+            if not len(self.groups[key][0]):
+                del self.groups[key]
 
     def _algorithm_r(self, data: DatasetView, generator: torch.Generator) -> None:
         # Vitter's algorithm R: sample i (1-based over the stream) enters a free slot, or slot

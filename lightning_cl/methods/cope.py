@@ -17,7 +17,8 @@ from lightning_cl.methods.distributed import all_reduce_tensors
 from lightning_cl.methods.er_ace import check_online, updates_per_step
 from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.icarl import nearest_mean_scores
-from lightning_cl.methods.replay import Replay
+from lightning_cl.methods.replay import Replay, check_one_replay_loader
+from lightning_cl.methods.selection import check_layer_name
 from lightning_cl.models.eval_classifier import EvalClassifier
 
 __all__ = ["CoPE", "ppp_loss", "update_prototypes"]
@@ -184,8 +185,13 @@ class CoPE(ContinualCallback, EvalClassifier):
         self.online = check_online(online)
         if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        if (
+            not isinstance(temperature, int | float)
+            or isinstance(temperature, bool)
+            or not 0 < temperature < float("inf")
+        ):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        check_layer_name(feature_layer, "feature_layer")
         self.replay = Replay(
             mem_size=mem_size, policy="class_balanced", mem_batch_size=mem_batch_size, seed=seed
         )
@@ -208,8 +214,12 @@ class CoPE(ContinualCallback, EvalClassifier):
             return []
         return torch.nonzero(self.prototypes.abs().sum(1) > 0).flatten().tolist()
 
+    feeds_replay_loader = True
+    """Its memory's batches come under the loader name ``"replay"`` (one such callback per trainer)."""
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
+            check_one_replay_loader(trainer)
             resolve_layer(pl_module.model, self.feature_layer)  # type: ignore[arg-type]
         super().setup(trainer, pl_module, stage)
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback
 from lightning_cl.methods.buffers import ReplayBuffer, check_memory_size
-from lightning_cl.methods.replay import Replay
+from lightning_cl.methods.replay import Replay, check_one_replay_loader
 
 __all__ = ["ERACE", "masked_cross_entropy"]
 
@@ -69,6 +69,14 @@ class _ReplayLoss(ContinualCallback):
     ):
         self.online = check_online(online)
         self.replay = Replay(mem_size=mem_size, policy=policy, mem_batch_size=mem_batch_size, seed=seed)
+
+    feeds_replay_loader = True
+    """Its memory's batches come under the loader name ``"replay"`` (one such callback per trainer)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_one_replay_loader(trainer)
+        super().setup(trainer, pl_module, stage)
 
     @property
     def buffer(self) -> ReplayBuffer:

@@ -104,7 +104,9 @@ class GDumb(ContinualCallback):
 
     - The memory holds indices into the stream's dataset (its state: three integer tensors).
       The samples of an experience arrive in a random order drawn from the shared seed and the
-      experience (the paper's stream order), so every DDP rank holds the same memory.
+      experience (the paper's stream order), so every DDP rank holds the same memory. A sample
+      the memory already holds (an experience fitted twice) is not offered again: the memory
+      holds each sample once.
     - ``init="reset"`` (default, the paper: a model trained from scratch at every step): each
       layer's ``reset_parameters()`` with a generator seeded from the stream seed and the
       experience. ``init="initial"`` (Avalanche's ``GDumbPlugin``): the weights the model had
@@ -189,6 +191,12 @@ class GDumb(ContinualCallback):
         # The memory first (it may refuse the data), then the weights.
         generator = experience_generator(self._seed, experience.index)
         order = torch.randperm(len(data), generator=generator)
+        if len(self.indices):  # what the memory holds already is not offered twice
+            width = int(torch.cat([data.task_labels, self.task_labels]).max()) + 1
+            again = torch.isin(
+                data.indices.long() * width + data.task_labels.long(), self.indices * width + self.task_labels
+            )
+            order = order[~again[order]]
         n_held = len(self.indices)
         # Candidates: the memory's samples (positions 0..n_held-1), then the experience's.
         targets = torch.cat([self.targets, data.targets])

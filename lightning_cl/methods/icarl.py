@@ -17,7 +17,12 @@ from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback, experience_generator, stream_seed
 from lightning_cl.methods.buffers import check_memory_size
 from lightning_cl.methods.features import capture_features, resolve_layer
-from lightning_cl.methods.selection import HerdingSelection, SelectionStrategy, check_selection
+from lightning_cl.methods.selection import (
+    HerdingSelection,
+    SelectionStrategy,
+    check_layer_name,
+    check_selection,
+)
 from lightning_cl.models.eval_classifier import EvalClassifier
 from lightning_cl.models.heads import MASK_VALUE, MultiHeadClassifier, copy_at_state
 
@@ -193,7 +198,7 @@ class ICaRL(ContinualCallback, EvalClassifier):
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         self.mem_size = mem_size
-        self.feature_layer = feature_layer
+        self.feature_layer = check_layer_name(feature_layer, "feature_layer")
         self.selection = (
             check_selection(selection) if selection is not None else HerdingSelection(feature_layer)
         )

@@ -17,6 +17,7 @@ from lightning_cl.methods.base import Batch, ContinualCallback, step_generator, 
 from lightning_cl.methods.er_ace import _ReplayLoss
 from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.replay import Replay
+from lightning_cl.methods.selection import check_layer_name
 from lightning_cl.models.loss_term import batch_parts
 
 __all__ = ["RAR", "RAR_ATTACKS", "feature_attack", "mixup_batch", "nearest_other_class", "virtual_parameters"]
@@ -395,6 +396,7 @@ class RAR(ContinualCallback):
             clamp = (float(clamp[0]), float(clamp[1]))
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
+        check_layer_name(feature_layer, "feature_layer")
         if attack not in RAR_ATTACKS:
             raise ValueError(f"attack must be one of {RAR_ATTACKS}, got {attack!r}")
         self.attack = attack

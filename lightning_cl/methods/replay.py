@@ -22,7 +22,29 @@ from lightning_cl.methods.buffers import (
 )
 from lightning_cl.methods.selection import RandomSelection, SelectionStrategy, check_selection
 
-__all__ = ["Replay", "step_samples"]
+__all__ = ["Replay", "check_one_replay_loader", "step_samples"]
+
+
+def check_one_replay_loader(trainer: L.Trainer) -> None:
+    """Refuse two callbacks of ``trainer`` that each feed the memory loader named ``"replay"``.
+
+    :class:`Replay`, :class:`~lightning_cl.methods.ERACE`, :class:`~lightning_cl.methods.ERAML`,
+    :class:`~lightning_cl.methods.SCR` and :class:`~lightning_cl.methods.CoPE` (the classes with
+    ``feeds_replay_loader = True``) each add their memory's batches under that name, and a
+    training batch holds one loader per name: a second memory would silently replace the first.
+
+    Raises:
+        MisconfigurationException: if two or more do; the message names them.
+    """
+    feeders = [c for c in trainer.callbacks if getattr(c, "feeds_replay_loader", False)]  # type: ignore[attr-defined]
+    if len(feeders) > 1:
+        names = ", ".join(type(c).__name__ for c in feeders)
+        raise MisconfigurationException(
+            f"{names} each feed a memory loader named 'replay' (the batch's 'replay' rows); a batch holds "
+            "one loader per name, so one memory would silently replace the other: keep one of them (ERACE, "
+            "ERAML, SCR and CoPE rehearse a memory of their own; one Replay's mem_size and policy cover what "
+            "two would)"
+        )
 
 
 def step_samples(trainer: L.Trainer, batch_idx: int) -> DatasetView | None:
@@ -115,6 +137,9 @@ class Replay(ContinualCallback):
         ValueError: for ``mem_size`` not an int >= 0, an unknown policy or reservoir algorithm,
             ``mem_batch_size < 1``, a ``seed`` that is not an int, a selection that is not a
             strategy, or a strategy other than random with ``online=True``.
+        MisconfigurationException: at set-up, when another callback of the trainer feeds the
+            ``"replay"`` loader too (a second ``Replay``, ``ERACE``, ``ERAML``, ``SCR``, ``CoPE``;
+            :func:`check_one_replay_loader`).
 
     Example:
         >>> replay = Replay(mem_size=200)
@@ -159,6 +184,15 @@ class Replay(ContinualCallback):
         self.online = online
         self._seed: int | None = None
         self._offers = 0  # steps offered to an online memory so far (the generator's counter)
+
+    feeds_replay_loader = True
+    """Its memory's batches come under the loader name ``"replay"`` (one such callback per trainer)."""
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_one_replay_loader(trainer)
+        super().setup(trainer, pl_module, stage)
 
     @property
     def state_key(self) -> str:

@@ -120,8 +120,7 @@ class FeatureSelection(SelectionStrategy):
     needs_model = True
 
     def __init__(self, layer: str = "features", batch_size: int = 256):
-        if not isinstance(layer, str) or not layer:
-            raise ValueError(f"layer must be a non-empty layer name, got {layer!r}")
+        check_layer_name(layer)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.layer = layer
@@ -202,7 +201,9 @@ class HerdingSelection(FeatureSelection):
 
     def __init__(self, layer: str = "features", normalize: bool = True, batch_size: int = 256):
         super().__init__(layer, batch_size)
-        self.normalize = bool(normalize)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be True or False, got {normalize!r}")
+        self.normalize = normalize
 
     def select_features(
         self, features: Tensor, k: int, *, generator: torch.Generator | None = None
@@ -249,6 +250,20 @@ class ClosestToCenterSelection(FeatureSelection):
         phi = features.double()
         distance = (phi - phi.mean(0)).norm(dim=1)
         return distance.argsort(stable=True)[:k]
+
+
+def check_layer_name(layer: Any, name: str = "layer") -> str:
+    """``layer`` if it is a non-empty string (a ``named_modules()`` name), else a ``ValueError``.
+
+    Example:
+        >>> check_layer_name("features")
+        'features'
+    """
+    if not isinstance(layer, str) or not layer:
+        raise ValueError(
+            f"{name} must be a non-empty layer name (a model.named_modules() name), got {layer!r}"
+        )
+    return layer
 
 
 def check_selection(selection: Any) -> SelectionStrategy:

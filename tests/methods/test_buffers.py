@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightning_cl.data import DatasetView, TensorClassificationDataset
-from lightning_cl.methods import ReplayBuffer
+from lightning_cl.methods import RandomSelection, ReplayBuffer
 
 
 def _base(n: int = 60, classes: int = 6) -> TensorClassificationDataset:
@@ -234,3 +234,42 @@ def test_bad_selection_and_reservoir() -> None:
         ReplayBuffer(5, "reservoir", "herding")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="reservoir must be one of"):
         ReplayBuffer(5, "reservoir", reservoir="L")
+
+
+@pytest.mark.parametrize("policy", ["experience_balanced", "class_balanced", "reservoir"])
+def test_an_experience_offered_twice_is_held_once(policy: str) -> None:
+    base = _base()
+    first, second = _experience(base, [0, 1]), _experience(base, [2, 3])
+    buffer = ReplayBuffer(12, policy)
+    buffer.update(first, 0, _gen(0))
+    buffer.update(first, 0, _gen(1))  # the same experience trained again
+    assert len(buffer) == 12 and len(set(buffer.indices.tolist())) == 12
+    buffer.update(second, 1, _gen(2))
+    assert len(buffer) == 12 and len(set(buffer.indices.tolist())) == 12
+    # The second offer drew afresh: what a buffer that saw it once with that seed holds.
+    once = ReplayBuffer(12, policy)
+    once.update(first, 0, _gen(1))
+    once.update(second, 1, _gen(2))
+    assert sorted(buffer.indices.tolist()) == sorted(once.indices.tolist())
+    # The same index under another task label is another sample (a task-aware stream).
+    tasks = ReplayBuffer(20, "reservoir")
+    tasks.update(_experience(base, [0, 1], task=0), 0, _gen(0))
+    tasks.update(_experience(base, [0, 1], task=1), 1, _gen(1))
+    assert len(tasks) == 20 and set(tasks.task_labels.tolist()) == {0, 1}
+
+
+def test_a_failed_update_leaves_the_buffer_as_it_was() -> None:
+    class Failing(RandomSelection):
+        needs_model = False
+
+        def select(self, candidates: DatasetView, k: int, **kwargs: object) -> torch.Tensor:
+            raise RuntimeError("no choice")
+
+    base = _base()
+    buffer = ReplayBuffer(8, "class_balanced")
+    buffer.update(_experience(base, [0, 1]), 0, _gen(0))
+    held = buffer.indices.clone()
+    buffer.selection = Failing()
+    with pytest.raises(RuntimeError, match="no choice"):
+        buffer.update(_experience(base, [0, 1]), 0, _gen(1))
+    assert torch.equal(buffer.indices, held)

@@ -110,8 +110,12 @@ def test_evaluation_picks_the_nearest_prototype() -> None:
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\]"):
         CoPE(momentum=1.5)
-    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
         CoPE(temperature=0)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got inf"):
+        CoPE(temperature=float("inf"))
+    with pytest.raises(ValueError, match=r"feature_layer must be a non-empty layer name .*, got None"):
+        CoPE(feature_layer=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mem_size must be an int >= 1, got 0: CoPE"):
         CoPE(mem_size=0)
     bench = SplitDigits(n_experiences=5, seed=1)

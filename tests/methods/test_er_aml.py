@@ -89,8 +89,12 @@ def test_a_missing_feature_layer_is_refused_at_set_up() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match="temperature must be a number > 0, got 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
         ERAML(temperature=0)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got inf"):
+        ERAML(temperature=float("inf"))
+    with pytest.raises(ValueError, match=r"feature_layer must be a non-empty layer name .*, got 1"):
+        ERAML(feature_layer=1)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

@@ -67,6 +67,24 @@ def test_the_memory_is_class_balanced_after_every_experience() -> None:
         assert torch.equal(experience.dataset.base_targets[gdumb.indices], gdumb.targets)
 
 
+def test_an_experience_fitted_twice_is_held_once() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    gdumb, module = GDumb(mem_size=500, seed=0), digits_module()
+    experience = bench.train_stream[0]
+    for _ in range(2):
+        L.Trainer(**quiet_trainer_kwargs(limit_train_batches=1), callbacks=[gdumb]).fit(
+            module, datamodule=experience
+        )
+    # Room for every sample of experience 0, each held once.
+    assert len(gdumb) == len(experience.dataset) == len(set(gdumb.indices.tolist()))
+    small = GDumb(mem_size=50, seed=0)
+    for _ in range(2):
+        L.Trainer(**quiet_trainer_kwargs(limit_train_batches=1), callbacks=[small]).fit(
+            module, datamodule=experience
+        )
+    assert len(set(small.indices.tolist())) == 50 and sorted(small.class_counts().values()) == [25, 25]
+
+
 @pytest.mark.parametrize("init", ["initial", "reset"])
 def test_the_model_is_reinitialised_and_trained_on_the_memory_alone(init: str) -> None:
     L.seed_everything(0)

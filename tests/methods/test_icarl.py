@@ -103,6 +103,8 @@ def test_gdumb_next_to_icarl_is_refused() -> None:
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="mem_size must be an int >= 1"):
         ICaRL(mem_size=0)
+    with pytest.raises(ValueError, match=r"feature_layer must be a non-empty layer name .*, got ''"):
+        ICaRL(feature_layer="")
     with pytest.raises(ValueError, match="reduction must be one of"):
         ICaRL(reduction="sum")
     with pytest.raises(ValueError, match="selection must be a SelectionStrategy"):

@@ -229,6 +229,8 @@ def test_bad_arguments_are_refused() -> None:
         RAR(clamp=(1.0, 0.0))
     with pytest.raises(ValueError, match="mixup must be True or False"):
         RAR(mixup="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"feature_layer must be a non-empty layer name .*, got 3"):
+        RAR(feature_layer=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"attack must be one of \('features', 'avalanche'\), got 'fgsm'"):
         RAR(attack="fgsm")
 

@@ -137,3 +137,29 @@ def test_naive_forgets_and_replay_remembers_on_split_digits() -> None:
     assert naive.average_accuracy < 0.25
     assert replay.average_accuracy >= naive.average_accuracy + 0.3
     assert replay.forgetting < naive.forgetting - 0.3
+
+
+def test_two_memories_feeding_the_replay_loader_are_refused_before_anything_changes() -> None:
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    from lightning_cl.methods import ERACE, SCR, CoPE
+
+    bench = SplitDigits(n_experiences=5, seed=1)
+    for first, second in (
+        (Replay(mem_size=20), Replay(mem_size=30)),
+        (ERACE(mem_size=20), Replay(mem_size=20)),
+        (Replay(mem_size=20), SCR(mem_size=20)),
+        (CoPE(mem_size=20), Replay(mem_size=20)),
+    ):
+        module = digits_module()
+        weights = [p.detach().clone() for p in module.parameters()]
+        trainer = L.Trainer(**quiet_trainer_kwargs(limit_train_batches=2), callbacks=[first, second])
+        names = f"{type(first).__name__}, {type(second).__name__}"
+        with pytest.raises(
+            MisconfigurationException, match=f"{names} each feed a memory loader named 'replay'"
+        ):
+            trainer.fit(module, datamodule=bench.train_stream[0])
+        assert all(torch.equal(a, b) for a, b in zip(weights, module.parameters()))
+        for callback in (first, second):  # no memory filled, no seed drawn
+            inner = callback.replay if isinstance(callback, CoPE) else callback
+            assert len(inner.buffer) == 0 and inner.state_dict()["seed"] is None

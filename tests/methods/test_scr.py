@@ -63,8 +63,12 @@ def test_the_classifier_is_the_nearest_mean_of_the_memorys_features() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+    with pytest.raises(ValueError, match=r"temperature must be a finite number > 0, got -1\.0"):
         SCR(temperature=-1.0)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got inf"):
+        SCR(temperature=float("inf"))
+    with pytest.raises(ValueError, match=r"feature_layer must be a non-empty layer name .*, got 2"):
+        SCR(feature_layer=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="augment must be a callable"):
         SCR(augment="flip")  # type: ignore[arg-type]
     # No memory, no class means: the classifier would be an untrained output layer.

@@ -106,5 +106,7 @@ def test_k_larger_than_data_and_bad_k(strategy: object) -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="layer must be a non-empty layer name"):
         HerdingSelection(layer="")
+    with pytest.raises(ValueError, match="normalize must be True or False, got 'no'"):
+        HerdingSelection(normalize="no")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         ClosestToCenterSelection(batch_size=0)
