@@ -16,7 +16,7 @@ from lightning_cl.methods.buffers import check_memory_size
 from lightning_cl.methods.distributed import all_reduce_tensors
 from lightning_cl.methods.er_ace import check_online, updates_per_step
 from lightning_cl.methods.features import capture_features, resolve_layer
-from lightning_cl.methods.icarl import nearest_mean_scores
+from lightning_cl.methods.icarl import nearest_mean_scores, refuse_task_aware
 from lightning_cl.methods.replay import Replay, check_one_replay_loader
 from lightning_cl.methods.selection import check_layer_name
 from lightning_cl.models.eval_classifier import EvalClassifier
@@ -149,6 +149,9 @@ class CoPE(ContinualCallback, EvalClassifier):
       prototypes move after every step of any number of epochs.
     - The embedding is a named layer's output (the paper and Avalanche normalise the network's
       last layer, whose width is then the prototypes').
+    - Class-incremental only (the paper's setting): the nearest prototype is over all classes
+      seen, so a multi-head model or task labels other than 0 are refused at set-up
+      (:func:`~lightning_cl.methods.icarl.refuse_task_aware`), as for iCaRL and SCR.
 
     Args:
         mem_size: memory size in samples.
@@ -164,6 +167,8 @@ class CoPE(ContinualCallback, EvalClassifier):
         ValueError: for ``mem_size`` not an int >= 1, a ``momentum`` outside [0, 1], a
             temperature that is not > 0, a ``seed`` that is not an int or an ``online`` that is
             not ``None`` or a bool; at set-up, a ``feature_layer`` the model does not have.
+        MisconfigurationException: at set-up, a multi-head model or an experience with task
+            labels other than 0, or another callback feeding the ``"replay"`` loader.
 
     Example:
         >>> cope = CoPE(mem_size=200)
@@ -224,6 +229,7 @@ class CoPE(ContinualCallback, EvalClassifier):
         super().setup(trainer, pl_module, stage)
 
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        refuse_task_aware("CoPE", module, experience)
         self.replay.online = updates_per_step(self.online, experience)
         self.replay.on_experience_start(trainer, module, experience)
 

@@ -143,3 +143,18 @@ def test_class_incremental_digits_beats_naive_and_state_round_trips() -> None:
     fresh.load_state_dict(cope.state_dict())
     assert torch.equal(fresh.prototypes, cope.prototypes)
     assert torch.equal(fresh.replay.buffer.indices, cope.replay.buffer.indices)
+
+
+def test_task_aware_set_ups_are_refused_as_for_icarl_and_scr() -> None:
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    cope, module = CoPE(mem_size=20), digits_module()
+    L.Trainer(**quiet_trainer_kwargs(limit_train_batches=1), callbacks=[cope]).fit(
+        module, datamodule=bench.train_stream[0]
+    )  # task label 0
+    trainer = L.Trainer(**quiet_trainer_kwargs(limit_train_batches=1), callbacks=[cope])
+    with pytest.raises(
+        MisconfigurationException, match=r"CoPE classifies by .* experience 1 has task labels \[1\]"
+    ):
+        trainer.fit(module, datamodule=bench.train_stream[1])
