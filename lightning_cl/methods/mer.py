@@ -261,7 +261,8 @@ class MER(_MetaReplay):
       gradients in the weights' ``.grad`` and steps the module's torch optimizer (its momentum,
       weight decay and learning rate; ``lr`` must be ``None``); the optimizer's state carries
       over the inner steps, the meta-updates and the training steps, and is checkpointed by
-      Lightning. It is stepped directly, not through Lightning's ``optimizer.step()``:
+      Lightning; under DDP its state (momentum, moments) is averaged over the ranks after each
+      step, as the update is. It is stepped directly, not through Lightning's ``optimizer.step()``:
       ``on_before_optimizer_step`` callbacks do not see the inner steps, and the step is counted
       once by the module. The batch order is the incoming samples, then the memory samples (the
       authors' code puts the incoming sample last). Penalties of other callbacks (EWC, ...)
@@ -367,7 +368,9 @@ class MER(_MetaReplay):
 
         trainer = module.trainer
         scaling = InnerLossScaling.for_trainer(trainer, type(self).__name__)
-        inner_step = None if self.inner_steps == "sgd" else _optimizer_step(optimizer, scaling)
+        inner_step = (
+            None if self.inner_steps == "sgd" else _optimizer_step(optimizer, scaling, trainer.world_size)
+        )
         try:
             reptile_batches(
                 params,
@@ -390,6 +393,8 @@ class MER(_MetaReplay):
                 with torch.no_grad():
                     for n, p in params.items():
                         p.copy_(start[n] + mean[n])
+                if inner_step is not None:
+                    _average_optimizer_state(trainer, optimizer, params)
         except BaseException:
             self._restore(params, start)
             raise
@@ -405,8 +410,24 @@ class MER(_MetaReplay):
                 p.copy_(start[n])
 
 
+def _average_optimizer_state(trainer: Any, optimizer: Any, params: Mapping[str, Tensor]) -> None:
+    """Average the optimizer's floating-point state (momentum, moments) of ``params`` over the ranks."""
+    raw = getattr(optimizer, "optimizer", optimizer)
+    tensors = {
+        f"{n}.{key}": value
+        for n, p in params.items()
+        for key, value in raw.state.get(p, {}).items()
+        if isinstance(value, Tensor) and value.is_floating_point() and value.ndim > 0
+    }
+    if tensors:
+        mean = all_reduce_tensors(trainer, tensors, op="mean")
+        with torch.no_grad():
+            for key, value in tensors.items():
+                value.copy_(mean[key])
+
+
 def _optimizer_step(
-    optimizer: Any, scaling: InnerLossScaling
+    optimizer: Any, scaling: InnerLossScaling, world_size: int = 1
 ) -> Callable[[Sequence[Tensor], Sequence[Tensor | None]], None]:
     """An inner step through the module's torch optimizer (the one Lightning wraps), not counted."""
     raw = getattr(optimizer, "optimizer", optimizer)
@@ -419,7 +440,11 @@ def _optimizer_step(
         if scaling.scaler is not None and not bool(scaling.finite):
             return  # the step is skipped at its end; no further state in the optimizer
         for p, g in zip(tensors, grads):
-            p.grad = None if g is None else g.detach().to(p.dtype)
+            # Under DDP an unused weight gets a zero gradient, so that every rank's optimizer
+            # holds state for the same weights (averaged after the step).
+            p.grad = (
+                (None if world_size == 1 else torch.zeros_like(p)) if g is None else g.detach().to(p.dtype)
+            )
         raw.step()
         for p in tensors:
             p.grad = None

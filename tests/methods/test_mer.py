@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_cl.data import DatasetView, SplitDigits, TensorClassificationDataset
@@ -279,3 +280,20 @@ def test_16_mixed_on_cpu_scales_the_inner_gradients_with_the_trainers_scaler(met
     # Every step went through the scaler (Lightning never sees these gradients).
     assert plugin.scaler.state_dict()["_growth_tracker"] == 3
     assert all(not torch.equal(a, b.detach()) for a, b in zip(before, module.parameters()))
+
+
+def test_a_precision_plugin_the_inner_loop_cannot_follow_is_refused_at_set_up() -> None:
+    from lightning.pytorch.plugins.precision import Precision
+
+    class _Sharded(Precision):
+        pass
+
+    module = digits_module()
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = L.Trainer(**quiet_trainer_kwargs(), plugins=[_Sharded()], callbacks=[MER(mem_size=10, seed=0)])
+    with pytest.raises(
+        MisconfigurationException, match=r"MER takes its own gradients .* _Sharded .* use precision"
+    ):
+        trainer.fit(module, datamodule=SplitDigits(n_experiences=5, seed=1).train_stream[0])
+    assert trainer.global_step == 0
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, module.parameters()))

@@ -109,6 +109,17 @@ METHODS = {
     ],
     # Meta-learning over a reservoir memory, each in its own inner loop (an owned optimisation step).
     "mer": lambda: [MER(mem_size=200, mem_batch_size=32, n_batches=2, inner_batch_size=16, beta=0.5, seed=1)],
+    "mer_optimizer": lambda: [
+        MER(
+            mem_size=200,
+            mem_batch_size=32,
+            n_batches=2,
+            inner_batch_size=16,
+            beta=0.5,
+            inner_steps="optimizer",
+            seed=1,
+        )
+    ],
     "lamaml": lambda: [LaMAML(mem_size=200, mem_batch_size=32, n_glances=2, seed=1)],
     "icarl": lambda: [ICaRL(mem_size=200)],
     "bic": lambda: [BiC(mem_size=200)],
@@ -232,6 +243,12 @@ def checksums(module: ContinualModule, callbacks: list[Any]) -> dict[str, float]
             out[f"{type(cb).__name__.lower()}_memory"] = float(weighted.sum())
         if isinstance(cb, LaMAML):
             out["lamaml_alpha"] = float(sum(a.double().sum() for a in cb.alpha.values()))
+        if isinstance(cb, MER) and cb.inner_steps == "optimizer" and module._trainer is not None:
+            # The momentum its inner steps left in the module's optimizer (averaged over the ranks).
+            state = module._trainer.optimizers[0].state.values()
+            out["mer_optimizer_state"] = float(
+                sum(v.double().sum() for s in state for v in s.values() if torch.is_tensor(v))
+            )
         if isinstance(cb, RAR):
             out["rar_seed"] = float(cb.state_dict()["seed"] if cb.state_dict()["seed"] is not None else -1)
         if isinstance(cb, L2P) and cb.counts is not None:

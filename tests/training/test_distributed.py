@@ -119,8 +119,11 @@ def test_ddp_matches_a_single_process_with_the_same_global_batch(runs: dict[str,
     # RWalk's path scores integrate the whole trajectory, which another sample order changes: one
     # cell of its class-incremental run (0.19 average accuracy either way) moves by 14 samples.
     # AR1's replayed classes re-enter CWR*'s consolidation: one process moves a cell by 0.10 with
-    # the batch size alone.
-    bound = {"gem": 0.12, "der": 0.12, "all": 0.12, "rwalk": 0.2, "ar1": 0.12, **online}.get(method, 0.06)
+    # the batch size alone. MER stepping the module's optimizer carries each rank's momentum over
+    # its shard's inner steps (averaged after each step): a cell moves by 0.07 (5 of ~72 samples).
+    bounds = {"gem": 0.12, "der": 0.12, "all": 0.12, "rwalk": 0.2, "ar1": 0.12, "mer_optimizer": 0.1}
+    bounds.update(online)
+    bound = bounds.get(method, 0.06)
     assert float((ddp - single).abs().max()) <= bound
 
 
