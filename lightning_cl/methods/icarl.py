@@ -153,6 +153,9 @@ class ICaRL(ContinualCallback, EvalClassifier):
 
     - The loss sums over classes and averages over the batch (``reduction="class_sum"``, the
       paper); Avalanche's ``ICaRLLossPlugin`` averages over both: ``reduction="mean"``.
+    - The distilled (old) classes are those of earlier experiences less the running
+      experience's: a class that comes back (or an experience fitted twice) is learnt from its
+      labels, not from the old network's outputs (the paper's classes never come back).
     - The class means are computed once per experience, when its exemplars are chosen (the
       paper's means of the exemplars, without its horizontally flipped copies).
     - The old network runs in eval mode; its weights are part of the checkpointed state (one
@@ -281,8 +284,12 @@ class ICaRL(ContinualCallback, EvalClassifier):
     ) -> Tensor | None:
         x, y, t = batch
         classes = sorted(module.seen_classes)
-        teacher = self._teacher_logits(module, x, t)
-        return icarl_loss(logits, y, classes, self.old_classes, teacher, self.reduction)
+        # A class of the running experience learns from its labels, even if an earlier
+        # experience held it too (an experience fitted twice, a class that comes back).
+        current = set(module.trainer.datamodule.classes_in_this_experience)
+        old = [c for c in self.old_classes if c not in current]
+        teacher = self._teacher_logits(module, x, t) if old else None
+        return icarl_loss(logits, y, classes, old, teacher, self.reduction)
 
     # ------------------------------------------------------------------ exemplars and means
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:

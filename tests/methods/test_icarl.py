@@ -147,3 +147,19 @@ def test_task_aware_set_ups_are_refused_at_set_up() -> None:
     trainer = L.Trainer(callbacks=[ICaRL(mem_size=50)], **quiet_trainer_kwargs())
     with pytest.raises(MisconfigurationException, match=r"experience 1 has task labels \[1\]"):
         trainer.fit(digits_module(), datamodule=bench.train_stream[1])
+
+
+def test_an_experience_fitted_again_learns_its_classes_from_labels() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    icarl, module = ICaRL(mem_size=40), digits_module()
+    experience = bench.train_stream[0]
+    L.Trainer(**quiet_trainer_kwargs(limit_train_batches=2), callbacks=[icarl]).fit(
+        module, datamodule=experience
+    )
+    assert icarl.old_classes == experience.classes_in_this_experience and icarl.teacher_state is not None
+    # Fitted again (module.trainer's experience is experience 0): its classes are not distilled.
+    x, y, t = next(iter(experience.train_dataloader()))
+    logits = module(x, t)
+    loss = icarl.task_loss(module, (x, y, t), logits, {"current": slice(0, len(y))})
+    labels_only = icarl_loss(logits, y, sorted(module.seen_classes), [], None)
+    assert loss is not None and torch.allclose(loss, labels_only)
