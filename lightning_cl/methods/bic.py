@@ -66,7 +66,9 @@ class BiC(ContinualCallback, EvalClassifier):
        so each old class needs two exemplars: fewer is refused when the experience starts.
     2. **Training** (Sec. 4.1, Eq. 1-3): the task loss becomes
        :math:`\lambda L_d + (1 - \lambda) L_c`, with :math:`\lambda = n / (n + m)` (``n`` old and
-       ``m`` new classes), :math:`L_c` the cross-entropy over the classes seen, and
+       ``m`` new classes; a class of the running experience is new even if an earlier one held
+       it, as when an experience is fitted twice), :math:`L_c` the cross-entropy over the classes
+       seen, and
        :math:`L_d = -\sum_{k \le n} \hat\pi_k \log \pi_k` the distillation of the old model's
        outputs at temperature ``T`` on the old classes (the old model with its own bias correction,
        as the paper does).
@@ -213,7 +215,11 @@ class BiC(ContinualCallback, EvalClassifier):
     def task_loss(
         self, module: Any, batch: Batch, logits: Tensor, parts: Mapping[str, slice]
     ) -> Tensor | None:
-        if self.teacher_state is None or not self.old_classes:
+        # A class of the running experience is learnt from its labels, even if an earlier
+        # experience held it too (an experience fitted twice, a class that comes back).
+        current = set(module.trainer.datamodule.classes_in_this_experience)
+        old_classes = [c for c in self.old_classes if c not in current]
+        if self.teacher_state is None or not old_classes:
             return None  # the first experience: plain cross-entropy
         x, y, t = batch
         seen = torch.as_tensor(sorted(module.seen_classes), device=logits.device)
@@ -221,7 +227,7 @@ class BiC(ContinualCallback, EvalClassifier):
         position = torch.full((z.shape[1],), -1, dtype=torch.long, device=z.device)
         position[seen] = torch.arange(len(seen), device=z.device)
         classification = F.cross_entropy(z[:, seen], position[y])
-        old = torch.as_tensor(self.old_classes, device=z.device)
+        old = torch.as_tensor(old_classes, device=z.device)
         teacher = self._teacher_logits(module, x, t).float()[:, old] / self.temperature
         log_p = F.log_softmax(z[:, old] / self.temperature, dim=1)
         distillation = -(F.softmax(teacher, dim=1) * log_p).sum(1).mean()

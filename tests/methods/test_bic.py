@@ -125,3 +125,17 @@ def test_one_exemplar_per_class_is_refused_naming_the_sizes() -> None:
     message = r"mem_size=2\) holds 1 exemplar of class \d over 2 old classes: use mem_size >= 4"
     with pytest.raises(ValueError, match=message):
         trainer.fit(module, datamodule=bench.train_stream[1])
+
+
+def test_an_experience_fitted_again_is_not_distilled_from_itself() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    bic, module = BiC(mem_size=40), digits_module()
+    experience = bench.train_stream[0]
+    L.Trainer(**quiet_trainer_kwargs(limit_train_batches=2), callbacks=[bic]).fit(
+        module, datamodule=experience
+    )
+    assert bic.old_classes == experience.classes_in_this_experience and bic.teacher_state is not None
+    # module.trainer's experience is experience 0 again: its classes are new, no old class is left,
+    # so the loss is the plain cross-entropy (None), not lambda = 1 distillation from itself.
+    x, y, t = next(iter(experience.train_dataloader()))
+    assert bic.task_loss(module, (x, y, t), module(x, t), {"current": slice(0, len(y))}) is None
