@@ -165,7 +165,6 @@ class AR1(CWRStar):
         self.freeze_moments = freeze_moments
         self.inc_lr = None if inc_lr is None else float(inc_lr)
         self.inc_batch_renorm = inc_batch_renorm
-        self._eval_layers: list[tuple[nn.Module, bool]] = []  # layers put in eval mode, their mode before
         self.indices = torch.zeros(0, dtype=torch.long)  # into the stream's dataset
         self.memory_task_labels = torch.zeros(0, dtype=torch.long)
         self._seed: int | None = None
@@ -202,8 +201,7 @@ class AR1(CWRStar):
                     self._frozen.append((param, param.requires_grad))
                     param.requires_grad_(False)
         if self.freeze_moments == "always" or (self.freeze_moments == "after_first" and later):
-            self._eval_layers = [(part, part.training) for part in lower]
-            self._eval_mode()
+            self._hold_eval(lower)
         memory = self.memory(experience.dataset)
         if memory is not None and self._counts is not None:
             held = torch.bincount(memory.targets.long().cpu())
@@ -227,21 +225,6 @@ class AR1(CWRStar):
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = self.inc_lr
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning restores each layer's mode after validation; this holds it against any
-        # `model.train()` between experience set-up and the epoch.
-        self._eval_mode()
-
-    def _eval_mode(self) -> None:
-        for part, _ in self._eval_layers:
-            part.eval()
-
-    def _release_modes(self) -> None:
-        """Give the layers put in eval mode their modes back."""
-        for part, mode in reversed(self._eval_layers):
-            part.train(mode)
-        self._eval_layers = []
 
     def train_dataloaders(self, experience: Experience, current: Sized) -> dict[str, Iterable[Any]]:
         memory = self.memory(experience.dataset)

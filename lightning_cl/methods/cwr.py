@@ -78,13 +78,18 @@ class CWRStar(ContinualCallback):
       experience sees these training weights; the test after it sees the consolidated ones.
     - ``freeze_remaining=True`` (the paper, Avalanche's default): every parameter outside the
       output layer is frozen (``requires_grad=False``) from the second experience on; the flags
-      are given back when the experience ends.
+      are given back when the experience ends. With ``eval_frozen=True`` (default) the frozen
+      layers also run in eval mode, so batch normalisation's running moments stay as the first
+      experience left them and dropout is off there, as Avalanche's ``CWRStarPlugin`` does
+      (``freeze_everything``: ``model.eval()``, then the output layer back in train mode);
+      ``False``: they run in train mode (their moments follow the current data).
 
     Args:
         head_layer: name of the output layer (an ``nn.Linear`` or an ``IncrementalClassifier``).
         init: ``"zero"`` or ``"consolidated"``.
         mean_shift: ``"classes"``, ``"scalar"`` or ``"none"``.
         freeze_remaining: freeze the rest of the model after the first experience.
+        eval_frozen: run the frozen layers in eval mode (with ``freeze_remaining``).
 
     Raises:
         ValueError: for an unknown ``init`` or ``mean_shift``; at set-up, for a model without a
@@ -101,6 +106,7 @@ class CWRStar(ContinualCallback):
         init: str = "zero",
         mean_shift: str = "classes",
         freeze_remaining: bool = True,
+        eval_frozen: bool = True,
     ):
         if init not in CWR_INITS:
             raise ValueError(f"init must be one of {CWR_INITS}, got {init!r}")
@@ -110,6 +116,10 @@ class CWRStar(ContinualCallback):
         self.init = init
         self.mean_shift = mean_shift
         self.freeze_remaining = bool(freeze_remaining)
+        if not isinstance(eval_frozen, bool):
+            raise ValueError(f"eval_frozen must be True or False, got {eval_frozen!r}")
+        self.eval_frozen = eval_frozen
+        self._eval_layers: list[tuple[nn.Module, bool]] = []  # layers put in eval mode, their mode before
         self.consolidated: Tensor | None = None  # (classes, in_features + 1), the bias last
         self.past: Tensor | None = None  # samples trained on per class
         self.trained_experiences = 0
@@ -132,12 +142,20 @@ class CWRStar(ContinualCallback):
         targets = experience.dataset.targets
         self._counts = torch.bincount(targets.long().cpu(), minlength=max(self._current) + 1)
         self._release()
+        self._release_modes()
         if self.freeze_remaining and self.trained_experiences > 0:
-            head_params = {id(p) for p in resolve_layer(model, self.head_layer).parameters()}
+            head_layer = resolve_layer(model, self.head_layer)
+            head_params = {id(p) for p in head_layer.parameters()}
             for param in model.parameters():
                 if id(param) not in head_params:
                     self._frozen.append((param, param.requires_grad))
                     param.requires_grad_(False)
+            if self.eval_frozen:
+                inside = {id(m) for m in head_layer.modules()}
+                leaves = [
+                    m for m in model.modules() if id(m) not in inside and next(m.children(), None) is None
+                ]
+                self._hold_eval(leaves)
         del head
 
     def on_state_restored(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
@@ -179,6 +197,7 @@ class CWRStar(ContinualCallback):
                 if c < head.out_features:
                     self._write_row(head, c)
         self._release()
+        self._release_modes()
         self._hold = None
         self.trained_experiences += 1
 
@@ -187,6 +206,24 @@ class CWRStar(ContinualCallback):
         for param, flag in reversed(self._frozen):
             param.requires_grad_(flag)
         self._frozen = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning restores each layer's mode after validation; this holds it against any
+        # `model.train()` between experience set-up and the epoch.
+        for part, _ in self._eval_layers:
+            part.eval()
+
+    def _hold_eval(self, layers: list[nn.Module]) -> None:
+        """Run ``layers`` in eval mode until the experience ends (their modes recorded)."""
+        self._eval_layers = [(part, part.training) for part in layers]
+        for part in layers:
+            part.eval()
+
+    def _release_modes(self) -> None:
+        """Give the layers put in eval mode their modes back."""
+        for part, mode in reversed(self._eval_layers):
+            part.train(mode)
+        self._eval_layers = []
 
     # ------------------------------------------------------------------ consolidation
     def consolidate(self, head: nn.Linear, classes: list[int], counts: Tensor | None) -> None:

@@ -92,3 +92,29 @@ def test_bad_arguments_and_heads() -> None:
         L.Trainer(**quiet_trainer_kwargs(), callbacks=[CWRStar()]).fit(
             module, datamodule=bench.train_stream[0]
         )
+
+
+@pytest.mark.parametrize("eval_frozen", [True, False])
+def test_the_frozen_body_keeps_its_batch_norm_moments_in_eval_mode(eval_frozen: bool) -> None:
+    from functools import partial
+
+    from lightning_cl.models import CNN
+
+    L.seed_everything(0)
+    model = CNN(num_classes=10, channels=(4, 8), drop_rate=0.0, batch_norm=True)
+    module = ContinualModule(model, optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    bench, cwr = SplitDigits(n_experiences=5, seed=1), CWRStar(eval_frozen=eval_frozen)
+    states = []
+    for k in range(2):
+        trainer = L.Trainer(**quiet_trainer_kwargs(limit_train_batches=5), callbacks=[cwr])
+        trainer.fit(module, datamodule=bench.train_stream[k])
+        states.append({n: v.clone() for n, v in model.features.state_dict().items()})
+    moments = [n for n in states[0] if n.endswith("running_mean")]
+    assert len(moments) == 4 and all(
+        torch.equal(states[0][n], states[1][n]) for n in states[0] if "weight" in n
+    )
+    unchanged = all(torch.equal(states[0][n], states[1][n]) for n in moments)
+    assert unchanged is eval_frozen
+    assert all(m.training for m in model.modules())  # the modes were given back
+    with pytest.raises(ValueError, match="eval_frozen must be True or False, got 1"):
+        CWRStar(eval_frozen=1)  # type: ignore[arg-type]
