@@ -14,38 +14,20 @@ from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback, step_generator, stream_seed
 from lightning_cl.methods.buffers import check_memory_size
+from lightning_cl.methods.per_sample import per_sample_gradient_inner, per_sample_gradients
 from lightning_cl.methods.replay import step_samples
 
-__all__ = ["GSSGreedy", "gss_greedy_replace", "gss_scores", "sample_gradients"]
+__all__ = ["GSSGreedy", "gss_greedy_replace", "gss_scores", "gss_scores_from_inner", "sample_gradients"]
 
 
 def sample_gradients(module: torch.nn.Module, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
     """The cross-entropy gradient of every sample, flattened: ``(len(x), n_params)`` float32.
 
-    Runs in eval mode (no dropout draws, batch-norm statistics untouched), one backward per
-    sample with ``torch.autograd.grad``; the module's ``.grad`` and mode are left as they were.
+    :func:`~lightning_cl.methods.per_sample.per_sample_gradients` (``torch.func.vmap``; one
+    backward per sample where a model cannot be traced): eval mode, the module's ``.grad`` and mode
+    left as they were.
     """
-    params = [p for p in module.parameters() if p.requires_grad]
-    was_training = module.training
-    module.eval()
-    rows = []
-    try:
-        with torch.enable_grad():
-            for i in range(len(x)):
-                loss = F.cross_entropy(module(x[i : i + 1], t[i : i + 1]).float(), y[i : i + 1])
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                rows.append(
-                    torch.cat(
-                        [
-                            (g if g is not None else torch.zeros_like(p)).flatten()
-                            for g, p in zip(grads, params)
-                        ]
-                    ).float()
-                )
-    finally:
-        module.train(was_training)
-    n = sum(p.numel() for p in params)
-    return torch.stack(rows) if rows else torch.zeros(0, n)
+    return per_sample_gradients(module, x, y, t)
 
 
 def gss_scores(gradients: Tensor, reference: Tensor) -> Tensor:
@@ -65,6 +47,33 @@ def gss_scores(gradients: Tensor, reference: Tensor) -> Tensor:
     if len(reference) == 0:
         return torch.ones(len(gradients))
     cos = F.normalize(gradients.double(), dim=1) @ F.normalize(reference.double(), dim=1).T
+    return (cos.max(dim=1).values + 1).float()
+
+
+def gss_scores_from_inner(inner: Tensor, norms: Tensor, reference_norms: Tensor) -> Tensor:
+    r""":func:`gss_scores` from inner products and squared norms of the gradients (no gradient in memory).
+
+    Args:
+        inner: ``(B, n)``, :math:`\langle g_i, G_j \rangle`.
+        norms: ``(B,)``, :math:`\|g_i\|^2`.
+        reference_norms: ``(n,)``, :math:`\|G_j\|^2`.
+
+    Returns:
+        ``(B,)`` scores :math:`\max_j \cos(g_i, G_j) + 1`, as :func:`gss_scores` (a zero gradient
+        has cosine 0).
+
+    Example:
+        >>> inner = torch.tensor([[2.0, 0.0], [-2.0, 0.0]])  # the gradients (1, 0), (-1, 0); (2, 0), (0, 1)
+        >>> gss_scores_from_inner(inner, torch.ones(2), torch.tensor([4.0, 1.0]))
+        tensor([2., 1.])
+    """
+    if inner.shape[1] == 0:
+        return torch.ones(inner.shape[0])
+    eps = 1e-12  # as F.normalize
+    cos = inner.double() / (
+        norms.double().sqrt().clamp(min=eps)[:, None]
+        * reference_norms.double().sqrt().clamp(min=eps)[None, :]
+    )
     return (cos.max(dim=1).values + 1).float()
 
 
@@ -238,13 +247,12 @@ class GSSGreedy(ContinualCallback):
         generator = step_generator(self._shared_seed(trainer) + 1, self._offers)
         device = pl_module.device
         x, y, t = (v.to(device) for v in samples.__getitems__(torch.arange(len(samples))))
-        gradients = sample_gradients(pl_module, x, y, t)
-        reference = torch.zeros(0, gradients.shape[1], device=device)
-        if self._memory is not None:
+        incoming = torch.ones(len(x))  # a cosine of 0 with an empty memory
+        if self._memory is not None and len(self._memory) > 0:
             chosen = torch.randperm(len(self._memory), generator=generator)[: self.n_reference]
-            rx, ry, rt = (v.to(device) for v in self._memory.__getitems__(chosen))
-            reference = sample_gradients(pl_module, rx, ry, rt)
-        incoming = gss_scores(gradients.cpu(), reference.cpu())
+            reference = tuple(v.to(device) for v in self._memory.__getitems__(chosen))
+            inner, norms, ref_norms = per_sample_gradient_inner(pl_module, (x, y, t), reference)  # type: ignore[arg-type]
+            incoming = gss_scores_from_inner(inner, norms, ref_norms).cpu()
         slots, scores = gss_greedy_replace(self.scores, incoming, self.mem_size, generator)
         size = len(scores)
         indices, tasks, targets = (

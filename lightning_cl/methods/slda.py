@@ -72,7 +72,8 @@ class StreamingLDA(ContinualCallback, EvalClassifier):
     Choices, stated:
 
     - ``covariance="paper"``: the update above, one sample at a time in the order of the batches
-      (the paper's and its code's, and Avalanche's ``StreamingLDA``). Its :math:`t/(t+1)` weights
+      (the paper's and its code's, and Avalanche's ``StreamingLDA``; computed here per batch in
+      closed form, the same values up to rounding). Its :math:`t/(t+1)` weights
       by the count of all samples, not the class's, so :math:`\Sigma` is close to, not equal
       to, the pooled within-class covariance of the samples seen. ``"exact"``: the streaming
       update that equals it exactly, whatever the order (Welford's, per class, merged batch by
@@ -176,13 +177,7 @@ class StreamingLDA(ContinualCallback, EvalClassifier):
             self.means = torch.cat([self.means, torch.zeros(grow, dim, dtype=torch.float64)])
             self.counts = torch.cat([self.counts, torch.zeros(grow, dtype=torch.long)])
         if self.covariance == "paper":
-            for zi, yi in zip(z, y.tolist()):
-                t = float(self.n_seen)
-                d = zi - self.means[yi]
-                self.sigma = (t * self.sigma + (t / (t + 1.0)) * torch.outer(d, d)) / (t + 1.0)
-                self.means[yi] += d / (self.counts[yi] + 1).double()
-                self.counts[yi] += 1
-                self.n_seen += 1
+            self._paper_update(z, y)
             return
         for c in torch.unique(y).tolist():
             zc = z[y == c]
@@ -194,6 +189,36 @@ class StreamingLDA(ContinualCallback, EvalClassifier):
             self.means[c] += delta * (nb / (na + nb))
             self.counts[c] += nb
         self.n_seen += len(y)
+
+    def _paper_update(self, z: Tensor, y: Tensor) -> None:
+        r"""The per-sample updates of the paper for the batch in order, in closed form.
+
+        With :math:`S_t = t\,\Sigma_t` the update reads :math:`S_{t+1} = S_t + \frac{t}{t+1} d_t d_t^\top`,
+        :math:`d_t` the sample minus its class mean before it (the mean of the class's earlier
+        samples, those of this batch included). So a batch adds :math:`D^\top \mathrm{diag}(w) D`:
+        one product instead of one outer product per sample; the same values up to rounding.
+        """
+        assert self.means is not None and self.counts is not None and self.sigma is not None
+        t0, n = self.n_seen, len(y)
+        d = torch.empty_like(z)
+        for c in torch.unique(y).tolist():
+            rows = (y == c).nonzero().flatten()
+            zc = z[rows]
+            before = torch.cumsum(zc, dim=0) - zc  # the batch's earlier samples of class c
+            count = int(self.counts[c]) + torch.arange(len(rows), dtype=torch.float64)
+            known = count.clamp(min=1).unsqueeze(1)
+            mean = torch.where(
+                count.unsqueeze(1) > 0, (self.counts[c] * self.means[c] + before) / known, self.means[c]
+            )
+            d[rows] = zc - mean
+            self.means[c] = (self.counts[c] * self.means[c] + zc.sum(dim=0)) / (
+                int(self.counts[c]) + len(rows)
+            )
+            self.counts[c] += len(rows)
+        t = t0 + torch.arange(n, dtype=torch.float64)
+        scatter = t0 * self.sigma + d.T @ (d * (t / (t + 1.0)).unsqueeze(1))
+        self.sigma = scatter / (t0 + n)
+        self.n_seen += n
 
     @property
     def covariance_matrix(self) -> Tensor | None:

@@ -8,7 +8,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_cl.data import DatasetView, TensorClassificationDataset
-from lightning_cl.methods.per_sample import add_linear_per_sample, linear_layers, per_sample_gradient_sums
+from lightning_cl.methods.per_sample import (
+    add_linear_per_sample,
+    linear_layers,
+    per_sample_gradient_inner,
+    per_sample_gradient_sums,
+    per_sample_gradients,
+)
 from lightning_cl.models import CNN, MLP
 
 
@@ -163,3 +169,89 @@ def test_a_module_without_trainable_parameters_is_refused() -> None:
     model = _model("mlp").requires_grad_(False)
     with pytest.raises(ValueError, match="the module has no trainable parameters: MLP"):
         per_sample_gradient_sums(model, _data("mlp"), torch.arange(4), batch_size=4, per_sample_loss=_nll)
+
+
+class _TaskBranching(torch.nn.Module):
+    """Two heads chosen per batch by a Python branch on the data: vmap cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(4, 5)
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)])
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = self.drop(torch.relu(self.body(x)))
+        if bool((h.sum() > 1e9).item()):  # data-dependent control flow
+            h = h * 0
+        return self.heads[int(t[0])](h)
+
+
+def _one_backward_each(
+    module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    module.eval()
+    rows = []
+    for i in range(len(x)):
+        module.zero_grad()
+        torch.nn.functional.cross_entropy(module(x[i : i + 1], t[i : i + 1]), y[i : i + 1]).backward()
+        rows.append(
+            torch.cat(
+                [
+                    (p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                    for p in module.parameters()
+                ]
+            )
+        )
+    module.zero_grad()
+    return torch.stack(rows)
+
+
+class _TaskHeads(_TaskBranching):
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.heads[int(t[0])](self.drop(torch.relu(self.body(x))))
+
+
+@pytest.mark.parametrize("model", [_TaskHeads, _TaskBranching])
+def test_per_sample_gradients_are_one_backward_per_sample_in_input_order(model: type) -> None:
+    torch.manual_seed(0)
+    module = model().train()
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    t = torch.tensor([1, 0, 1, 0, 0, 1])  # task labels interleaved: rows come back in input order
+    rows = per_sample_gradients(module, x, y, t)
+    assert rows.shape == (6, sum(p.numel() for p in module.parameters()))
+    assert module.training  # its mode restored
+    assert all(p.grad is None for p in module.parameters())
+    assert torch.allclose(rows, _one_backward_each(module, x, y, t), atol=1e-6)
+    # the head of the other task gets zeros
+    n_body = sum(p.numel() for p in module.body.parameters())
+    n_head = sum(p.numel() for p in module.heads[0].parameters())
+    assert torch.count_nonzero(rows[0, n_body : n_body + n_head]) == 0  # sample 0 is of task 1
+    assert per_sample_gradients(module, x[:0], y[:0], t[:0]).shape == (0, rows.shape[1])
+
+
+class _RowHeads(_TaskBranching):
+    """Every head on the whole batch, each row taking its task's: mixed task labels in one batch."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = self.drop(torch.relu(self.body(x)))
+        return torch.stack([head(h) for head in self.heads], dim=1)[torch.arange(len(x)), t]
+
+
+@pytest.mark.parametrize("model", ["mlp", "heads"])
+def test_per_sample_gradient_inner_products_match_the_gradients(model: str) -> None:
+    torch.manual_seed(0)
+    module: torch.nn.Module = (
+        MLP(num_classes=3, input_size=4, hidden_size=6, drop_rate=0.5) if model == "mlp" else _RowHeads()
+    )
+    module.train()
+    a = (torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1, 0, 1, 0]))
+    b = (torch.randn(3, 4), torch.tensor([2, 2, 1]), torch.tensor([1, 0, 0]))
+    if model == "mlp":  # a frozen layer does not count
+        module.features[1].weight.requires_grad_(False)  # type: ignore[index, union-attr]
+    inner, norms_a, norms_b = per_sample_gradient_inner(module, a, b)
+    ga, gb = per_sample_gradients(module, *a).double(), per_sample_gradients(module, *b).double()
+    torch.testing.assert_close(inner, ga @ gb.T)
+    torch.testing.assert_close(norms_a, ga.pow(2).sum(1))
+    torch.testing.assert_close(norms_b, gb.pow(2).sum(1))
+    assert module.training and all(p.grad is None for p in module.parameters())
