@@ -83,10 +83,12 @@ def test_mas_importance_under_ddp_is_the_whole_experiences(runs: dict[str, Any])
 # process against 0.76 under DDP, cells by up to 0.44); its ranks hold the same generator.
 # La-MAML looks ahead on each rank's half of the batch (glances of 8 samples, not 16) and averages
 # the meta-gradients: another inner loop than one process's, and its slowly learnt new classes
-# move a cell by up to 0.29 (average 0.77 under DDP against 0.75); its ranks hold the same state.
+# move a cell by up to 0.29 (average 0.77 under DDP against 0.75; with its meta-gradients clipped at
+# 2.0, 0.775 against 0.775, a cell by up to 0.22); its ranks hold the same state.
 # AR1 with SI on a batch-norm CNN: batch renormalisation normalises by each rank's batch of 16
 # (one process: 32) while its schedule is still batch normalisation's, on top of CWR*'s swings
-# (average 0.74 under DDP against 0.62; a cell moves by up to 0.73); its ranks hold the same state.
+# (average 0.74 under DDP against 0.62; a cell moves by up to 0.73; with the frozen layers' moments
+# fixed after the first experience, 0.80 against 0.71, a cell by up to 0.41); its ranks hold the same state.
 # L2P prompts a small randomly initialised frozen ViT whose features barely separate the digits:
 # each experience lands near chance or on one class, and the sample order decides which (average
 # 0.10 under DDP against 0.17, a cell moves by up to 0.51); its ranks hold the same state.
