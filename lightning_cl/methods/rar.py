@@ -252,8 +252,8 @@ class RAR(ContinualCallback):
     boundary that forgetting moves.
 
     RAR sits on the memory batches of a replay method in the same callbacks list
-    (:class:`Replay`, or :class:`ERACE` / :class:`ERAML`, which feed the same ``"replay"``
-    loader); without one, set-up fails. At every training step with memory rows
+    (:class:`Replay`, or :class:`ERACE` / :class:`ERAML` / :class:`SCR`, which feed the same
+    ``"replay"`` loader); without one, set-up fails. At every training step with memory rows
     :math:`(x_b, y_b)` next to the current rows :math:`(x_c, y_c)`:
 
     1. **Look-ahead** (as MIR): a virtual SGD step on the current rows,
@@ -438,7 +438,7 @@ class RAR(ContinualCallback):
                 names = [type(c).__name__ for c in callbacks if c is not self]
                 raise MisconfigurationException(
                     "RAR perturbs the memory samples that a replay method rehearses, and the trainer has "
-                    f"none (its other callbacks: {names}): add Replay(...) (or ERACE / ERAML) to the "
+                    f"none (its other callbacks: {names}): add Replay(...) (or ERACE / ERAML / SCR) to the "
                     "callbacks list next to RAR"
                 )
             if self.adversarial:
