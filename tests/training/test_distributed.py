@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.training.conftest import run_stream_script
 from tests.training.stream_script import METHODS as SCRIPT_METHODS
 
 SCRIPT = Path(__file__).with_name("stream_script.py")
@@ -28,29 +29,18 @@ def _run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def runs(
+    tmp_path_factory: pytest.TempPathFactory, single_process_run: tuple[dict[str, Any], Path]
+) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("ddp")
-    ddp = _run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--out",
-            str(tmp / "ddp.json"),
-            "--devices",
-            "2",
-            "--strategy",
-            "ddp",
-            "--batch-size",
-            "16",
-        ]
+    # 2 processes with batches of 16: the global batch of the one-process run's 32.
+    rank0 = run_stream_script(
+        "--out", str(tmp / "ddp.json"), "--devices", "2", "--strategy", "ddp", "--batch-size", "16"
     )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = _run([sys.executable, str(SCRIPT), "--out", str(tmp / "single.json"), "--batch-size", "32"])
-    assert single.returncode == 0, single.stderr[-3000:]
     return {
-        "rank0": json.loads((tmp / "ddp.rank0.json").read_text()),
+        "rank0": rank0,
         "rank1": json.loads((tmp / "ddp.rank1.json").read_text()),
-        "single": json.loads((tmp / "single.json").read_text()),
+        "single": single_process_run[0],
     }
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,46 +18,65 @@ from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 from lightning_cl.training.checkpoint import checkpoint_name
 from tests.conftest import digits_module, stream_trainer_kwargs
+from tests.training.conftest import run_stream_script
 from tests.training.stream_script import METHODS as SCRIPT_METHODS
 
-SCRIPT = Path(__file__).with_name("stream_script.py")
 # every method of the script
 METHODS = tuple(SCRIPT_METHODS)
 
 
-def _run_script(*args: str) -> dict[str, Any]:
-    out = Path(args[args.index("--out") + 1])
-    subprocess.run([sys.executable, str(SCRIPT), *args], check=True, capture_output=True, timeout=600)
-    return json.loads(out.read_text())
+def _resume_from(ckpt_dir: Path, k: int, tmp_path: Path) -> dict[str, Any]:
+    """Each method resumed in a fresh process from its checkpoint after experience ``k``."""
+    stopped = tmp_path / "ckpt"
+    for method in METHODS:
+        (stopped / method).mkdir(parents=True)
+        for j in range(k + 1):  # the files a run stopped after experience k would have left
+            shutil.copy(ckpt_dir / method / checkpoint_name(j), stopped / method)
+    return run_stream_script("--out", str(tmp_path / "resumed.json"), "--ckpt-dir", str(stopped), "--resume")
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("uninterrupted")
-    return _run_script("--out", str(tmp / "full.json"), "--ckpt-dir", str(tmp / "ckpt"))
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [0, 2])
 def test_resume_in_a_fresh_process_gives_the_same_matrix(
-    uninterrupted: dict[str, Any], tmp_path: Path, k: int
+    single_process_run: tuple[dict[str, Any], Path], tmp_path: Path, k: int
 ) -> None:
-    ckpt_dir = tmp_path / "ckpt"
-    stopped = _run_script(
-        "--out", str(tmp_path / "stopped.json"), "--ckpt-dir", str(ckpt_dir), "--max-experiences", str(k + 1)
-    )
-    resumed = _run_script("--out", str(tmp_path / "resumed.json"), "--ckpt-dir", str(ckpt_dir), "--resume")
+    uninterrupted, ckpt_dir = single_process_run
+    resumed = _resume_from(ckpt_dir, k, tmp_path)
     for method in METHODS:
-        assert len(stopped[method]["accuracy_matrix"]) == k + 1
         assert resumed[method]["resumed_from"].endswith(checkpoint_name(k))
         assert resumed[method]["accuracy_matrix"] == uninterrupted[method]["accuracy_matrix"], method
         assert resumed[method]["checksums"] == uninterrupted[method]["checksums"], method
 
 
-def test_checkpoints_hold_the_cl_state(
-    uninterrupted: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+@pytest.mark.slow
+def test_a_stopped_run_leaves_the_checkpoint_of_an_uninterrupted_one(
+    single_process_run: tuple[dict[str, Any], Path], tmp_path: Path
 ) -> None:
-    ckpt = next(Path(tmp_path_factory.getbasetemp()).glob(f"uninterrupted*/ckpt/both/{checkpoint_name(2)}"))
-    checkpoint = torch.load(ckpt, weights_only=True)
+    uninterrupted, ckpt_dir = single_process_run
+    methods = "naive,both"
+    stopped = run_stream_script(
+        "--out", str(tmp_path / "stopped.json"), "--ckpt-dir", str(tmp_path / "ckpt"),
+        "--methods", methods, "--max-experiences", "2",
+    )  # fmt: skip
+    for method in methods.split(","):
+        assert len(stopped[method]["accuracy_matrix"]) == 2
+        assert stopped[method]["accuracy_matrix"] == uninterrupted[method]["accuracy_matrix"][:2]
+        assert stopped[method]["checkpoint"] == checkpoint_name(1)
+        assert sorted(p.name for p in (tmp_path / "ckpt" / method).glob("*.ckpt")) == [
+            checkpoint_name(0),
+            checkpoint_name(1),
+        ]
+        mine = torch.load(tmp_path / "ckpt" / method / checkpoint_name(1), weights_only=True)
+        theirs = torch.load(ckpt_dir / method / checkpoint_name(1), weights_only=True)
+        assert mine["state_dict"].keys() == theirs["state_dict"].keys()
+        for name, value in mine["state_dict"].items():
+            assert torch.equal(value, theirs["state_dict"][name]), (method, name)
+        assert mine["lightning_cl"]["accuracy_matrix"] == theirs["lightning_cl"]["accuracy_matrix"]
+
+
+@pytest.mark.slow
+def test_checkpoints_hold_the_cl_state(single_process_run: tuple[dict[str, Any], Path]) -> None:
+    checkpoint = torch.load(single_process_run[1] / "both" / checkpoint_name(2), weights_only=True)
     state = checkpoint["lightning_cl"]
     assert state["current_experience"] == 2 and state["experience_complete"]
     assert len(state["accuracy_matrix"]["rows"]) == 3
