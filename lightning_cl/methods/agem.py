@@ -77,6 +77,8 @@ class AGEM(EpisodicMemoryMethod):
         0
     """
 
+    needs_optimizer_step = "projects the gradient the optimizer uses"
+
     def __init__(self, patterns_per_experience: int = 250, sample_size: int = 256, seed: int | None = None):
         super().__init__(patterns_per_experience, seed)
         if not isinstance(sample_size, int) or sample_size < 1:

@@ -93,6 +93,15 @@ class ContinualCallback(L.Callback, TrainDataSource, LossTerm):
 
     _state_restored = False
 
+    needs_optimizer_step: str | None = None
+    """What the method does in Lightning's optimizer step (``on_before_optimizer_step``), or ``None``.
+
+    A method that reads or changes the gradient the optimizer uses there (SI's and RWalk's path
+    integrals, GEM's and A-GEM's projections) states it here; beside an owner of the
+    optimisation step that writes the weights itself (MER, La-MAML without ``sync_update``) it
+    would silently do nothing, so that combination is refused at set-up with this text.
+    """
+
     def on_experience_start(
         self, trainer: L.Trainer, module: ContinualModule, experience: Experience
     ) -> None:

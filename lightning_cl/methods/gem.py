@@ -110,6 +110,8 @@ class GEM(EpisodicMemoryMethod):
         0.5
     """
 
+    needs_optimizer_step = "projects the gradient the optimizer uses"
+
     def __init__(
         self, patterns_per_experience: int = 256, memory_strength: float = 0.5, seed: int | None = None
     ):

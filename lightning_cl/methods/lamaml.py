@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.func import functional_call
 from typing_extensions import override
@@ -198,7 +199,9 @@ class LaMAML(_MetaReplay):
     Args:
         mem_size: memory size in samples.
         mem_batch_size: memory samples added to the meta-loss's batch.
-        n_glances: inner SGD steps per incoming batch (the batch split in that many parts).
+        n_glances: inner SGD steps per incoming batch (the batch split in that many parts). A
+            batch of fewer samples takes one glance per sample (a warning says so once per
+            experience), as the authors' MNIST code, which steps once per sample.
         alpha_init: initial learning rate of every weight.
         alpha_lr: :math:`\eta`, the learning rate of :math:`\alpha`.
         second_order: differentiate through the inner gradients.
@@ -240,6 +243,9 @@ class LaMAML(_MetaReplay):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
         self.second_order = second_order
         self.sync_update = sync_update
+        # With sync_update each step ends in the optimizer's step (SI, GEM, ... see its gradient).
+        self.steps_optimizer = sync_update
+        self._glances_warned = False
         self.grad_clip_norm = (
             None if grad_clip_norm is None else _check_rate("grad_clip_norm", grad_clip_norm)
         )
@@ -249,6 +255,7 @@ class LaMAML(_MetaReplay):
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
+        self._glances_warned = False
         # After the module's set-up: a dynamic head has grown by now.
         self._fit_alpha(pl_module)
 
@@ -280,6 +287,13 @@ class LaMAML(_MetaReplay):
             self._fit_alpha(module)
         (drawn,) = self._memory_batches(module, 1, x.device)
         meta_batch = batch if drawn is None else tuple(torch.cat([a, b]) for a, b in zip(batch, drawn))
+        if len(y) < self.n_glances and not self._glances_warned:
+            self._glances_warned = True
+            rank_zero_warn(
+                f"LaMAML(n_glances={self.n_glances}) splits each batch into n_glances inner batches, but a "
+                f"training batch has {len(y)} samples (per device): it takes {len(y)} glances of one sample "
+                "each (n_glances is clamped to the batch size). Lower n_glances or raise the batch size"
+            )
         size = math.ceil(len(y) / self.n_glances)
         glances = [(x[i : i + size], y[i : i + size], t[i : i + size]) for i in range(0, len(y), size)]
         alpha = {n: a.detach().requires_grad_(True) for n, a in self.alpha.items()}

@@ -82,7 +82,8 @@ def reptile_batches(
         lr: :math:`\alpha`, the inner SGD steps' learning rate.
         beta: the within-batch meta-learning rate.
         gamma: the across-batch meta-learning rate.
-        inner_batch_size: samples per inner SGD step.
+        inner_batch_size: samples per inner SGD step. An inner step whose loss no weight of
+            ``params`` reaches (samples of a frozen column or expert) moves nothing.
         scaling: the loss scaling of the inner gradients under ``precision="16-mixed"``
             (:class:`~lightning_cl.models.InnerLossScaling`); an inner step whose gradients (or an
             earlier one's in this call) were not finite moves nothing. ``None``: plain
@@ -100,6 +101,8 @@ def reptile_batches(
     """
     names = list(params)
     tensors = [params[n] for n in names]
+    if not tensors:
+        return
     with torch.no_grad():
         across = [p.detach().clone() for p in tensors]
     for x, y, t in batches:
@@ -109,7 +112,11 @@ def reptile_batches(
             rows = slice(start, start + inner_batch_size)
             with torch.enable_grad():
                 loss = loss_fn((x[rows], y[rows], t[rows]))
-                if scaling is None:
+                if not loss.requires_grad:
+                    # No trainable weight reaches these samples (a frozen column or expert of an
+                    # earlier task, PNN's or ExpertGate's): they move nothing.
+                    grads = [None] * len(tensors)
+                elif scaling is None:
                     grads: Sequence[Tensor | None] = torch.autograd.grad(loss, tensors, allow_unused=True)
                 else:
                     grads = scaling.grad(loss, tensors)

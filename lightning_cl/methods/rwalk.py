@@ -69,6 +69,8 @@ class RWalk(ContinualCallback):
         True
     """
 
+    needs_optimizer_step = "reads the gradient and update of every optimizer step (Fisher, path integral)"
+
     def __init__(self, ewc_lambda: float = 0.1, ewc_alpha: float = 0.9, delta_t: int = 10):
         if not isinstance(ewc_lambda, int | float) or ewc_lambda < 0:
             raise ValueError(f"ewc_lambda must be a number >= 0, got {ewc_lambda!r}")

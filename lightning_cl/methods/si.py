@@ -66,6 +66,8 @@ class SI(ContinualCallback):
         (0.001, 'task')
     """
 
+    needs_optimizer_step = "reads the gradient and the update of every optimizer step for its path integral"
+
     def __init__(
         self,
         si_lambda: float = 1.0,

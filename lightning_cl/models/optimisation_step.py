@@ -110,6 +110,14 @@ class OptimisationStep:
         'PlainSGD'
     """
 
+    steps_optimizer: bool = False
+    """Whether each step ends in one ``optimizer.step()`` with the update's gradient in ``.grad``.
+
+    Only then do Lightning's ``on_before_optimizer_step`` hooks see the step; beside an owner
+    that writes the weights itself (``False``), a callback whose ``needs_optimizer_step`` is set
+    (SI, RWalk, GEM, A-GEM) is refused at set-up by :func:`optimisation_step_owner`.
+    """
+
     def optimisation_step(
         self,
         module: ContinualModule,
@@ -140,7 +148,9 @@ def optimisation_step_owner(callbacks: Iterable[Any]) -> OptimisationStep | None
     Raises:
         TypeError: if an owner is not a Lightning ``Callback`` (Lightning would call hooks it
             lacks); the message names it.
-        MisconfigurationException: if two or more do; the message names them.
+        MisconfigurationException: if two or more do; the message names them. Also for a
+            callback with ``needs_optimizer_step`` (SI, RWalk, GEM, A-GEM) beside an owner whose
+            ``steps_optimizer`` is ``False``; the message names both and why.
 
     Example:
         >>> optimisation_step_owner([object()]) is None
@@ -165,7 +175,21 @@ def optimisation_step_owner(callbacks: Iterable[Any]) -> OptimisationStep | None
             f"{names} each own the optimisation step (OptimisationStep); at most one callback of a "
             "trainer may run its own inner loop: keep one of them"
         )
-    return owners[0] if owners else None
+    if not owners:
+        return None
+    owner = owners[0]
+    if not getattr(owner, "steps_optimizer", False):
+        for callback in callbacks:
+            why = getattr(callback, "needs_optimizer_step", None)
+            if callback is not owner and why:
+                raise MisconfigurationException(
+                    f"{type(callback).__name__} cannot be combined with {type(owner).__name__}: "
+                    f"{type(callback).__name__} {why} (on_before_optimizer_step), but "
+                    f"{type(owner).__name__} owns the optimisation step and writes the weights itself, "
+                    f"without that step, so {type(callback).__name__} would silently do nothing. Keep one "
+                    "of them (La-MAML with sync_update=True steps the optimizer and combines)"
+                )
+    return owner
 
 
 def check_step_result(owner: object, result: object, n_rows: int) -> StepResult:

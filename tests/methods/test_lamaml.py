@@ -226,3 +226,25 @@ def test_sync_update_under_16_mixed_hands_lightning_the_scaled_gradients() -> No
     # The optimizer stepped the unscaled gradients: fp16 forward passes, the same update as fp32.
     for a, b in zip(mixed, run([])):
         torch.testing.assert_close(a, b, rtol=0.0, atol=2e-3)
+
+
+def test_sync_update_combines_with_si_which_sees_the_optimizer_steps() -> None:
+    from lightning_cl.methods import SI
+
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module, si = digits_module(), SI()
+    callbacks = [LaMAML(mem_size=20, n_glances=2, sync_update=True, seed=0), si]
+    L.Trainer(**quiet_trainer_kwargs(limit_train_batches=3), callbacks=callbacks).fit(
+        module, datamodule=bench.train_stream[0]
+    )
+    assert si.importance and all(bool((v >= 0).all()) for v in si.importance.values())
+    assert sum(float(v.sum()) for v in si.importance.values()) > 0.0
+
+
+def test_more_glances_than_samples_warns_and_takes_one_per_sample() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    lamaml = LaMAML(mem_size=20, n_glances=64, seed=0)
+    experience = bench.train_stream[0]
+    trainer = L.Trainer(**quiet_trainer_kwargs(limit_train_batches=2), callbacks=[lamaml])
+    with pytest.warns(UserWarning, match=r"LaMAML\(n_glances=64\) .* batch has 32 samples .* clamped"):
+        trainer.fit(digits_module(), datamodule=experience)

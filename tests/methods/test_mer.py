@@ -297,3 +297,65 @@ def test_a_precision_plugin_the_inner_loop_cannot_follow_is_refused_at_set_up() 
         trainer.fit(module, datamodule=SplitDigits(n_experiences=5, seed=1).train_stream[0])
     assert trainer.global_step == 0
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, module.parameters()))
+
+
+@pytest.mark.parametrize("name", ["SI", "RWalk", "GEM", "AGEM"])
+@pytest.mark.parametrize("owner", ["MER", "LaMAML"])
+def test_methods_of_the_optimizer_step_are_refused_beside_an_owner_writing_the_weights(
+    owner: str, name: str
+) -> None:
+    # They work in on_before_optimizer_step, which MER's and La-MAML's own updates never run.
+    import lightning_cl.methods as methods
+
+    bench = SplitDigits(n_experiences=5, seed=1)
+    callbacks = [getattr(methods, owner)(mem_size=20, seed=0), getattr(methods, name)()]
+    trainer = L.Trainer(**quiet_trainer_kwargs(limit_train_batches=2), callbacks=callbacks)
+    with pytest.raises(
+        MisconfigurationException, match=f"{name} cannot be combined with {owner}: .*silently"
+    ):
+        trainer.fit(digits_module(), datamodule=bench.train_stream[0])
+
+
+@pytest.mark.parametrize("method", ["PNN", "ExpertGate"])
+def test_memory_samples_of_a_frozen_column_or_expert_move_nothing(method: str) -> None:
+    # After experience 0 the memory holds samples whose task reaches only frozen weights.
+    from functools import partial
+
+    from lightning_cl.methods import PNN, ExpertGate
+    from lightning_cl.models import ContinualModule, ExpertGateNetwork, ProgressiveNetwork
+
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    if method == "PNN":
+        net: nn.Module = ProgressiveNetwork(input_size=64, hidden_size=16)
+        structural: Any = PNN()
+    else:
+        net, structural = ExpertGateNetwork(input_size=64, hidden_size=16, code_size=4), ExpertGate()
+    module = ContinualModule(net, optimizer=partial(torch.optim.SGD, lr=0.05))
+    mer = MER(mem_size=40, mem_batch_size=8, n_batches=1, inner_batch_size=8, seed=0)
+    before: dict[str, torch.Tensor] = {}
+
+    class Snapshot(L.Callback):
+        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            before.update({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+
+    for k in range(2):
+        trainer = L.Trainer(
+            **quiet_trainer_kwargs(limit_train_batches=3), callbacks=[structural, mer, Snapshot()]
+        )
+        trainer.fit(module, datamodule=bench.train_stream[k])
+    assert len(mer.buffer) > 0
+    moved = {n for n, p in module.named_parameters() if not torch.equal(p, before[n])}
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+    assert moved and frozen and not moved & frozen, (moved, frozen)
+    assert trainer.global_step == 3
+
+
+def test_reptile_batches_with_nothing_trainable_reaching_the_loss_moves_nothing() -> None:
+    w, frozen = torch.ones(1, requires_grad=True), torch.ones(1)
+    one = (torch.ones(1), torch.ones(1), torch.zeros(1))
+    reptile_batches(
+        {"w": w}, lambda b: ((frozen * b[0] - b[1]) ** 2).mean(), [one], lr=0.5, beta=1.0, gamma=1.0
+    )
+    assert torch.equal(w, torch.ones(1))
+    reptile_batches({}, lambda b: ((frozen * b[0]) ** 2).mean(), [one], lr=0.5, beta=1.0, gamma=1.0)
