@@ -13,7 +13,7 @@ from torch import nn
 from lightning_cl.data.dataset_view import DatasetView
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import experience_generator, stream_seed
-from lightning_cl.methods.cwr import CWRStar
+from lightning_cl.methods.cwr import CWRStar, output_linear
 from lightning_cl.methods.distributed import all_reduce_tensors
 from lightning_cl.methods.slda import modules_up_to
 from lightning_cl.models.batch_renorm import (
@@ -113,7 +113,9 @@ class AR1(CWRStar):
             (``None``: ``batch_renorm``'s).
 
     Raises:
-        ValueError: for ``mem_size`` or ``mem_batch_size`` below 1, a ``batch_renorm`` or
+        ValueError: for ``mem_size`` or ``mem_batch_size`` below 1, a ``seed`` that is not an
+            int or ``None``, at set-up a ``latent_layer`` at or above the output layer (nothing
+            left to train), a ``batch_renorm`` or
             ``inc_batch_renorm`` of another type, an unknown ``freeze_moments``, an ``inc_lr``
             that is not a positive number, and as :class:`CWRStar`.
         MisconfigurationException: at set-up, for ``inc_lr`` with a learning-rate scheduler (which
@@ -155,8 +157,14 @@ class AR1(CWRStar):
         super().__init__(head_layer=head_layer, init=init, mean_shift=mean_shift, freeze_remaining=False)
         if isinstance(mem_size, bool) or not isinstance(mem_size, int) or mem_size < 1:
             raise ValueError(f"mem_size must be an int >= 1, got {mem_size!r}")
-        if mem_batch_size is not None and (isinstance(mem_batch_size, bool) or mem_batch_size < 1):
+        if mem_batch_size is not None and (
+            isinstance(mem_batch_size, bool) or not isinstance(mem_batch_size, int) or mem_batch_size < 1
+        ):
             raise ValueError(f"mem_batch_size must be a positive int or None, got {mem_batch_size!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        if not isinstance(latent_layer, str):
+            raise ValueError(f"latent_layer must be a layer name (str), got {latent_layer!r}")
         self.latent_layer = latent_layer
         self.mem_size = mem_size
         self.mem_batch_size = mem_batch_size
@@ -179,7 +187,22 @@ class AR1(CWRStar):
             return None
         return DatasetView(data.base, self.indices, self.memory_task_labels, data.base_targets)
 
+    def _check_latent_layer(self, model: nn.Module) -> None:
+        """Refuse a latent layer at or above the output layer (nothing would train after experience 0)."""
+        head = output_linear(model, self.head_layer)
+        lower = {
+            id(p) for part in modules_up_to(model, self.latent_layer) for p in part.parameters(recurse=False)
+        }
+        if any(id(p) in lower for p in head.parameters()) or all(id(p) in lower for p in model.parameters()):
+            raise ValueError(
+                f"AR1(latent_layer={self.latent_layer!r}) freezes every layer up to and including "
+                f"{self.latent_layer!r} after the first experience, the output layer "
+                f"(head_layer={self.head_layer!r}) among them, so nothing would be left to train: name a "
+                "layer below the output layer (the features' output, e.g. 'features')"
+            )
+
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        self._check_latent_layer(module.model)  # before the model is converted
         if self._seed is None:
             self._seed = stream_seed(trainer, self.seed)
         if self.batch_renorm is not False:  # before anything refers to the model's layers

@@ -92,8 +92,8 @@ class CWRStar(ContinualCallback):
         eval_frozen: run the frozen layers in eval mode (with ``freeze_remaining``).
 
     Raises:
-        ValueError: for an unknown ``init`` or ``mean_shift``; at set-up, for a model without a
-            single linear output layer ``head_layer``.
+        ValueError: for an unknown ``init`` or ``mean_shift``, flags that are not bools; at
+            set-up, for a model without a single linear output layer ``head_layer``.
 
     Example:
         >>> CWRStar().init, CWRStar(mean_shift="scalar").mean_shift
@@ -115,7 +115,9 @@ class CWRStar(ContinualCallback):
         self.head_layer = head_layer
         self.init = init
         self.mean_shift = mean_shift
-        self.freeze_remaining = bool(freeze_remaining)
+        if not isinstance(freeze_remaining, bool):
+            raise ValueError(f"freeze_remaining must be True or False, got {freeze_remaining!r}")
+        self.freeze_remaining = freeze_remaining
         if not isinstance(eval_frozen, bool):
             raise ValueError(f"eval_frozen must be True or False, got {eval_frozen!r}")
         self.eval_frozen = eval_frozen

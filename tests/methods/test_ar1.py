@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import lightning as L
 import pytest
@@ -179,3 +180,37 @@ def test_inc_lr_is_refused_with_a_scheduler_and_bad_values() -> None:
         MisconfigurationException, match=r"AR1\(inc_lr=0.01\) .* module's scheduler \(StepLR\)"
     ):
         L.Trainer(**quiet_trainer_kwargs(), callbacks=[ar1]).fit(module, datamodule=bench.train_stream[1])
+
+
+@pytest.mark.parametrize("layer", ["head", "features"])
+def test_a_latent_layer_at_or_above_the_output_layer_is_refused_at_set_up(layer: str) -> None:
+    # An MLP's head reads the features; naming the head (or a model without layers above the
+    # latent one) would leave nothing to train after the first experience.
+    bench = SplitDigits(n_experiences=5, seed=1)
+    if layer == "head":
+        module = digits_module()
+    else:  # a model whose output layer is inside "features"
+        net = torch.nn.Module()
+        net.features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))  # type: ignore[assignment]
+        net.forward = lambda x, t=None: net.features(x)  # type: ignore[method-assign]
+        module = ContinualModule(net, optimizer=partial(torch.optim.SGD, lr=0.05))
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    ar1 = AR1(latent_layer=layer, head_layer="head" if layer == "head" else "features.1", mem_size=20, seed=0)
+    trainer = L.Trainer(**quiet_trainer_kwargs(limit_train_batches=1), callbacks=[ar1])
+    with pytest.raises(ValueError, match=rf"AR1\(latent_layer='{layer}'\) .* nothing would be left to train"):
+        trainer.fit(module, datamodule=bench.train_stream[0])
+    assert all(torch.equal(p, before[n]) for n, p in module.named_parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"seed": "a"}, "seed must be an int or None, got 'a'"),
+        ({"seed": 1.5}, "seed must be an int or None, got 1.5"),
+        ({"mem_batch_size": 2.5}, "mem_batch_size must be a positive int or None, got 2.5"),
+        ({"latent_layer": 3}, r"latent_layer must be a layer name \(str\), got 3"),
+    ],
+)
+def test_bad_seed_and_sizes_are_refused(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        AR1(**kwargs)

@@ -118,3 +118,5 @@ def test_the_frozen_body_keeps_its_batch_norm_moments_in_eval_mode(eval_frozen: 
     assert all(m.training for m in model.modules())  # the modes were given back
     with pytest.raises(ValueError, match="eval_frozen must be True or False, got 1"):
         CWRStar(eval_frozen=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="freeze_remaining must be True or False, got 'no'"):
+        CWRStar(freeze_remaining="no")  # type: ignore[arg-type]
