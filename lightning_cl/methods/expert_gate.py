@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -86,14 +87,17 @@ class ExpertGate(ContinualCallback):
             1e-2), so the default, 100, lets the gate learn at a pace like the expert's.
         gate_epochs: passes over the task's data that train its gate before the expert (>= 0).
         gate_lr: Adagrad's learning rate for the gates (> 0).
-        lwf_threshold: relatedness above which the new expert learns with LwF (``None``: never).
+        lwf_threshold: relatedness above which the new expert learns with LwF, finite
+            (``None``: never; Eq. 2's relatedness is at most 1 when the older gate reconstructs
+            worse, and below 0 when its error is over twice the new gate's).
         lwf_alpha: weight of LwF's distillation term (>= 0).
         temperature: LwF's softmax temperature (> 0).
-        seed: seed of the gates' sample order (``None``: torch's initial seed on rank 0).
+        seed: seed of the gates' sample order, an int (``None``: torch's initial seed on rank 0).
 
     Raises:
-        ValueError: for a value outside those ranges, or an ``lwf_threshold`` with
-            ``gate_epochs=0``; at set-up, for a model without an ``ExpertGateNetwork``.
+        ValueError: for a value outside those ranges (rates and weights finite), a ``seed`` that
+            is not an int, or an ``lwf_threshold`` with ``gate_epochs=0``; at set-up, for a model
+            without an ``ExpertGateNetwork`` or one whose ``input_size`` is not the data's.
         MisconfigurationException: at set-up, for an experience without a new task label.
 
     Example:
@@ -113,15 +117,27 @@ class ExpertGate(ContinualCallback):
         seed: int | None = None,
     ):
         for name, value in (("gate_weight", gate_weight), ("gate_lr", gate_lr), ("temperature", temperature)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if isinstance(gate_epochs, bool) or not isinstance(gate_epochs, int) or gate_epochs < 0:
             raise ValueError(f"gate_epochs must be an int >= 0, got {gate_epochs!r}")
-        if isinstance(lwf_alpha, bool) or not isinstance(lwf_alpha, int | float) or not lwf_alpha >= 0:
-            raise ValueError(f"lwf_alpha must be a number >= 0, got {lwf_alpha!r}")
+        if (
+            isinstance(lwf_alpha, bool)
+            or not isinstance(lwf_alpha, int | float)
+            or not 0 <= lwf_alpha < math.inf
+        ):
+            raise ValueError(f"lwf_alpha must be a finite number >= 0, got {lwf_alpha!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
         if lwf_threshold is not None:
-            if isinstance(lwf_threshold, bool) or not isinstance(lwf_threshold, int | float):
-                raise ValueError(f"lwf_threshold must be a number or None, got {lwf_threshold!r}")
+            if (
+                isinstance(lwf_threshold, bool)
+                or not isinstance(lwf_threshold, int | float)
+                or not math.isfinite(lwf_threshold)
+            ):
+                # Not bounded to [0, 1]: Eq. 2's relatedness is below 0 where an older gate's
+                # error is over twice the new gate's, and above 1 where it is below it.
+                raise ValueError(f"lwf_threshold must be a finite number or None, got {lwf_threshold!r}")
             if gate_epochs == 0:
                 raise ValueError(
                     f"lwf_threshold={lwf_threshold} needs gate_epochs > 0: the relatedness compares the "
@@ -160,6 +176,8 @@ class ExpertGate(ContinualCallback):
         if self._seed is None:
             self._seed = stream_seed(trainer, self.seed)
         data = experience.dataset
+        if len(data):
+            net.check_input(data.__getitems__([0])[0])  # before any expert or gate is added
         generator = experience_generator(self._seed, experience.index)
         ref = next(net.parameters(), None)
         device = ref.device if ref is not None else torch.device("cpu")

@@ -109,7 +109,8 @@ class ExpertGateNetwork(DynamicModule):
         code_size: width of each autoencoder's code.
 
     Raises:
-        ValueError: for a non-positive size, or a code not smaller than the input.
+        ValueError: for a non-positive size, ``hidden_layers`` below 1, or a code not smaller than
+            the input.
 
     Example:
         >>> net = ExpertGateNetwork(input_size=6, hidden_size=4, code_size=2)
@@ -130,6 +131,10 @@ class ExpertGateNetwork(DynamicModule):
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(hidden_layers, int) or isinstance(hidden_layers, bool) or hidden_layers < 1:
+            raise ValueError(
+                f"hidden_layers must be an int >= 1 (hidden layers per expert), got {hidden_layers!r}"
+            )
         if code_size >= input_size:
             raise ValueError(
                 f"code_size must be smaller than input_size={input_size} (an undercomplete code), "
@@ -212,8 +217,36 @@ class ExpertGateNetwork(DynamicModule):
         for task in gates:
             self.gates[str(int(task))].requires_grad_(True)
 
+    def check_input(self, x: Tensor) -> None:
+        """Raise a ``ValueError`` unless ``x`` (``(B, ...)``) has :attr:`input_size` features, flattened.
+
+        Example:
+            >>> net = ExpertGateNetwork(input_size=6, hidden_size=4, code_size=2)
+            >>> net.check_input(torch.zeros(3, 5))  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: ExpertGateNetwork(input_size=6) got inputs of shape (3, 5), 5 features ...
+        """
+        features = int(x[0].numel()) if x.ndim > 1 else 1
+        if x.ndim < 2 or features != self.input_size:
+            raise ValueError(
+                f"ExpertGateNetwork(input_size={self.input_size}) got inputs of shape {tuple(x.shape)}, "
+                f"{features} features after flattening: build it with input_size={features}"
+            )
+
     def errors(self, x: Tensor) -> Tensor:
-        """Every gate's reconstruction error of each sample, ``(B, n_tasks)``, tasks as in :attr:`tasks`."""
+        """Every gate's reconstruction error of each sample, ``(B, n_tasks)``, tasks as in :attr:`tasks`.
+
+        Raises:
+            ValueError: before any expert was added (no gate to ask), or for inputs of another
+                size than :attr:`input_size`.
+        """
+        if not self.gates:
+            raise ValueError(
+                "ExpertGateNetwork has no expert yet (ExpertGate adds one per task when an experience "
+                "is fitted): there is no gate to route samples"
+            )
+        self.check_input(x)
         return torch.stack([gate.error(x) for gate in self.gates.values()], dim=1)  # type: ignore[operator]
 
     def route(self, x: Tensor) -> Tensor:
@@ -237,6 +270,10 @@ class ExpertGateNetwork(DynamicModule):
             head.adaptation(torch.unique(targets[task_labels == task]).tolist())
 
     def forward(self, x: Tensor, task_labels: Tensor | None = None) -> Tensor:
+        self.check_input(x)
+        if not self.experts:
+            # Before any experience (an evaluation of the untrained network): one masked logit.
+            return x.new_full((x.shape[0], 1), MASK_VALUE)
         routes = task_labels if self.training and task_labels is not None else self.route(x)
         # As wide as the widest expert: every class the network knows has a column.
         heads = [cast(IncrementalClassifier, cast(MLP, e).head) for e in self.experts.values()]

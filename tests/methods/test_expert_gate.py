@@ -85,7 +85,7 @@ def test_set_up_errors() -> None:
         L.Trainer(**quiet_trainer_kwargs(), callbacks=[gate]).fit(
             module, datamodule=class_incremental.train_stream[1]
         )
-    with pytest.raises(ValueError, match="gate_weight must be a number > 0"):
+    with pytest.raises(ValueError, match="gate_weight must be a finite number > 0"):
         ExpertGate(gate_weight=0)
     with pytest.raises(ValueError, match=r"lwf_threshold=0\.85 needs gate_epochs > 0"):
         ExpertGate(gate_epochs=0)
@@ -93,6 +93,60 @@ def test_set_up_errors() -> None:
         ExpertGate(gate_epochs=-1)
     with pytest.raises(ValueError, match="code_size must be smaller than input_size"):
         ExpertGateNetwork(input_size=4, code_size=4)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (
+            lambda: ExpertGate(lwf_threshold=float("nan")),
+            "lwf_threshold must be a finite number or None, got nan",
+        ),
+        (
+            lambda: ExpertGate(lwf_threshold=float("inf")),
+            "lwf_threshold must be a finite number or None, got inf",
+        ),
+        (lambda: ExpertGate(seed="a"), "seed must be an int or None, got 'a'"),
+        (lambda: ExpertGate(seed=1.5), "seed must be an int or None, got 1.5"),
+        (lambda: ExpertGate(gate_lr=float("inf")), "gate_lr must be a finite number > 0, got inf"),
+        (lambda: ExpertGate(lwf_alpha=float("nan")), "lwf_alpha must be a finite number >= 0, got nan"),
+        (
+            lambda: ExpertGateNetwork(input_size=8, code_size=2, hidden_layers=0),
+            "hidden_layers must be an int >= 1",
+        ),
+        (
+            lambda: ExpertGateNetwork(input_size=8, code_size=2, hidden_layers=-1),
+            "hidden_layers must be an int >= 1",
+        ),
+    ],
+)
+def test_bad_arguments_are_refused(make, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_an_input_size_other_than_the_datas_is_named_at_set_up() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    module = ContinualModule(ExpertGateNetwork(input_size=784, hidden_size=8, code_size=4))
+    with pytest.raises(
+        ValueError, match=r"input_size=784\) got inputs of shape \(1, 1, 8, 8\), 64 features .* input_size=64"
+    ):
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[ExpertGate()]).fit(
+            module, datamodule=bench.train_stream[0]
+        )
+    assert module.model.tasks == []  # nothing added
+
+
+def test_testing_before_any_fit_records_the_untrained_networks_accuracy() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    module = _module()
+    result = L.Trainer(**quiet_trainer_kwargs()).test(module, datamodule=bench.test_stream, verbose=False)[0]
+    # No expert: every sample gets the same (masked) logits, predicting class 0, as an untrained
+    # incremental head does; class 0 is one of the two classes of one experience.
+    accuracies = sorted(result[f"test/acc/exp{k}"] for k in range(5))
+    assert accuracies[:4] == [0.0] * 4 and 0.3 < accuracies[4] < 0.7
+    with pytest.raises(ValueError, match="has no expert yet"):
+        module.model.route(torch.zeros(2, 64))
 
 
 class _FirstBatches(L.Callback):
