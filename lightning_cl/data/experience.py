@@ -335,10 +335,19 @@ class Experience(L.LightningDataModule):
         replaced = None if source is None else source.current_dataloader(self)
         current = self._own_loader("train", self.dataset, train=True) if replaced is None else replaced
         extra: dict[str, Iterable[Any]] = {}
+        owners: dict[str, str] = {}
         if trainer is not None:
             for callback in trainer.callbacks:  # type: ignore[attr-defined]
                 if isinstance(callback, TrainDataSource):
-                    extra.update(callback.train_dataloaders(self, current))  # type: ignore[arg-type]
+                    given = callback.train_dataloaders(self, current)  # type: ignore[arg-type]
+                    for name in given:
+                        if name in owners:  # one would silently replace the other
+                            raise ValueError(
+                                f"{type(callback).__name__} and {owners[name]} both return a training "
+                                f"loader named {name!r}: name the loaders apart, or use one of the two"
+                            )
+                        owners[name] = type(callback).__name__
+                    extra.update(given)
         if "current" in extra:
             raise ValueError("a TrainDataSource returned a loader named 'current', which is reserved")
         loaders: dict[str | None, Iterable[Any]] = {"current": current, **extra} if extra else {None: current}  # type: ignore[dict-item]

@@ -75,3 +75,34 @@ def test_two_replacing_sources_are_refused_before_any_callback_sets_up() -> None
     with pytest.raises(MisconfigurationException, match="at most one callback"):
         trainer.fit(digits_module(), datamodule=SplitDigits(n_experiences=5, seed=1).train_stream[0])
     assert first.started == second.started == 0
+
+
+class _ExtraLoader(ContinualCallback):
+    """Adds a loader of the experience's data under ``name``."""
+
+    def __init__(self, name: str, tag: int) -> None:
+        self.loader_name, self.tag = name, tag
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.loader_name, tag=self.tag)
+
+    def train_dataloaders(self, experience: Any, current: Any) -> dict[str, Any]:
+        return {self.loader_name: experience.loader(experience.dataset, train=True)}
+
+
+def test_two_sources_of_one_loader_name_are_refused_naming_both() -> None:
+    experience = SplitDigits(n_experiences=5, seed=1).train_stream[0]
+    trainer = L.Trainer(
+        **quiet_trainer_kwargs(), callbacks=[_ExtraLoader("mine", 1), _ExtraLoader("mine", 2)]
+    )
+    module = digits_module()
+    before = [p.detach().clone() for p in module.parameters()]
+    with pytest.raises(
+        ValueError, match="_ExtraLoader and _ExtraLoader both return a training loader named 'mine'"
+    ):
+        trainer.fit(module, datamodule=experience)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))  # nothing trained
+    # apart, both are used
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[_ExtraLoader("a", 1), _ExtraLoader("b", 2)])
+    trainer.fit(digits_module(), datamodule=experience)
