@@ -13,9 +13,38 @@ from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import EXPERIENCE_SEED_STRIDE, ContinualCallback, stream_seed
 from lightning_cl.models.heads import slice_to
 
-__all__ = ["FROM_SCRATCH_INITS", "FromScratch"]
+__all__ = ["FROM_SCRATCH_INITS", "FromScratch", "refuse_beside"]
 
 FROM_SCRATCH_INITS = ("initial", "reset")
+
+
+def refuse_beside(trainer: L.Trainer, owner: object, others: tuple[type, ...], why: str) -> None:
+    """Refuse, at set-up, the callbacks of ``trainer`` of a type in ``others`` beside ``owner``.
+
+    Raises:
+        MisconfigurationException: naming ``owner``'s type, the others' and ``why``.
+
+    Args:
+        trainer: the trainer being set up.
+        owner: the callback that refuses.
+        others: the types it refuses beside it.
+        why: what the combination would break.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> trainer = SimpleNamespace(callbacks=[FromScratch(), FromScratch(seed=1)])
+        >>> try:
+        ...     refuse_beside(trainer, trainer.callbacks[0], (FromScratch,), "one is enough")
+        ... except MisconfigurationException as error:
+        ...     print(error)
+        FromScratch cannot be combined with FromScratch in one callbacks list: one is enough
+    """
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]
+    found = sorted({type(c).__name__ for c in callbacks if c is not owner and isinstance(c, others)})
+    if found:
+        raise MisconfigurationException(
+            f"{type(owner).__name__} cannot be combined with {', '.join(found)} in one callbacks list: {why}"
+        )
 
 
 def _reset_parameters(model: nn.Module, seed: int) -> None:
@@ -53,14 +82,17 @@ class FromScratch(ContinualCallback):
       initialised by the head as usual.
 
     It combines with other methods: with ``Replay``, each experience is trained from scratch on
-    its data plus the memory.
+    its data plus the memory. Beside ``PNN``, ``PackNet`` or ``ExpertGate``, which keep the
+    earlier tasks in weights they freeze, it is refused at set-up.
 
     Args:
         init: ``"initial"`` or ``"reset"``.
         seed: seed of the fresh initialisations (``None``: torch's initial seed on rank 0).
 
     Raises:
-        ValueError: for an unknown ``init``.
+        ValueError: for an unknown ``init`` or a ``seed`` that is neither an int nor ``None``.
+        MisconfigurationException: at set-up, beside ``PNN``, ``PackNet`` or ``ExpertGate``, or
+            with ``optimizer_policy="keep"``.
 
     Example:
         >>> FromScratch().init
@@ -70,6 +102,8 @@ class FromScratch(ContinualCallback):
     def __init__(self, init: str = "initial", seed: int | None = None):
         if init not in FROM_SCRATCH_INITS:
             raise ValueError(f"init must be one of {FROM_SCRATCH_INITS}, got {init!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
         self.init = init
         self.seed = seed
         self.initial_state: dict[str, Tensor] | None = None
@@ -80,6 +114,17 @@ class FromScratch(ContinualCallback):
         return self._generate_state_key(init=self.init)
 
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        from lightning_cl.methods.expert_gate import ExpertGate
+        from lightning_cl.methods.packnet import PackNet
+        from lightning_cl.methods.pnn import PNN
+
+        refuse_beside(
+            trainer,
+            self,
+            (PNN, PackNet, ExpertGate),
+            "re-initialising the model would wipe the frozen columns, task weights or experts that "
+            "keep the earlier tasks (they forget nothing by construction); use them without FromScratch",
+        )
         if module.optimizer_policy == "keep":
             raise MisconfigurationException(
                 "FromScratch re-initialises the weights at every experience, so "

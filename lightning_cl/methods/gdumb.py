@@ -15,7 +15,7 @@ from lightning_cl.data.experience import Experience
 from lightning_cl.data.train_data_source import TrainDataSource
 from lightning_cl.methods.base import ContinualCallback, experience_generator, stream_seed
 from lightning_cl.methods.buffers import check_memory_size
-from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch
+from lightning_cl.methods.from_scratch import FROM_SCRATCH_INITS, FromScratch, refuse_beside
 
 __all__ = ["GDumb", "greedy_class_balanced"]
 
@@ -175,6 +175,15 @@ class GDumb(ContinualCallback):
                     f"GDumb trains on its memory alone, so the training data that {', '.join(others)} "
                     "adds would change what GDumb is; use GDumb on its own (or those without GDumb)"
                 )
+            from lightning_cl.methods.expert_gate import ExpertGate
+
+            refuse_beside(
+                trainer,
+                self,
+                (ExpertGate,),
+                "GDumb re-initialises the model at every experience, which would wipe the experts "
+                "of the earlier tasks",
+            )
         super().setup(trainer, pl_module, stage)
 
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:

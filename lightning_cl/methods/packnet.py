@@ -13,12 +13,15 @@ from torch import Tensor, nn
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import ContinualCallback
 from lightning_cl.methods.features import resolve_layer
+from lightning_cl.methods.from_scratch import FromScratch, refuse_beside
+from lightning_cl.methods.gdumb import GDumb
 from lightning_cl.models.heads import MultiHeadClassifier
 from lightning_cl.models.module import merge_batch
 
 __all__ = ["PackNet"]
 
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 class PackNet(ContinualCallback):
@@ -51,7 +54,13 @@ class PackNet(ContinualCallback):
       ``PackNetPlugin`` also prunes at that epoch); with 0, pruning happens when the experience
       ends and nothing is retrained.
     - The state is one ``uint8`` owner per prunable weight (0: free, ``k``: the ``k``-th task)
-      and the tasks' order: an assignment, not a copy of weights.
+      and the tasks' order: an assignment, not a copy of weights (plus each task's batch-norm
+      statistics, if the model has batch norm).
+    - Batch-norm layers: their affine parameters, like the biases, are fixed after the first
+      task, but their running statistics would keep moving while later tasks train. The paper
+      masks weights only; here each task keeps the statistics its training left (a few vectors
+      per layer and task, in the state), and a sample of task ``k`` is evaluated with task
+      ``k``'s, so an earlier task is unchanged bit for bit in a model with batch norm too.
     - An evaluation batch must hold one task label (the test stream's experiences do).
     - The masking is done by this callback: evaluate with a trainer that has it among its
       callbacks (``fit_stream`` tests with the experience's trainer; in the plain loop, call
@@ -67,8 +76,9 @@ class PackNet(ContinualCallback):
         ValueError: for a ratio outside (0, 1) or a negative ``post_prune_epochs``; at set-up,
             for a model without ``head_layer``; at evaluation, for a batch of several tasks.
         MisconfigurationException: at set-up, for an output layer that is not a
-            ``MultiHeadClassifier``, an experience that is not one new task, or ``max_epochs``
-            not above ``post_prune_epochs``.
+            ``MultiHeadClassifier``, an experience that is not one new task, ``max_epochs``
+            not above ``post_prune_epochs``, or beside ``FromScratch`` or ``GDumb`` (they
+            re-initialise the model).
 
     Example:
         >>> PackNet(prune_ratio=[0.75, 0.5]).ratio(3)
@@ -106,6 +116,9 @@ class PackNet(ContinualCallback):
         self._trainable: dict[str, Tensor] = {}
         self._fixed: dict[str, Tensor] = {}
         self._masked: dict[str, Tensor] = {}
+        self.norm_statistics: dict[int, dict[str, Tensor]] = {}
+        """Per trained task label, the running batch-norm statistics its training left (by buffer name)."""
+        self._swapped: dict[str, Tensor] = {}
 
     @property
     def state_key(self) -> str:
@@ -126,11 +139,27 @@ class PackNet(ContinualCallback):
             if isinstance(module, _PRUNABLE) and not (name == head or name.startswith(f"{head}."))
         }
 
+    def statistics(self, model: nn.Module) -> dict[str, Tensor]:
+        """The model's running normalisation statistics outside the output layer, by buffer name."""
+        head = self.head_layer
+        return {
+            name: buffer
+            for name, buffer in model.named_buffers()
+            if name.rsplit(".", 1)[-1] in _NORM_STATISTICS
+            and not (name.startswith(f"{head}.") or name == head)
+        }
+
     def _owner_id(self, task: int) -> int:
         return self.tasks.index(task) + 1 if task in self.tasks else len(self.tasks) + 1
 
     # ------------------------------------------------------------------ experience hooks
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        refuse_beside(
+            trainer,
+            self,
+            (FromScratch, GDumb),
+            "re-initialising the model would wipe the weights the earlier tasks own",
+        )
         model: nn.Module = module.model
         if not isinstance(resolve_layer(model, self.head_layer), MultiHeadClassifier):
             raise MisconfigurationException(
@@ -138,6 +167,12 @@ class PackNet(ContinualCallback):
                 "MultiHeadClassifier (e.g. MLP(head='multihead')): one head per task, as the paper"
             )
         tasks = [int(t) for t in experience.task_labels]
+        if len(tasks) == 1 and tasks[0] in self.tasks and experience.index < len(self.tasks):
+            raise MisconfigurationException(
+                f"PackNet trained task {tasks[0]} already and fixed its weights; experience "
+                f"{experience.index} (fitted again?) would have nothing left to train: fit each "
+                "experience of a task-incremental stream once, in order"
+            )
         if len(tasks) != 1 or tasks[0] in self.tasks:
             raise MisconfigurationException(
                 f"PackNet trains one new task per experience, but experience {experience.index} has task "
@@ -210,6 +245,9 @@ class PackNet(ContinualCallback):
         if not self.pruned:
             self.prune(module.model, experience.index)
         assert self._task is not None
+        self.norm_statistics[self._task] = {
+            name: value.detach().cpu().clone() for name, value in self.statistics(module.model).items()
+        }
         self.tasks.append(self._task)
         self.pruned, self._task = False, None
         self._release()
@@ -252,8 +290,21 @@ class PackNet(ContinualCallback):
                     continue
                 self._masked[name] = weight.detach().clone()
                 weight.mul_((owners <= owner).to(weight.device, weight.dtype))
+            # The task's own batch-norm statistics (the running task's are the live ones).
+            saved = self.norm_statistics.get(task, {}) if task != self._task else {}
+            for name, buffer in self.statistics(pl_module.model).items():  # type: ignore[arg-type]
+                value = saved.get(name)
+                if value is not None and value.shape == buffer.shape:
+                    self._swapped[name] = buffer.detach().clone()
+                    buffer.copy_(value.to(buffer.device))
 
     def _unmask(self, pl_module: L.LightningModule) -> None:
+        if self._swapped:
+            with torch.no_grad():
+                for name, buffer in self.statistics(pl_module.model).items():  # type: ignore[arg-type]
+                    if name in self._swapped:
+                        buffer.copy_(self._swapped[name])
+            self._swapped = {}
         if not self._masked:
             return
         with torch.no_grad():
@@ -285,9 +336,15 @@ class PackNet(ContinualCallback):
         self._unmask(pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"owners": self.owners, "tasks": list(self.tasks), "pruned": self.pruned}
+        return {
+            "owners": self.owners,
+            "tasks": list(self.tasks),
+            "pruned": self.pruned,
+            "norm_statistics": self.norm_statistics,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.owners = dict(state_dict.get("owners", {}))
         self.tasks = [int(t) for t in state_dict.get("tasks", [])]
         self.pruned = bool(state_dict.get("pruned", False))
+        self.norm_statistics = {int(k): dict(v) for k, v in state_dict.get("norm_statistics", {}).items()}

@@ -10,6 +10,8 @@ from torch import nn
 
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import ContinualCallback
+from lightning_cl.methods.from_scratch import FromScratch, refuse_beside
+from lightning_cl.methods.gdumb import GDumb
 from lightning_cl.models.pnn import ProgressiveNetwork
 
 __all__ = ["PNN", "progressive_network_of"]
@@ -60,7 +62,7 @@ class PNN(ContinualCallback):
     Raises:
         ValueError: at set-up, for a model without a ``ProgressiveNetwork``.
         MisconfigurationException: at set-up, for an experience whose task labels all have
-            columns already.
+            columns already, or beside ``FromScratch`` or ``GDumb`` (they re-initialise the model).
 
     Example:
         >>> PNN().name
@@ -68,10 +70,22 @@ class PNN(ContinualCallback):
     """
 
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        refuse_beside(
+            trainer,
+            self,
+            (FromScratch, GDumb),
+            "re-initialising the model would wipe the frozen columns of the earlier tasks",
+        )
         net = progressive_network_of(module.model)
         tasks = [int(t) for t in experience.task_labels]
         new = [t for t in tasks if t not in net.tasks]
         if not new:
+            if experience.index < len(net.tasks):  # an experience of this stream fitted again
+                raise MisconfigurationException(
+                    f"PNN trained the columns of task labels {tasks} already and froze them; experience "
+                    f"{experience.index} (fitted again?) would have nothing to train: fit each experience "
+                    "of a task-incremental stream once, in order"
+                )
             raise MisconfigurationException(
                 f"PNN adds one column per new task label, but experience {experience.index} has task "
                 f"labels {tasks}, whose columns exist already (and are frozen): PNN needs a "

@@ -12,6 +12,7 @@ from torch.utils.hooks import RemovableHandle
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import ContinualCallback
 from lightning_cl.methods.features import capture_features, resolve_layer
+from lightning_cl.methods.from_scratch import refuse_beside
 from lightning_cl.models.eval_classifier import EvalClassifier
 from lightning_cl.models.heads import MASK_VALUE
 from lightning_cl.models.module import merge_batch
@@ -99,7 +100,10 @@ class StreamingLDA(ContinualCallback, EvalClassifier):
 
     Raises:
         ValueError: for a shrinkage outside [0, 1] or an unknown ``covariance``; at set-up, for
-            a model without ``feature_layer``.
+            a model without ``feature_layer``, or a ``feature_layer`` that leaves nothing to train
+            (the output layer, or the last layer).
+        MisconfigurationException: at set-up, beside ``PackNet`` or ``CWRStar`` (their output
+            weights would go unused: the LDA classifies).
 
     Example:
         >>> StreamingLDA(covariance="exact").shrinkage
@@ -132,8 +136,26 @@ class StreamingLDA(ContinualCallback, EvalClassifier):
 
     # ------------------------------------------------------------------ training: the updates
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        from lightning_cl.methods.cwr import CWRStar
+        from lightning_cl.methods.packnet import PackNet
+
+        refuse_beside(
+            trainer,
+            self,
+            (PackNet, CWRStar),
+            "StreamingLDA replaces the model's classifier at evaluation, so the output weights they "
+            "consolidate or mask would never be used; use one or the other",
+        )
         layer = resolve_layer(module.model, self.feature_layer)
-        for part in modules_up_to(module.model, self.feature_layer):
+        frozen = modules_up_to(module.model, self.feature_layer)
+        frozen_ids = {id(p) for part in frozen for p in part.parameters(recurse=False)}
+        if not any(p.requires_grad and id(p) not in frozen_ids for p in module.model.parameters()):
+            raise ValueError(
+                f"StreamingLDA freezes feature_layer={self.feature_layer!r} and every layer before it, "
+                "which leaves no trainable parameter of the model (training would fail): name the "
+                "feature extractor's last layer, before the output layer (e.g. 'features')"
+            )
+        for part in frozen:
             for param in part.parameters(recurse=False):
                 param.requires_grad_(False)
         self._remove_hook()

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import FromScratch, Replay
+from lightning_cl.methods import PNN, ExpertGate, FromScratch, PackNet, Replay
 from lightning_cl.models import MLP, ContinualModule
 from lightning_cl.training import fit_stream
 from tests.conftest import digits_module, quiet_trainer_kwargs, stream_trainer_kwargs
@@ -109,3 +109,22 @@ def test_from_scratch_forgets_and_resumes_exactly(tmp_path: Path) -> None:
     assert full.accuracy_matrix[4][0] < 0.05 and full.accuracy_matrix[4][4] > 0.9
     resumed = run(tmp_path / "full" / "experience_001.ckpt", tmp_path / "resumed")
     assert resumed.accuracy_matrix == full.accuracy_matrix
+
+
+@pytest.mark.parametrize("seed", ["x", 1.5, True])
+def test_a_seed_that_is_not_an_int_is_refused(seed: object) -> None:
+    with pytest.raises(ValueError, match=f"seed must be an int or None, got {seed!r}"):
+        FromScratch(seed=seed)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("other", [PNN, PackNet, ExpertGate])
+def test_methods_that_freeze_earlier_tasks_are_refused_beside_it(other: type) -> None:
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    module = digits_module()
+    before = _weights(module.model)
+    refused = f"FromScratch cannot be combined with {other.__name__} in one callbacks list: re-initialising"
+    with pytest.raises(MisconfigurationException, match=refused):
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[FromScratch(), other()]).fit(
+            module, datamodule=bench.train_stream[0]
+        )
+    assert all(torch.equal(v, before[k]) for k, v in _weights(module.model).items())

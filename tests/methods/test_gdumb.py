@@ -241,3 +241,15 @@ def test_a_state_larger_than_the_memory_is_refused_and_nothing_changes() -> None
     with pytest.raises(ValueError, match=r"holds 4 samples, more than this GDumb's mem_size=2"):
         small.load_state_dict(big.state_dict())
     assert len(small) == 0
+
+
+def test_expert_gate_beside_it_is_refused() -> None:
+    from lightning_cl.methods import ExpertGate
+
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    with pytest.raises(
+        MisconfigurationException, match=r"GDumb cannot be combined with ExpertGate.*wipe the experts"
+    ):
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[GDumb(mem_size=20), ExpertGate()]).fit(
+            digits_module(), datamodule=bench.train_stream[0]
+        )

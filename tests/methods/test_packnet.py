@@ -11,7 +11,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import PackNet
+from lightning_cl.methods import FromScratch, GDumb, PackNet
 from lightning_cl.models import MLP, ContinualModule
 from tests.conftest import digits_module, quiet_trainer_kwargs
 
@@ -89,3 +89,55 @@ def test_set_up_errors() -> None:
         L.Trainer(**quiet_trainer_kwargs(), callbacks=[packnet]).fit(
             module, datamodule=class_incremental.train_stream[1]
         )
+
+
+def _batch_norm_module() -> ContinualModule:
+    """The multi-head MLP with a BatchNorm1d after its hidden layer."""
+    model = MLP(input_size=64, hidden_size=64, drop_rate=0.0, head="multihead")
+    model.features = nn.Sequential(model.features[0], model.features[1], nn.BatchNorm1d(64), nn.ReLU())
+    return ContinualModule(model, optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+
+
+def test_with_batch_norm_an_earlier_task_is_unchanged_bit_for_bit() -> None:
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    module, packnet = _batch_norm_module(), PackNet(prune_ratio=0.5, post_prune_epochs=1)
+    rows = []
+    for experience in bench.train_stream[:3]:
+        trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=2), callbacks=[packnet])
+        trainer.fit(module, datamodule=experience)
+        result = trainer.test(module, datamodule=bench.test_stream[:3], verbose=False)[0]
+        rows.append([result[f"test/acc/exp{j}"] for j in range(experience.index + 1)])
+    assert rows[1][0] == rows[0][0] and rows[2][0] == rows[0][0]  # task 0, exactly
+    assert rows[2][1] == rows[1][1]
+    assert min(rows[2]) > 0.8
+    norm = module.model.features[2]
+    # The live statistics moved on with the later tasks; task 0 keeps its own.
+    first = packnet.norm_statistics[0]["features.2.running_mean"]
+    assert not torch.equal(norm.running_mean.cpu(), first)
+    assert torch.equal(packnet.norm_statistics[2]["features.2.running_mean"], norm.running_mean.cpu())
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "match"),
+    [
+        (lambda: [PackNet(), FromScratch()], "PackNet cannot be combined with FromScratch"),
+        (lambda: [PackNet(), GDumb(mem_size=20)], "PackNet cannot be combined with GDumb"),
+        (lambda: [FromScratch(), PackNet()], "FromScratch cannot be combined with PackNet"),
+    ],
+)
+def test_methods_that_re_initialise_the_model_are_refused(callbacks, match: str) -> None:  # type: ignore[no-untyped-def]
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    with pytest.raises(MisconfigurationException, match=f"{match}.*re-initialising the model would wipe"):
+        L.Trainer(**quiet_trainer_kwargs(max_epochs=2), callbacks=callbacks()).fit(
+            _multihead_module(), datamodule=bench.train_stream[0]
+        )
+
+
+def test_an_experience_fitted_again_is_named_as_such() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    module, packnet = _multihead_module(), PackNet(post_prune_epochs=0)
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[packnet]).fit(module, datamodule=bench.train_stream[0])
+    with pytest.raises(MisconfigurationException, match=r"experience 0 \(fitted again\?\)") as refused:
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[packnet]).fit(module, datamodule=bench.train_stream[0])
+    assert "use a task-incremental stream" not in str(refused.value)

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import PNN
+from lightning_cl.methods import PNN, FromScratch, GDumb
 from lightning_cl.models import ContinualModule, ProgressiveNetwork
 from tests.conftest import digits_module, quiet_trainer_kwargs
 
@@ -103,3 +103,43 @@ def test_set_up_errors() -> None:
         ProgressiveNetwork(adapter="conv")
     with pytest.raises(ValueError, match="hidden_layers must be a positive int"):
         ProgressiveNetwork(hidden_layers=0)
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "match"),
+    [
+        (lambda: [PNN(), FromScratch()], "PNN cannot be combined with FromScratch"),
+        (lambda: [FromScratch(), PNN()], "FromScratch cannot be combined with PNN"),
+        (lambda: [PNN(), GDumb(mem_size=20)], "PNN cannot be combined with GDumb"),
+    ],
+)
+def test_methods_that_re_initialise_the_model_are_refused(callbacks, match: str) -> None:  # type: ignore[no-untyped-def]
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    module = _pnn_module()
+    with pytest.raises(MisconfigurationException, match=f"{match}.*wipe the frozen columns"):
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=callbacks()).fit(
+            module, datamodule=bench.train_stream[0]
+        )
+    assert module.model.tasks == []  # refused before a column was added
+
+
+def test_an_experience_fitted_again_is_named_as_such() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    module, pnn = _pnn_module(), PNN()
+    L.Trainer(**quiet_trainer_kwargs(), callbacks=[pnn]).fit(module, datamodule=bench.train_stream[0])
+    with pytest.raises(MisconfigurationException, match=r"experience 0 \(fitted again\?\)") as refused:
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[pnn]).fit(module, datamodule=bench.train_stream[0])
+    assert "use a task-incremental stream" not in str(refused.value)
+
+
+def test_two_instances_are_refused_by_name() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=True)
+    # Built with both, the Trainer refuses (Lightning's check, which names the type and state_key).
+    with pytest.raises(RuntimeError, match="more than one stateful callback of type `PNN`"):
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[PNN(), PNN()])
+    # Added later, lightning_cl's set-up refuses before a column is added.
+    trainer, module = L.Trainer(**quiet_trainer_kwargs(), callbacks=[PNN()]), _pnn_module()
+    trainer.callbacks.append(PNN())
+    with pytest.raises(ValueError, match="2 callbacks of the trainer share the state_key 'PNN' of PNN"):
+        trainer.fit(module, datamodule=bench.train_stream[0])
+    assert module.model.tasks == []

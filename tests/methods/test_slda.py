@@ -5,9 +5,10 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_cl.data import SplitDigits
-from lightning_cl.methods import StreamingLDA, lda_scores
+from lightning_cl.methods import CWRStar, PackNet, StreamingLDA, lda_scores
 from tests.conftest import digits_module, quiet_trainer_kwargs
 
 
@@ -99,5 +100,26 @@ def test_unseen_classes_are_never_predicted_and_bad_arguments() -> None:
     bench = SplitDigits(n_experiences=5, seed=1)
     with pytest.raises(ValueError, match="the model has no layer 'backbone'"):
         L.Trainer(**quiet_trainer_kwargs(), callbacks=[StreamingLDA(feature_layer="backbone")]).fit(
+            digits_module(), datamodule=bench.train_stream[0]
+        )
+
+
+def test_a_feature_layer_that_leaves_nothing_to_train_is_refused() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module = digits_module()
+    with pytest.raises(ValueError, match=r"feature_layer='head' .* leaves no trainable parameter"):
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[StreamingLDA(feature_layer="head")]).fit(
+            module, datamodule=bench.train_stream[0]
+        )
+    assert all(p.requires_grad for p in module.parameters())  # refused before freezing anything
+
+
+@pytest.mark.parametrize("other", [PackNet, CWRStar])
+def test_methods_whose_classifier_it_replaces_are_refused(other: type) -> None:
+    bench = SplitDigits(n_experiences=5, seed=1, task_labels=other is PackNet)
+    with pytest.raises(
+        MisconfigurationException, match=f"StreamingLDA cannot be combined with {other.__name__}.*replaces"
+    ):
+        L.Trainer(**quiet_trainer_kwargs(max_epochs=2), callbacks=[StreamingLDA(), other()]).fit(
             digits_module(), datamodule=bench.train_stream[0]
         )
