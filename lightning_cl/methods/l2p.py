@@ -93,8 +93,8 @@ class L2P(ContinualCallback):
         diversify: the frequency-weighted prompt choice of Eq. 4.
 
     Raises:
-        ValueError: for a negative or non-finite ``sim_coefficient`` or a ``mask_value`` that is
-            not a number.
+        ValueError: for a negative or non-finite ``sim_coefficient``, a ``mask_value`` that is
+            not a number, or a ``use_mask`` / ``diversify`` that is not a bool.
         MisconfigurationException: at set-up, for a model without exactly one
             :class:`~lightning_cl.models.PromptPool`.
 
@@ -120,6 +120,9 @@ class L2P(ContinualCallback):
             raise ValueError(f"sim_coefficient must be a finite number >= 0, got {sim_coefficient!r}")
         if not isinstance(mask_value, int | float) or isinstance(mask_value, bool) or math.isnan(mask_value):
             raise ValueError(f"mask_value must be a number (float('-inf') by default), got {mask_value!r}")
+        for flag, value in (("use_mask", use_mask), ("diversify", diversify)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{flag} must be a bool (True or False), got {value!r}")
         self.sim_coefficient = float(sim_coefficient)
         self.use_mask = bool(use_mask)
         self.mask_value = float(mask_value)

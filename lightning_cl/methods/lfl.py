@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,10 +55,11 @@ class LFL(ContinualCallback):
         freeze_head: hold ``head_layer`` at its values during every experience after the first.
 
     Raises:
-        ValueError: for a negative weight or an empty list; at set-up, for a model without
-            ``feature_layer`` or ``head_layer``.
+        ValueError: for a negative or non-finite weight, an empty list or a non-bool
+            ``freeze_head``; at set-up, for a model without ``feature_layer`` or ``head_layer``.
         MisconfigurationException: at set-up, when ``freeze_head`` would hold the output layer
-            while the experience brings classes not seen before.
+            while the experience brings classes not seen before, or (already at the first
+            experience) while that experience holds only some of the benchmark's ``n_classes``.
 
     Example:
         >>> LFL(lambda_e=[0.0, 1.0, 2.0]).weight(5)
@@ -72,8 +74,15 @@ class LFL(ContinualCallback):
         freeze_head: bool = True,
     ):
         weights = [lambda_e] if isinstance(lambda_e, int | float) else list(lambda_e)
-        if not weights or any(not isinstance(w, int | float) or w < 0 for w in weights):
-            raise ValueError(f"lambda_e must be a number >= 0 or a non-empty list of them, got {lambda_e!r}")
+        if not weights or any(
+            isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0
+            for w in weights
+        ):
+            raise ValueError(
+                f"lambda_e must be a finite number >= 0 or a non-empty list of them, got {lambda_e!r}"
+            )
+        if not isinstance(freeze_head, bool):
+            raise ValueError(f"freeze_head must be a bool (True or False), got {freeze_head!r}")
         self.lambda_e = lambda_e
         self._weights = [float(w) for w in weights]
         self.feature_layer = feature_layer
@@ -96,9 +105,21 @@ class LFL(ContinualCallback):
 
     # ------------------------------------------------------------------ experience hooks
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
+        resolve_layer(module.model, self.feature_layer)  # a missing layer is named first
         if self.freeze_head:
             resolve_layer(module.model, self.head_layer)
             new = sorted(set(experience.classes_in_this_experience) - set(module.seen_classes))
+            later = sorted(set(range(experience.n_classes)) - set(experience.classes_in_this_experience))
+            if self.teacher_state is None and not module.seen_classes and later:
+                # The first experience: a stream whose later experiences bring classes is refused
+                # now, before anything trains.
+                raise MisconfigurationException(
+                    f"LFL holds the output layer {self.head_layer!r} at its values after the first "
+                    f"experience (freeze_head=True), but experience {experience.index} holds "
+                    f"{len(experience.classes_in_this_experience)} of the benchmark's "
+                    f"{experience.n_classes} classes: the units of the classes {later} could never "
+                    "learn. Pass LFL(freeze_head=False) for class-incremental streams"
+                )
             if self.teacher_state is not None and new:
                 raise MisconfigurationException(
                     f"LFL holds the output layer {self.head_layer!r} at its values (freeze_head=True), "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -61,7 +62,8 @@ class RWalk(ContinualCallback):
         delta_t: optimizer steps between score updates (>= 1).
 
     Raises:
-        ValueError: for a negative ``ewc_lambda``, ``ewc_alpha`` outside [0, 1] or ``delta_t < 1``.
+        ValueError: for a negative or non-finite ``ewc_lambda``, ``ewc_alpha`` outside [0, 1], or
+            a ``delta_t`` that is not an int >= 1 (a bool included).
 
     Example:
         >>> rwalk = RWalk(ewc_lambda=0.1, ewc_alpha=0.9, delta_t=10)
@@ -72,12 +74,21 @@ class RWalk(ContinualCallback):
     needs_optimizer_step = "reads the gradient and update of every optimizer step (Fisher, path integral)"
 
     def __init__(self, ewc_lambda: float = 0.1, ewc_alpha: float = 0.9, delta_t: int = 10):
-        if not isinstance(ewc_lambda, int | float) or ewc_lambda < 0:
-            raise ValueError(f"ewc_lambda must be a number >= 0, got {ewc_lambda!r}")
-        if not isinstance(ewc_alpha, int | float) or not 0.0 <= ewc_alpha <= 1.0:
+        if (
+            isinstance(ewc_lambda, bool)
+            or not isinstance(ewc_lambda, int | float)
+            or not math.isfinite(ewc_lambda)
+            or ewc_lambda < 0
+        ):
+            raise ValueError(f"ewc_lambda must be a finite number >= 0, got {ewc_lambda!r}")
+        if (
+            isinstance(ewc_alpha, bool)
+            or not isinstance(ewc_alpha, int | float)
+            or not 0.0 <= ewc_alpha <= 1.0
+        ):
             raise ValueError(f"ewc_alpha must be a number in [0, 1], got {ewc_alpha!r}")
-        if not isinstance(delta_t, int) or delta_t < 1:
-            raise ValueError(f"delta_t must be an int >= 1, got {delta_t!r}")
+        if isinstance(delta_t, bool) or not isinstance(delta_t, int) or delta_t < 1:
+            raise ValueError(f"delta_t must be an int >= 1 (not a bool), got {delta_t!r}")
         self.ewc_lambda = float(ewc_lambda)
         self.ewc_alpha = float(ewc_alpha)
         self.delta_t = delta_t

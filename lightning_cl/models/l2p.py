@@ -286,10 +286,11 @@ class PromptedViT(DynamicModule):
     Raises:
         ImportError: without timm, naming ``pip install "lightning-cl[vit]"``.
         FileNotFoundError: for a ``pretrained_file`` that does not exist.
-        ValueError: for a timm model that is not a vision transformer with a token sequence, bad
-            pool sizes, or a ``pretrained_file`` that is not a state dict or does not fit the
-            architecture (a missing weight or a wrong shape, named). At the first forward, for
-            images whose channels or size are not the transformer's (``in_chans``, ``img_size``).
+        ValueError: for a name timm does not know (``timm.is_model``), a timm model that is not a
+            vision transformer with a token sequence, bad pool sizes, or a ``pretrained_file``
+            that is not a state dict or does not fit the architecture (a missing weight or a wrong
+            shape, named). At the first forward, for images whose channels or size are not the
+            transformer's (``in_chans``, ``img_size``).
 
     Example:
         A small randomly initialised ViT for 8x8 grey images (where timm is installed):
@@ -323,6 +324,11 @@ class PromptedViT(DynamicModule):
         super().__init__()
         timm = _timm()
         options = {**dict(vit_kwargs or {}), **kwargs}
+        if not isinstance(model_name, str) or not timm.is_model(model_name):
+            raise ValueError(
+                f"model_name must name a timm vision transformer (timm.list_models('vit_*')), got "
+                f"{model_name!r}, which timm does not know"
+            )
         if pretrained_file is not None:
             backbone = _vit_from_file(timm, model_name, pretrained_file, options)
         else:

@@ -110,6 +110,8 @@ def test_models_without_a_prompt_pool_and_a_second_task_loss_are_refused() -> No
         (dict(sim_coefficient=-1.0), "sim_coefficient must be a finite number >= 0"),
         (dict(sim_coefficient=float("nan")), "sim_coefficient must be a finite number >= 0"),
         (dict(mask_value="low"), "mask_value must be a number"),
+        (dict(use_mask="no"), "use_mask must be a bool.*got 'no'"),
+        (dict(diversify=1), "diversify must be a bool.*got 1"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:

@@ -12,7 +12,7 @@ import torch
 from lightning_cl.data import SplitDigits
 from lightning_cl.methods import RWalk
 from lightning_cl.models import MLP, ContinualModule
-from tests.conftest import quiet_trainer_kwargs
+from tests.conftest import digits_module, quiet_trainer_kwargs
 from tests.methods.permuted_digits import run_permuted
 
 
@@ -93,11 +93,26 @@ def test_rwalk_forgets_less_than_fine_tuning_on_permuted_digits() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"ewc_lambda": -1.0}, "ewc_lambda must be a number >= 0"),
+        ({"ewc_lambda": -1.0}, "ewc_lambda must be a finite number >= 0"),
+        ({"ewc_lambda": float("nan")}, "ewc_lambda must be a finite number >= 0, got nan"),
+        ({"ewc_lambda": float("inf")}, "ewc_lambda must be a finite number >= 0, got inf"),
         ({"ewc_alpha": 1.5}, r"ewc_alpha must be a number in \[0, 1\]"),
         ({"delta_t": 0}, "delta_t must be an int >= 1"),
+        ({"delta_t": True}, r"delta_t must be an int >= 1 \(not a bool\), got True"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         RWalk(**kwargs)
+
+
+def test_two_instances_are_refused_by_name() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    with pytest.raises(RuntimeError, match="more than one stateful callback of type `RWalk`"):
+        L.Trainer(**quiet_trainer_kwargs(), callbacks=[RWalk(), RWalk()])
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[RWalk()])
+    trainer.callbacks.append(RWalk())
+    with pytest.raises(
+        ValueError, match=r"2 callbacks of the trainer share the state_key \"RWalk\{.*\}\" of RWalk"
+    ):
+        trainer.fit(digits_module(), datamodule=bench.train_stream[0])

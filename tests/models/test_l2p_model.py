@@ -141,6 +141,12 @@ def test_a_model_that_is_not_a_vision_transformer_is_refused() -> None:
         PromptedViT("resnet18", pretrained=False)
 
 
+@needs_timm
+def test_an_unknown_model_name_is_named() -> None:
+    with pytest.raises(ValueError, match=r"got 'vit_nonexistent_xyz', which timm does not know"):
+        PromptedViT("vit_nonexistent_xyz", pretrained=False)
+
+
 def test_without_timm_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now fails
     with pytest.raises(ImportError, match=r'pip install "lightning-cl\[vit\]"'):
