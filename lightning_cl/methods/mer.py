@@ -112,12 +112,13 @@ def reptile_batches(
             rows = slice(start, start + inner_batch_size)
             with torch.enable_grad():
                 loss = loss_fn((x[rows], y[rows], t[rows]))
+                grads: Sequence[Tensor | None]
                 if not loss.requires_grad:
                     # No trainable weight reaches these samples (a frozen column or expert of an
                     # earlier task, PNN's or ExpertGate's): they move nothing.
                     grads = [None] * len(tensors)
                 elif scaling is None:
-                    grads: Sequence[Tensor | None] = torch.autograd.grad(loss, tensors, allow_unused=True)
+                    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
                 else:
                     grads = scaling.grad(loss, tensors)
             if inner_step is not None:
