@@ -92,7 +92,9 @@ class GenerativeReplay(ContinualCallback):
 
     Args:
         generator: the VAE to train (default: ``VAE(input_shape, hidden_size, latent_size)``,
-            built when the first experience ends, its input shape that of the data).
+            built when the first experience ends, its input shape that of the data, its
+            likelihood ``"bernoulli"`` for inputs in [0, 1] and ``"gaussian"`` for normalised
+            inputs, judged on the experience's first 256 samples).
         replay_ratio: weight of the current data, one of :data:`REPLAY_RATIOS` or a number in (0, 1].
         generator_epochs: passes over each experience when training the generator.
         generator_batch_size: batch size of the generator's training.
@@ -228,8 +230,17 @@ class GenerativeReplay(ContinualCallback):
         if len(data) == 0:
             return
         if self.generator is None:
-            x0, _, _ = data.__getitems__([0])
-            self.generator = VAE(tuple(x0.shape[1:]), self.hidden_size, self.latent_size)
+            x0, _, _ = data.__getitems__(list(range(min(len(data), 256))))
+            # Bernoulli outputs for inputs in [0, 1]; normalised inputs (negative values, or
+            # above 1) take the unit-variance Gaussian: a Bernoulli likelihood of them has no
+            # lower bound and its training diverges.
+            in_unit = bool(x0.min() >= 0) and bool(x0.max() <= 1)
+            self.generator = VAE(
+                tuple(x0.shape[1:]),
+                self.hidden_size,
+                self.latent_size,
+                likelihood="bernoulli" if in_unit else "gaussian",
+            )
         assert self.seed is not None
         vae = self.generator.to(device).train()
         previous = copy.deepcopy(vae).eval().requires_grad_(False) if self.experiences_trained else None

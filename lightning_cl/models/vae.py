@@ -114,8 +114,9 @@ class VAE(nn.Module):
                 differently, as generative replay's current and replayed inputs).
 
         Raises:
-            ValueError: if ``x`` does not have the VAE's input shape, or for a ``reduction``
-                other than ``"mean"`` and ``"none"``.
+            ValueError: if ``x`` does not have the VAE's input shape, for a ``reduction``
+                other than ``"mean"`` and ``"none"``, or, with the Bernoulli likelihood, for
+                inputs outside [0, 1].
 
         Example:
             >>> vae = VAE((1, 4, 4), hidden_size=8, latent_size=2)
@@ -135,6 +136,12 @@ class VAE(nn.Module):
         out = self.decode_logits(z).flatten(1)
         target = x.flatten(1).float()
         if self.likelihood == "bernoulli":
+            low, high = float(target.min()), float(target.max())
+            if low < 0 or high > 1:
+                raise ValueError(
+                    f"the Bernoulli likelihood takes inputs in [0, 1], got values in [{low:.3g}, {high:.3g}] "
+                    "(normalised data?): build the VAE with likelihood='gaussian'"
+                )
             nll = F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
         else:
             nll = 0.5 * (out - target).pow(2).sum(1)

@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
-from lightning_cl.data import SplitDigits
+from lightning_cl.data import SplitDigits, TensorClassificationDataset
+from lightning_cl.data.scenarios import class_incremental
 from lightning_cl.methods import ERACE, GenerativeReplay
 from lightning_cl.models import MLP, VAE, ContinualModule
 from lightning_cl.training import fit_stream
@@ -207,3 +208,28 @@ def test_class_incremental_digits_beats_naive() -> None:
     generative = run([GenerativeReplay(generator_epochs=50, latent_size=16, seed=1)])
     # Measured: naive 0.194, generative replay 0.802 (0.863 with 100 generator epochs).
     assert generative > naive + 0.4
+
+
+@pytest.mark.parametrize("shift, expected", [(0.0, "bernoulli"), (-0.5, "gaussian")])
+def test_the_default_generator_fits_its_likelihood_to_the_inputs(shift: float, expected: str) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 4, 4) + shift  # in [0, 1], or normalised-like with negative values
+    data = TensorClassificationDataset(x, torch.arange(64) % 2)
+    experience = class_incremental(data, data, n_experiences=1, seed=1).train_stream[0]
+    replay = GenerativeReplay(
+        generator_epochs=2, generator_batch_size=16, hidden_size=8, latent_size=2, seed=0
+    )
+    replay.train_generator(experience, torch.device("cpu"))
+    assert replay.generator is not None and replay.generator.likelihood == expected
+    assert all(torch.isfinite(p).all() for p in replay.generator.parameters())
+
+
+def test_the_bernoulli_likelihood_refuses_inputs_outside_the_unit_interval() -> None:
+    vae = VAE((1, 4, 4), hidden_size=8, latent_size=2)
+    before = [p.detach().clone() for p in vae.parameters()]
+    with pytest.raises(
+        ValueError, match=r"Bernoulli likelihood takes inputs in \[0, 1\], got values in \[-0.4"
+    ):
+        vae.loss(torch.rand(3, 1, 4, 4) * 0.1 - 0.45)  # values in [-0.45, -0.35]
+    assert all(torch.equal(a, b) for a, b in zip(before, vae.parameters()))
+    assert torch.isfinite(VAE((1, 4, 4), 8, 2, likelihood="gaussian").loss(torch.rand(3, 1, 4, 4) - 0.5))
