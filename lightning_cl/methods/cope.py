@@ -18,7 +18,7 @@ from lightning_cl.methods.er_ace import check_online, updates_per_step
 from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.icarl import nearest_mean_scores, refuse_task_aware
 from lightning_cl.methods.replay import Replay, check_one_replay_loader
-from lightning_cl.methods.selection import check_layer_name
+from lightning_cl.methods.selection import check_layer_name, check_temperature
 from lightning_cl.models.eval_classifier import EvalClassifier
 
 __all__ = ["CoPE", "ppp_loss", "update_prototypes"]
@@ -190,12 +190,7 @@ class CoPE(ContinualCallback, EvalClassifier):
         self.online = check_online(online)
         if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
-        if (
-            not isinstance(temperature, int | float)
-            or isinstance(temperature, bool)
-            or not 0 < temperature < float("inf")
-        ):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        check_temperature(temperature)
         check_layer_name(feature_layer, "feature_layer")
         self.replay = Replay(
             mem_size=mem_size, policy="class_balanced", mem_batch_size=mem_batch_size, seed=seed

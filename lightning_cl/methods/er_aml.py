@@ -14,7 +14,7 @@ from torch.utils.hooks import RemovableHandle
 from lightning_cl.methods.base import Batch, step_generator
 from lightning_cl.methods.er_ace import _check_common, _ReplayLoss
 from lightning_cl.methods.features import resolve_layer
-from lightning_cl.methods.selection import check_layer_name
+from lightning_cl.methods.selection import check_layer_name, check_temperature
 
 __all__ = ["ERAML", "asymmetric_metric_loss"]
 
@@ -148,12 +148,7 @@ class ERAML(_ReplayLoss):
         online: bool | None = None,
     ):
         _check_common(mem_size, seed, "ERAML")
-        if (
-            not isinstance(temperature, int | float)
-            or isinstance(temperature, bool)
-            or not 0 < temperature < float("inf")
-        ):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        check_temperature(temperature)
         check_layer_name(feature_layer, "feature_layer")
         super().__init__(mem_size, policy, mem_batch_size, seed, online)
         self.feature_layer = feature_layer

@@ -251,6 +251,21 @@ def linear_layers(module: torch.nn.Module, params: dict[str, Tensor]) -> dict[st
     return linears if linears and covered == set(params) else None
 
 
+def _record_linear_calls(
+    linears: dict[str, torch.nn.Linear],
+) -> tuple[dict[str, list[tuple[Tensor, Tensor]]], list[Any]]:
+    """Forward hooks that record each linear layer's (input, output) per call; remove the handles after."""
+    calls: dict[str, list[tuple[Tensor, Tensor]]] = {n: [] for n in linears}
+
+    def recorder(name: str) -> Any:
+        def hook(_: torch.nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            calls[name].append((inputs[0].detach(), output))
+
+        return hook
+
+    return calls, [m.register_forward_hook(recorder(n)) for n, m in linears.items()]
+
+
 def add_linear_per_sample(
     module: torch.nn.Module,
     linears: dict[str, torch.nn.Linear],
@@ -279,15 +294,7 @@ def add_linear_per_sample(
         reduction: ``"square"`` or ``"abs"``.
     """
     reduce = REDUCTIONS[reduction]
-    calls: dict[str, list[tuple[Tensor, Tensor]]] = {n: [] for n in linears}
-
-    def recorder(name: str) -> Any:
-        def hook(_: torch.nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            calls[name].append((inputs[0].detach(), output))
-
-        return hook
-
-    handles = [m.register_forward_hook(recorder(n)) for n, m in linears.items()]
+    calls, handles = _record_linear_calls(linears)
     try:
         with torch.enable_grad():
             loss = per_sample_loss(module(x, t).float()).sum()
@@ -365,15 +372,7 @@ def _linear_inner(
     t: Tensor,
     n_a: int,
 ) -> tuple[Tensor, Tensor, Tensor] | None:
-    calls: dict[str, list[tuple[Tensor, Tensor]]] = {n: [] for n in linears}
-
-    def recorder(name: str) -> Any:
-        def hook(_: torch.nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            calls[name].append((inputs[0].detach(), output))
-
-        return hook
-
-    handles = [m.register_forward_hook(recorder(n)) for n, m in linears.items()]
+    calls, handles = _record_linear_calls(linears)
     was_training = module.training
     module.eval()
     try:

@@ -16,7 +16,7 @@ from lightning_cl.methods.distributed import all_reduce_tensors
 from lightning_cl.methods.er_ace import _check_common, _ReplayLoss
 from lightning_cl.methods.features import capture_features, resolve_layer
 from lightning_cl.methods.icarl import nearest_mean_scores, refuse_task_aware
-from lightning_cl.methods.selection import HerdingSelection, check_layer_name
+from lightning_cl.methods.selection import HerdingSelection, check_layer_name, check_temperature
 from lightning_cl.models.eval_classifier import EvalClassifier
 
 __all__ = ["SCR", "projection_head", "supervised_contrastive_loss"]
@@ -150,12 +150,7 @@ class SCR(_ReplayLoss, EvalClassifier):
             not isinstance(projection_dim, int) or isinstance(projection_dim, bool) or projection_dim < 1
         ):
             raise ValueError(f"projection_dim must be an int >= 1 or None, got {projection_dim!r}")
-        if (
-            not isinstance(temperature, int | float)
-            or isinstance(temperature, bool)
-            or not 0 < temperature < float("inf")
-        ):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        check_temperature(temperature)
         check_layer_name(feature_layer, "feature_layer")
         if augment is not None and not callable(augment):
             raise ValueError(f"augment must be a callable x -> x' or None, got {augment!r}")

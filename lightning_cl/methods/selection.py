@@ -266,6 +266,18 @@ def check_layer_name(layer: Any, name: str = "layer") -> str:
     return layer
 
 
+def check_temperature(value: Any, name: str = "temperature") -> float:
+    """``value`` if it is a finite number > 0 (a softmax or contrastive temperature), else a ``ValueError``.
+
+    Example:
+        >>> check_temperature(0.1)
+        0.1
+    """
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
 def check_selection(selection: Any) -> SelectionStrategy:
     """``selection`` if it is a :class:`SelectionStrategy` (``None``: :class:`RandomSelection`).
 
