@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -99,6 +100,8 @@ class GenerativeReplay(ContinualCallback):
         generator_epochs: passes over each experience when training the generator.
         generator_batch_size: batch size of the generator's training.
         generator_lr: Adam's learning rate for the generator.
+        generator_weight_decay: Adam's weight decay for the generator (Avalanche's default
+            generator: 1e-4).
         hidden_size: hidden width of the default VAE.
         latent_size: code size of the default VAE.
         seed: base seed of the generator's training order and of the generated samples (default:
@@ -107,7 +110,8 @@ class GenerativeReplay(ContinualCallback):
     Raises:
         ValueError: for a ``replay_ratio`` not in :data:`REPLAY_RATIOS` nor in (0, 1], a
             ``generator`` that is not a :class:`~lightning_cl.models.VAE`, epochs, batch size or
-            sizes that are not ints >= 1, or a ``generator_lr`` that is not a number > 0.
+            sizes that are not ints >= 1, a ``generator_lr`` that is not a number > 0, or a
+            ``generator_weight_decay`` that is not a finite number >= 0.
 
     Example:
         >>> gr = GenerativeReplay(replay_ratio="tasks_seen")
@@ -122,6 +126,7 @@ class GenerativeReplay(ContinualCallback):
         generator_epochs: int = 20,
         generator_batch_size: int = 64,
         generator_lr: float = 1e-3,
+        generator_weight_decay: float = 0.0,
         hidden_size: int = 400,
         latent_size: int = 32,
         seed: int | None = None,
@@ -157,6 +162,14 @@ class GenerativeReplay(ContinualCallback):
             or not generator_lr > 0
         ):
             raise ValueError(f"generator_lr must be a number > 0, got {generator_lr!r}")
+        if (
+            isinstance(generator_weight_decay, bool)
+            or not isinstance(generator_weight_decay, int | float)
+            or not (math.isfinite(generator_weight_decay) and generator_weight_decay >= 0)
+        ):
+            raise ValueError(
+                f"generator_weight_decay must be a finite number >= 0, got {generator_weight_decay!r}"
+            )
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         self.generator = generator
@@ -164,6 +177,7 @@ class GenerativeReplay(ContinualCallback):
         self.generator_epochs = generator_epochs
         self.generator_batch_size = generator_batch_size
         self.generator_lr = float(generator_lr)
+        self.generator_weight_decay = float(generator_weight_decay)
         self.hidden_size = hidden_size
         self.latent_size = latent_size
         self.seed = seed
@@ -245,7 +259,13 @@ class GenerativeReplay(ContinualCallback):
         vae = self.generator.to(device).train()
         previous = copy.deepcopy(vae).eval().requires_grad_(False) if self.experiences_trained else None
         r = self.current_weight(self.experiences_trained)
-        optimizer = torch.optim.Adam(vae.parameters(), lr=self.generator_lr, fused=_fusable(vae))
+        optimizer = torch.optim.Adam(
+            vae.parameters(),
+            lr=self.generator_lr,
+            weight_decay=self.generator_weight_decay,
+            fused=_fusable(vae),
+        )
+        batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in vae.modules())
         rng = experience_generator(self.seed, experience.index)
         with torch.enable_grad(), torch.inference_mode(False):
             for _ in range(self.generator_epochs):
@@ -253,6 +273,8 @@ class GenerativeReplay(ContinualCallback):
                 for start in range(0, len(data), self.generator_batch_size):
                     x, _, _ = data.__getitems__(order[start : start + self.generator_batch_size])
                     x = x.to(device)
+                    if previous is None and batch_norm and len(x) < 2:
+                        continue  # batch norm takes no batch of one sample (an epoch's last, at most)
                     if previous is None:
                         loss = vae.loss(x, generator=rng)
                     else:
@@ -333,14 +355,7 @@ class GenerativeReplay(ContinualCallback):
             "generator": None
             if gen is None
             else {k: v.detach().cpu().clone() for k, v in gen.state_dict().items()},
-            "generator_config": None
-            if gen is None
-            else {
-                "input_shape": list(gen.input_shape),
-                "hidden_size": gen.encoder[0].out_features,
-                "latent_size": gen.latent_size,
-                "likelihood": gen.likelihood,
-            },
+            "generator_config": None if gen is None else dict(gen.config),
             "solver": self.solver_state,
             "experiences_trained": self.experiences_trained,
             "seed": self.seed,
@@ -349,13 +364,9 @@ class GenerativeReplay(ContinualCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict["generator"] is not None:
             if self.generator is None:
-                config = state_dict["generator_config"]
-                self.generator = VAE(
-                    tuple(config["input_shape"]),
-                    config["hidden_size"],
-                    config["latent_size"],
-                    config["likelihood"],
-                )
+                config = dict(state_dict["generator_config"])
+                config["input_shape"] = tuple(config["input_shape"])
+                self.generator = VAE(**config)
             self.generator.load_state_dict(state_dict["generator"])
             self.generator.eval()
         self.solver_state = state_dict["solver"]

@@ -41,12 +41,13 @@ from lightning_cl.models.optimisation_step import (
     optimisation_step_owner,
 )
 from lightning_cl.models.pnn import PNN_ADAPTERS, ProgressiveNetwork
-from lightning_cl.models.vae import VAE, VAE_LIKELIHOODS
+from lightning_cl.models.vae import MNIST_NORMALISED_RANGE, VAE, VAE_LIKELIHOODS
 
 __all__ = [
     "CNN",
     "MASK_VALUE",
     "MLP",
+    "MNIST_NORMALISED_RANGE",
     "ON_NONFINITE",
     "OPTIMIZER_POLICIES",
     "PNN_ADAPTERS",
