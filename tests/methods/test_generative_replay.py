@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from lightning_cl.data import SplitDigits, TensorClassificationDataset
 from lightning_cl.data.scenarios import class_incremental
 from lightning_cl.methods import ERACE, GenerativeReplay
-from lightning_cl.models import MLP, VAE, ContinualModule
+from lightning_cl.models import MLP, MNIST_NORMALISED_RANGE, VAE, ContinualModule
 from lightning_cl.training import fit_stream
 from tests.conftest import digits_module, quiet_trainer_kwargs, stream_trainer_kwargs
 
@@ -233,3 +233,110 @@ def test_the_bernoulli_likelihood_refuses_inputs_outside_the_unit_interval() -> 
         vae.loss(torch.rand(3, 1, 4, 4) * 0.1 - 0.45)  # values in [-0.45, -0.35]
     assert all(torch.equal(a, b) for a, b in zip(before, vae.parameters()))
     assert torch.isfinite(VAE((1, 4, 4), 8, 2, likelihood="gaussian").loss(torch.rand(3, 1, 4, 4) - 0.5))
+
+
+def test_the_vae_layout_options_build_what_they_say() -> None:
+    vae = VAE((1, 8, 8), latent_size=2, encoder_sizes=(32, 16), decoder_sizes=(8, 12, 24), batch_norm=True)
+    linears = [m for m in vae.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (64, 32), (32, 16), (16, 2), (16, 2), (2, 8), (8, 12), (12, 24), (24, 64),
+    ]  # fmt: skip
+    # One batch norm after every hidden linear layer, none after the decoder's output layer.
+    assert [m.num_features for m in vae.modules() if isinstance(m, nn.BatchNorm1d)] == [32, 16, 8, 12, 24]
+    assert isinstance(vae.decoder[-1], nn.Linear)
+    assert VAE(**vae.config).config == vae.config
+    assert tuple(vae.train().loss(torch.rand(4, 1, 8, 8), reduction="none").shape) == (4,)
+
+
+def test_a_bounded_gaussian_decoder_stays_in_its_range() -> None:
+    torch.manual_seed(0)
+    low, high = MNIST_NORMALISED_RANGE
+    assert low == pytest.approx(-0.1307 / 0.3081) and high == pytest.approx(0.8693 / 0.3081)
+    vae = VAE((1, 8, 8), 16, 2, "gaussian", output_range=(low, high))
+    with torch.no_grad():
+        vae.decoder[-1].bias.fill_(50.0)  # saturates the sigmoid at the top
+        top = vae.sample(64, generator=torch.Generator().manual_seed(0))
+        vae.decoder[-1].bias.fill_(-50.0)
+        bottom = vae.sample(64, generator=torch.Generator().manual_seed(0))
+    assert float(top.min()) == pytest.approx(high, abs=1e-5)
+    assert float(bottom.max()) == pytest.approx(low, abs=1e-5)
+    unbounded = VAE((1, 8, 8), 16, 2, "gaussian")
+    with torch.no_grad():
+        unbounded.decoder[-1].bias.fill_(50.0)
+        assert float(unbounded.sample(4).min()) > 40.0
+
+
+def test_the_gaussian_variance_scales_the_squared_error() -> None:
+    """``variance=0.5`` is Avalanche's summed squared error; the KL term is the same."""
+    torch.manual_seed(0)
+    unit = VAE((1, 4, 4), 8, 2, "gaussian")
+    half = VAE((1, 4, 4), 8, 2, "gaussian", variance=0.5)
+    half.load_state_dict(unit.state_dict())
+    x = torch.randn(5, 1, 4, 4)
+    with torch.no_grad():
+        mean, log_var = unit.encode(x)
+        kl = 0.5 * (mean.pow(2) + log_var.exp() - log_var - 1).sum(1)
+        nll_unit = unit.loss(x, generator=torch.Generator().manual_seed(3), reduction="none") - kl
+        nll_half = half.loss(x, generator=torch.Generator().manual_seed(3), reduction="none") - kl
+    torch.testing.assert_close(nll_half, 2 * nll_unit, rtol=1e-5, atol=1e-5)
+
+
+def test_avalanche_layout_matches_mlp_vae() -> None:
+    vae = VAE.avalanche_mlp_vae()
+    assert vae.latent_size == 2 and vae.variance == 0.5 and vae.likelihood == "gaussian"
+    assert vae.output_range == pytest.approx(MNIST_NORMALISED_RANGE)
+    widths = [m.out_features for m in vae.modules() if isinstance(m, nn.Linear)]
+    assert widths == [400, 128, 2, 2, 64, 128, 256, 784]
+    assert VAE.avalanche_mlp_vae(normalised_mnist=False).output_range is None
+
+
+def test_bad_vae_layouts_are_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"encoder_sizes must be a non-empty sequence of ints >= 1 or None, got \(\)"
+    ):
+        VAE((1, 8, 8), encoder_sizes=())
+    with pytest.raises(ValueError, match=r"decoder_sizes must be .* got \[8, 0\]"):
+        VAE((1, 8, 8), decoder_sizes=[8, 0])
+    with pytest.raises(
+        ValueError, match=r"output_range must be two finite numbers low < high, got \(2.0, 1.0\)"
+    ):
+        VAE((1, 8, 8), likelihood="gaussian", output_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="output_range bounds the Gaussian decoder's means; the 'bernoulli'"):
+        VAE((1, 8, 8), output_range=(0.0, 1.0))
+    with pytest.raises(ValueError, match="variance must be a finite number > 0, got 0"):
+        VAE((1, 8, 8), likelihood="gaussian", variance=0)
+    with pytest.raises(ValueError, match="batch_norm must be a bool, got 'yes'"):
+        VAE((1, 8, 8), batch_norm="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"generator_weight_decay must be a finite number >= 0, got -0\.1"):
+        GenerativeReplay(generator_weight_decay=-0.1)
+
+
+def test_a_batch_norm_generator_trains_resumes_and_skips_a_batch_of_one() -> None:
+    """A batch-norm VAE trains on an experience whose last batch holds one sample, decays its
+    weights, and comes back whole (batch-norm statistics included) from the method's state."""
+    bench = SplitDigits(n_experiences=5, seed=1)
+    experience = bench.train_stream[0]
+    n = len(experience.dataset)
+    batch_size = next(b for b in range(5, 40) if n % b == 1)  # the epoch's last batch: one sample
+    module = digits_module()
+    vae = VAE((1, 8, 8), 16, 2, "gaussian", batch_norm=True, output_range=(0.0, 1.0))
+    gr = GenerativeReplay(
+        generator=vae,
+        generator_epochs=1,
+        generator_batch_size=batch_size,
+        generator_weight_decay=1e-4,
+        seed=3,
+    )
+    gr.on_experience_end(L.Trainer(**quiet_trainer_kwargs()), module, experience)
+    running = [m.running_mean.clone() for m in vae.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert all(float(r.abs().sum()) > 0 for r in running)  # the statistics were updated
+    fresh = GenerativeReplay()
+    fresh.load_state_dict(gr.state_dict())
+    assert fresh.generator is not None and fresh.generator.config == vae.config
+    restored = [m.running_mean for m in fresh.generator.modules() if isinstance(m, nn.BatchNorm1d)]
+    for a, b in zip(running, restored, strict=True):
+        torch.testing.assert_close(a, b)
+    g = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(
+        fresh.generator.sample(8, generator=g), vae.sample(8, generator=torch.Generator().manual_seed(0))
+    )
