@@ -111,18 +111,18 @@ class VAE(nn.Module):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if likelihood not in VAE_LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {VAE_LIKELIHOODS}, got {likelihood!r}")
-        sizes = {}
-        for name, value in (("encoder_sizes", encoder_sizes), ("decoder_sizes", decoder_sizes)):
-            if value is None:
+        sizes: dict[str, tuple[int, ...]] = {}
+        for name, layers in (("encoder_sizes", encoder_sizes), ("decoder_sizes", decoder_sizes)):
+            if layers is None:
                 sizes[name] = (hidden_size, hidden_size)
                 continue
             if (
-                not isinstance(value, Sequence)
-                or not value
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in value)
+                not isinstance(layers, Sequence)
+                or not layers
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in layers)
             ):
-                raise ValueError(f"{name} must be a non-empty sequence of ints >= 1 or None, got {value!r}")
-            sizes[name] = tuple(value)
+                raise ValueError(f"{name} must be a non-empty sequence of ints >= 1 or None, got {layers!r}")
+            sizes[name] = tuple(layers)
         if not isinstance(batch_norm, bool):
             raise ValueError(f"batch_norm must be a bool, got {batch_norm!r}")
         bounds: tuple[float, float] | None = None
