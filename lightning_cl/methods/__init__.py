@@ -32,7 +32,7 @@ from lightning_cl.methods.icarl import ICARL_REDUCTIONS, ICaRL, icarl_loss, near
 from lightning_cl.methods.l2p import L2P, prompt_pool_of
 from lightning_cl.methods.lamaml import LaMAML, lamaml_meta_gradients
 from lightning_cl.methods.lfl import LFL
-from lightning_cl.methods.lwf import LwF, distillation_loss
+from lightning_cl.methods.lwf import LWF_TASK_LOSS_WEIGHTS, LwF, distillation_loss
 from lightning_cl.methods.mas import MAS, output_sensitivity
 from lightning_cl.methods.mer import MER, reptile_batches
 from lightning_cl.methods.mir import MIR, interference_scores
@@ -67,6 +67,7 @@ __all__ = [
     "ICARL_REDUCTIONS",
     "L2P",
     "LFL",
+    "LWF_TASK_LOSS_WEIGHTS",
     "MAS",
     "MER",
     "MIR",

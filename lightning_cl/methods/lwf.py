@@ -10,13 +10,18 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback
 from lightning_cl.models.heads import MultiHeadClassifier, copy_at_state
+from lightning_cl.models.loss_term import task_loss_owner
 
-__all__ = ["LwF", "distillation_loss"]
+__all__ = ["LWF_TASK_LOSS_WEIGHTS", "LwF", "distillation_loss"]
+
+LWF_TASK_LOSS_WEIGHTS = ("constant", "tasks_seen")
+"""LwF's task-loss weights: ``"constant"`` (1, the paper) or ``"tasks_seen"`` (1/N, van de Ven et al.)."""
 
 
 def distillation_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
@@ -84,14 +89,25 @@ class LwF(ContinualCallback):
       its end use its last value (no error: a stream may be longer than the list).
     - The teacher's weights are part of the callback's checkpointed state (one copy of the
       model); under DDP every rank holds the same teacher, since the weights are synchronised.
+    - ``task_loss_weight="tasks_seen"`` weighs the task loss of the :math:`N`-th experience
+      (from 1) by :math:`1/N`, as van de Ven et al. (2019, "Three scenarios for continual
+      learning", Sec. 4) and continual-learning-baselines' ``lwf_smnist`` (its ``LwFCEPenalty``)
+      do: the step's loss is :math:`\frac1N \mathrm{criterion} + \alpha\,\mathrm{KD}`. It is
+      carried by this callback's penalty, which then adds :math:`-(1 - \frac1N)` times the
+      module's criterion on the step's batch (so the logged ``train/penalty/lwf`` can be
+      negative); it therefore needs the task loss to be that criterion, and is refused beside a
+      method that replaces the task loss (ER-ACE, iCaRL, generative replay, ...).
 
     Args:
         alpha: distillation weight, or one per experience.
         temperature: softmax temperature :math:`T > 0`.
+        task_loss_weight: the task loss's weight, one of :data:`LWF_TASK_LOSS_WEIGHTS`.
 
     Raises:
         ValueError: for an ``alpha`` that is not a finite number >= 0 or a non-empty list of
-            them, or ``temperature <= 0``.
+            them, ``temperature <= 0`` or an unknown ``task_loss_weight``.
+        MisconfigurationException: at set-up, for ``task_loss_weight="tasks_seen"`` beside a
+            callback that replaces the task loss.
 
     Example:
         >>> lwf = LwF(alpha=[0.0, 0.5, 1.0], temperature=2.0)
@@ -99,10 +115,20 @@ class LwF(ContinualCallback):
         (0.5, 1.0)
     """
 
-    def __init__(self, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0):
+    def __init__(
+        self,
+        alpha: float | Sequence[float] = 1.0,
+        temperature: float = 2.0,
+        task_loss_weight: str = "constant",
+    ):
         alphas = _alphas(alpha)
         if not isinstance(temperature, int | float) or temperature <= 0:
             raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        if task_loss_weight not in LWF_TASK_LOSS_WEIGHTS:
+            raise ValueError(
+                f"task_loss_weight must be one of {LWF_TASK_LOSS_WEIGHTS}, got {task_loss_weight!r}"
+            )
+        self.task_loss_weight = task_loss_weight
         self.alpha = [float(a) for a in alphas]
         self.temperature = float(temperature)
         self.teacher_state: dict[str, Tensor] | None = None
@@ -114,7 +140,22 @@ class LwF(ContinualCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(alpha=self.alpha, temperature=self.temperature)
+        if self.task_loss_weight == "constant":
+            return self._generate_state_key(alpha=self.alpha, temperature=self.temperature)
+        return self._generate_state_key(
+            alpha=self.alpha, temperature=self.temperature, task_loss_weight=self.task_loss_weight
+        )
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and self.task_loss_weight == "tasks_seen":
+            owner = task_loss_owner(trainer.callbacks)
+            if owner is not None:
+                raise MisconfigurationException(
+                    f"LwF(task_loss_weight='tasks_seen') scales the module's criterion, but "
+                    f"{type(owner).__name__} replaces the task loss: use task_loss_weight='constant' "
+                    "beside it"
+                )
 
     def alpha_for(self, experience_index: int) -> float:
         """The distillation weight while training experience ``experience_index``.
@@ -169,9 +210,19 @@ class LwF(ContinualCallback):
             self._set_teacher(module.model, self.teacher_state)
         if self._teacher is None or not self.seen_classes:
             return None
-        alpha = self.alpha_for(self.current_experience or 0)
+        experience = self.current_experience or 0
+        alpha = self.alpha_for(experience)
+        rescale: Tensor | None = None
+        if self.task_loss_weight == "tasks_seen" and experience > 0:
+            # task loss + this term = criterion / N + alpha KD, N = experience + 1.
+            rescale = -(1.0 - 1.0 / (experience + 1)) * module.criterion(logits, batch[1]).float()
         if alpha == 0.0:
-            return None
+            return rescale
+        distilled = self._distillation(module, batch, logits, alpha)
+        return distilled if rescale is None else distilled + rescale
+
+    def _distillation(self, module: Any, batch: Batch, logits: Tensor, alpha: float) -> Tensor:
+        assert self._teacher is not None
         x, _, t = batch
         reference = next(module.parameters())
         if next(self._teacher.parameters()).device != reference.device:

@@ -1,6 +1,6 @@
 """Models: the ``ContinualModule``, dynamic heads, reference backbones and the loss-term extension point."""
 
-from lightning_cl.models.backbones import CNN, MLP, make_head
+from lightning_cl.models.backbones import CNN, MLP, MLP_ACTIVATIONS, make_head
 from lightning_cl.models.batch_renorm import (
     BatchRenorm1d,
     BatchRenorm2d,
@@ -47,6 +47,7 @@ __all__ = [
     "CNN",
     "MASK_VALUE",
     "MLP",
+    "MLP_ACTIVATIONS",
     "MNIST_NORMALISED_RANGE",
     "ON_NONFINITE",
     "OPTIMIZER_POLICIES",

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from lightning_cl.models.heads import IncrementalClassifier, MultiHeadClassifier
 
-__all__ = ["CNN", "MLP", "HeadKind", "make_head"]
+__all__ = ["CNN", "MLP", "MLP_ACTIVATIONS", "HeadKind", "make_head"]
 
 HeadKind = Literal["linear", "incremental", "multihead"]
 _HEADS = ("linear", "incremental", "multihead")
@@ -52,10 +52,15 @@ class _Backbone(nn.Module):
         return self.forward_head(self.forward_features(x), task_labels)
 
 
+MLP_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+"""The hidden nonlinearities of :class:`MLP`, by name."""
+
+
 class MLP(_Backbone):
     """A multi-layer perceptron, by default the shape of Avalanche's ``SimpleMLP``.
 
-    Inputs are flattened; each hidden layer is ``Linear -> ReLU -> Dropout``.
+    Inputs are flattened; each hidden layer is ``Linear -> ReLU -> Dropout`` (``Tanh`` in place of
+    the ReLU with ``activation="tanh"``, as continual-learning-baselines' ``relu_act=False``).
 
     Args:
         num_classes: outputs of a ``"linear"`` head (dynamic heads size themselves).
@@ -64,6 +69,11 @@ class MLP(_Backbone):
         hidden_layers: number of hidden layers.
         drop_rate: dropout probability.
         head: ``"linear"``, ``"incremental"`` or ``"multihead"`` (see :func:`make_head`).
+        activation: the hidden layers' nonlinearity, one of :data:`MLP_ACTIVATIONS`.
+
+    Raises:
+        ValueError: for sizes < 1, ``hidden_layers < 0``, a ``drop_rate`` outside [0, 1) or an
+            unknown ``activation``.
 
     Example:
         >>> import torch
@@ -79,8 +89,11 @@ class MLP(_Backbone):
         hidden_layers: int = 1,
         drop_rate: float = 0.5,
         head: HeadKind = "linear",
+        activation: str = "relu",
     ):
         super().__init__()
+        if activation not in MLP_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(MLP_ACTIVATIONS)}, got {activation!r}")
         for name, value in (
             ("num_classes", num_classes),
             ("input_size", input_size),
@@ -95,7 +108,7 @@ class MLP(_Backbone):
         layers: list[nn.Module] = [nn.Flatten()]
         width = input_size
         for _ in range(hidden_layers):
-            layers += [nn.Linear(width, hidden_size), nn.ReLU(), nn.Dropout(drop_rate)]
+            layers += [nn.Linear(width, hidden_size), MLP_ACTIVATIONS[activation](), nn.Dropout(drop_rate)]
             width = hidden_size
         self.features = nn.Sequential(*layers)
         self.num_features = width

@@ -26,6 +26,10 @@ from tests.methods.permuted_digits import run_permuted
         (dict(alpha=[0.5, -1.0]), r"got \[0.5, -1.0\] \(alpha\[1\] = -1.0 is not a finite number >= 0\)"),
         (dict(alpha=[0.0, float("nan")]), r"\(alpha\[1\] = nan is not a finite number >= 0\)"),
         (dict(temperature=0), "temperature must be a number > 0, got 0"),
+        (
+            dict(task_loss_weight="1/N"),
+            r"task_loss_weight must be one of \('constant', 'tasks_seen'\), got '1/N'",
+        ),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
@@ -152,3 +156,60 @@ def test_alpha_per_experience_weighs_the_distillation_of_each_experience() -> No
     assert lwf.alpha_for(4) == lwf.alpha_for(7) == 3.2
     with pytest.raises(ValueError, match="experience_index must be >= 0, got -1"):
         lwf.alpha_for(-1)
+
+
+def test_tasks_seen_weighs_the_task_loss_one_over_n() -> None:
+    """van de Ven et al. (2019): criterion / N + alpha KD while training the N-th experience."""
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5)
+    alphas = [0.0, 0.5, 1.33, 2.25, 3.2]
+    module, lwf = _module("incremental"), LwF(alpha=alphas, temperature=2.0, task_loss_weight="tasks_seen")
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[lwf])
+    trainer.fit(module, datamodule=bench.train_stream[0])
+    module.model.head.adaptation(range(10))
+    with torch.no_grad():
+        weight = module.model.features[1].weight
+        weight.add_(0.3 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)))
+    x, y, t = bench.train_stream[1].dataset.__getitems__(torch.arange(32))
+    logits = module(x, t)
+    criterion = float(module.criterion(logits, y).detach())
+    distillation = float(distillation_loss(logits[:, :2], lwf.teacher(x)[:, :2], 2.0).detach())  # type: ignore[misc]
+    for k, experience in enumerate(bench.train_stream):
+        lwf.on_experience_start(trainer, module, experience)
+        value = lwf.penalty(module, (x, y, t), logits)
+        if k == 0:
+            assert value is None
+            continue
+        assert value is not None
+        total = criterion + float(value.detach())
+        assert total == pytest.approx(criterion / (k + 1) + alphas[k] * distillation, rel=1e-5)
+    # Its gradient is that of the weighted loss, too.
+    lwf.on_experience_start(trainer, module, bench.train_stream[2])
+    total_loss = module.criterion(logits, y) + lwf.penalty(module, (x, y, t), logits)
+    expected = module.criterion(logits, y) / 3 + 1.33 * distillation_loss(
+        logits[:, :2],
+        lwf.teacher(x)[:, :2],
+        2.0,  # type: ignore[misc]
+    )
+    (g_total,) = torch.autograd.grad(total_loss, weight, retain_graph=True)
+    (g_expected,) = torch.autograd.grad(expected, weight)
+    torch.testing.assert_close(g_total, g_expected, rtol=1e-5, atol=1e-6)
+
+
+def test_tasks_seen_is_refused_beside_a_task_loss_owner() -> None:
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    from lightning_cl.methods import ERACE
+
+    bench = SplitDigits(n_experiences=5)
+    trainer = L.Trainer(
+        **quiet_trainer_kwargs(), callbacks=[LwF(task_loss_weight="tasks_seen"), ERACE(mem_size=20)]
+    )
+    with pytest.raises(
+        MisconfigurationException, match="ERACE replaces the task loss: use task_loss_weight='constant'"
+    ):
+        trainer.fit(_module("linear"), datamodule=bench.train_stream[0])
+    # The paper's constant weight combines with it.
+    trainer = L.Trainer(**quiet_trainer_kwargs(), callbacks=[LwF(), ERACE(mem_size=20)])
+    trainer.fit(_module("linear"), datamodule=bench.train_stream[0])
+    assert trainer.state.finished

@@ -47,3 +47,23 @@ def test_mlp_rejects_bad_arguments(kwargs: dict, match: str) -> None:
 def test_cnn_rejects_empty_channels() -> None:
     with pytest.raises(ValueError, match="channels"):
         CNN(channels=())
+
+
+def test_mlp_activation_is_chosen_by_name() -> None:
+    import torch
+    from torch import nn
+
+    from lightning_cl.models import MLP, MLP_ACTIVATIONS
+
+    tanh = MLP(num_classes=3, input_size=4, hidden_size=5, hidden_layers=2, drop_rate=0.0, activation="tanh")
+    kinds = [type(m) for m in tanh.features if not isinstance(m, nn.Linear | nn.Dropout | nn.Flatten)]
+    assert kinds == [nn.Tanh, nn.Tanh]
+    features = tanh.forward_features(torch.full((2, 4), 100.0))
+    assert float(features.abs().max()) <= 1.0  # tanh bounds the hidden units
+    relu = MLP(num_classes=3, input_size=4, hidden_size=5)
+    assert [type(m) for m in relu.features if isinstance(m, nn.ReLU | nn.Tanh)] == [nn.ReLU]
+    assert set(MLP_ACTIVATIONS) == {"relu", "tanh"}
+    import pytest
+
+    with pytest.raises(ValueError, match=r"activation must be one of \('relu', 'tanh'\), got 'gelu'"):
+        MLP(activation="gelu")
