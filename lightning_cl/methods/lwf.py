@@ -149,7 +149,7 @@ class LwF(ContinualCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and self.task_loss_weight == "tasks_seen":
-            owner = task_loss_owner(trainer.callbacks)
+            owner = task_loss_owner(trainer.callbacks)  # type: ignore[attr-defined]
             if owner is not None:
                 raise MisconfigurationException(
                     f"LwF(task_loss_weight='tasks_seen') scales the module's criterion, but "
