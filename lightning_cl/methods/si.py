@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -11,7 +13,7 @@ from torch import Tensor
 from lightning_cl.data.experience import Experience
 from lightning_cl.methods.base import Batch, ContinualCallback
 from lightning_cl.methods.penalties import quadratic_penalty
-from lightning_cl.models.heads import pad_to
+from lightning_cl.models.heads import pad_to, slice_to
 
 __all__ = ["SI", "SI_GRADIENTS"]
 
@@ -43,8 +45,14 @@ class SI(ContinualCallback):
     - :math:`\omega/(\Delta^2 + \xi)` is clipped from below at 0 (a weight that moved against its
       gradient is not important) and :math:`\Omega` from above at ``max_importance``: importances
       beyond :math:`1/(c \cdot lr)` make plain SGD on the penalty unstable.
-    - Snapshots are copies into buffers held for the experience (one batched copy of the
-      gradients and one of the weights per step), never views of the live weights.
+    - Snapshots are copies into buffers held for the experience, never views of the live
+      weights. The running integral, the weights at the experience's start and the per-step
+      snapshots of the gradient and the weights are views of one flat float32 tensor each (per
+      device), and so are :math:`\Omega`, :math:`\theta^*` and the penalty's three work
+      buffers: a step allocates nothing of the weights' size, and the integral's update is one
+      pass over the flat tensors. The buffers are built at the experience's first step (and
+      penalty), for the parameters the model has then; SI holds about nine float32 copies of
+      the trainable weights while an experience trains.
     - The penalty has no factor 1/2 (the paper's form). Avalanche's ``SynapticIntelligence``
       halves it and scales :math:`\Omega` by 0.0015, so its ``si_lambda`` is about
       ``si_lambda / 0.00075`` here.
@@ -92,17 +100,23 @@ class SI(ContinualCallback):
         self.anchor: dict[str, Tensor] = {}  # theta*, the weights at the end of the last experience
         self.omega: dict[str, Tensor] = {}  # path integral of the running experience
         self.start: dict[str, Tensor] = {}  # weights at the start of the running experience
-        # The parameters stepped, with their gradient and weights read into the buffers before
-        # the optimizer step, used after it.
-        self._step: list[tuple[str, Tensor]] | None = None
-        self._grad_buffer: dict[str, Tensor] = {}
-        self._weight_buffer: dict[str, Tensor] = {}
+        # The running experience's flat buffers (built at its first step), the parameters whose
+        # gradient and weights this step's snapshots hold (their positions), and the penalty's
+        # flat Omega, theta* and work buffers (built at the experience's first penalty).
+        self._path: _Path | None = None
+        self._step: list[int] | None = None
+        self._anchored: _Anchored | None = None
         # Omega (theta - theta*) by name, left by this step's `penalty` for the optimizer step.
         self._pull: dict[str, Tensor] = {}
+        self._key: tuple[tuple[float, float], str] | None = None
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(si_lambda=self.si_lambda, eps=self.eps)
+        # Lightning reads it at every hook call (its profiler's action names): built once per setting.
+        settings = (self.si_lambda, self.eps)
+        if self._key is None or self._key[0] != settings:
+            self._key = (settings, self._generate_state_key(si_lambda=self.si_lambda, eps=self.eps))
+        return self._key[1]
 
     @staticmethod
     def _params(module: Any) -> dict[str, Tensor]:
@@ -112,64 +126,89 @@ class SI(ContinualCallback):
         # A fresh integral (a retried experience starts over). Resuming inside an experience,
         # Lightning restores the running integral after this hook.
         self.omega, self.start, self._step, self._pull = {}, {}, None, {}
-        self._grad_buffer, self._weight_buffer = {}, {}
+        self._path, self._anchored = None, None
+
+    def _new_path(self, module: Any) -> _Path | None:
+        """The running experience's buffers, at its first step: the model has its final shape now."""
+        params = self._params(module)
+        resumed = bool(self.start)  # a checkpoint inside the experience: its integral goes on
+        names = [n for n in params if n in self.omega] if resumed else list(params)
+        if not names:
+            return None
+        shapes = [params[n].shape for n in names]
+        devices = [params[n].device for n in names]
+        path = _Path(names, [params[n] for n in names], *(_Flat(shapes, devices) for _ in range(4)))
+        with torch.no_grad():
+            for i, name in enumerate(names):
+                path.start.views[i].copy_(self.start[name] if resumed else params[name].detach())
+                if resumed:
+                    path.omega.views[i].copy_(self.omega[name])
+        self.start = dict(zip(names, path.start.views))
+        self.omega = dict(zip(names, path.omega.views))
+        return path
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
-        params = self._params(pl_module)
-        if not self.start:  # the first step of the experience: the model has its final shape now
-            self.start = {n: p.detach().float().clone() for n, p in params.items()}
-            self.omega = {n: torch.zeros_like(s) for n, s in self.start.items()}
-        live = [(n, p) for n, p in params.items() if p.grad is not None and n in self.omega]
+        path = self._path
+        if path is None:
+            path = self._path = self._new_path(pl_module)
+            if path is None:
+                self._step = None
+                return
+        params = path.params
+        live = [i for i, p in enumerate(params) if p.grad is not None]
         if not live:
             self._step = None
             return
-        # Snapshots go into buffers kept for the experience (one batched copy per step, no new
-        # tensors): the gradient the optimizer will use, and the weights before its step.
-        for name, _ in live:
-            if name not in self._grad_buffer:
-                self._grad_buffer[name] = torch.zeros_like(self.omega[name])
-                self._weight_buffer[name] = torch.zeros_like(self.omega[name])
-        # The penalty's half-gradient Omega (theta - theta*) that this step's `penalty` computed
-        # (the weights have not moved since): g - 2 c Omega (theta - theta*) is one fused pass.
+        # The gradient the optimizer will use and the weights before its step, copied into the
+        # experience's buffers. The penalty's half-gradient Omega (theta - theta*) that this
+        # step's `penalty` computed (the weights have not moved since) is subtracted in the same
+        # pass: g - 2 c Omega (theta - theta*).
         pull, self._pull = self._pull, {}
         if self.path_gradient == "total":
             pull = {}
-        copied, fused = [], []
-        for name, p in live:
-            w = pull.get(name)
-            if w is not None and w.shape == p.shape and p.grad.dtype == torch.float32:  # type: ignore[union-attr]
-                fused.append((name, p, w))
-            else:
-                copied.append((name, p))
-        if copied:
-            torch._foreach_copy_(
-                [self._grad_buffer[n] for n, _ in copied],
-                [p.grad.detach() for _, p in copied],  # type: ignore[union-attr]
-            )
-        for name, p, w in fused:
-            torch.add(p.grad.detach(), w, alpha=-2.0 * self.si_lambda, out=self._grad_buffer[name])  # type: ignore[union-attr]
-        for name, _ in copied:
-            w = pull.get(name)
+        scale = -2.0 * self.si_lambda
+        targets, sources, grown = [], [], []
+        for i in live:
+            grad = params[i].grad.detach()  # type: ignore[union-attr]
+            w = pull.get(path.names[i])
+            if w is not None and w.shape == grad.shape and grad.dtype == torch.float32:
+                torch.add(grad, w, alpha=scale, out=path.grads.views[i])
+                continue
+            targets.append(path.grads.views[i])
+            sources.append(grad)
             if w is not None:  # a parameter that grew: the units that existed are anchored
-                old = tuple(slice(0, k) for k in w.shape)
-                self._grad_buffer[name][old].add_(w, alpha=-2.0 * self.si_lambda)
-        torch._foreach_copy_([self._weight_buffer[n] for n, _ in live], [p.detach() for _, p in live])
+                grown.append((path.grads.views[i][tuple(slice(0, k) for k in w.shape)], w))
+        if targets:
+            torch._foreach_copy_(targets, sources)
+        for target, w in grown:
+            target.add_(w, alpha=scale)
+        torch._foreach_copy_([path.weights.views[i] for i in live], [params[i].detach() for i in live])
         self._step = live
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._step is None:  # no optimizer step in this batch (gradient accumulation)
+        if self._anchored is not None:  # the batch's backward pass is over: the penalty's buffers are free
+            self._anchored.busy = False
+        if (
+            self._step is None or self._path is None
+        ):  # no optimizer step in this batch (gradient accumulation)
             return
         live, self._step = self._step, None
-        names = [n for n, _ in live]
-        before = [self._weight_buffer[n] for n in names]
-        after = [p.detach() if p.dtype == torch.float32 else p.detach().float() for _, p in live]
+        path = self._path
+        after = [path.params[i].detach() for i in live]
+        after = [p if p.dtype == torch.float32 else p.float() for p in after]
         with torch.no_grad():
-            torch._foreach_sub_(before, after)  # theta_before - theta_after = -delta
-            torch._foreach_addcmul_(
-                [self.omega[n] for n in names], [self._grad_buffer[n] for n in names], before
-            )
+            if len(live) == len(path.params):  # every parameter stepped: one pass over the flat buffers
+                torch._foreach_sub_(path.weights.views, after)  # theta_before - theta_after = -delta
+                for omega, grads, step in zip(path.omega.flats, path.grads.flats, path.weights.flats):
+                    omega.addcmul_(grads, step)
+            else:
+                moved = [path.weights.views[i] for i in live]
+                torch._foreach_sub_(moved, after)
+                torch._foreach_addcmul_(
+                    [path.omega.views[i] for i in live], [path.grads.views[i] for i in live], moved
+                )
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         if not self.start:  # no step was taken
@@ -183,19 +222,47 @@ class SI(ContinualCallback):
             self.importance[name] = new if self.max_importance is None else new.clamp_max(self.max_importance)
         self.anchor = {n: end[n] for n in self.importance}
         self.omega, self.start, self._step = {}, {}, None
-        self._grad_buffer, self._weight_buffer = {}, {}
+        self._path, self._anchored = None, None
+
+    def _new_anchored(self, module: Any) -> _Anchored | None:
+        """Omega and theta* packed into flat buffers (the dicts then hold views of them)."""
+        entries = [(n, p) for n, p in module.named_parameters() if n in self.importance]
+        if not entries:
+            return None
+        shapes = [self.importance[n].shape for n, _ in entries]
+        devices = [p.device for _, p in entries]
+        omega, anchor, offset, pull, grad = (_Flat(shapes, devices) for _ in range(5))
+        with torch.no_grad():
+            for i, (name, _) in enumerate(entries):
+                omega.views[i].copy_(self.importance[name])
+                anchor.views[i].copy_(self.anchor[name])
+                self.importance[name], self.anchor[name] = omega.views[i], anchor.views[i]
+        names = [n for n, _ in entries]
+        params = [p for _, p in entries]
+        return _Anchored(module, params, omega, anchor, offset, pull, grad, dict(zip(names, pull.views)))
 
     def penalty(self, module: Any, batch: Batch, logits: Tensor) -> Tensor | None:
         r"""SI's term :math:`c \sum_i \Omega_i (\theta_i - \theta^*_i)^2`.
 
         A sum over the parameters' entries (not a mean; it does not depend on the batch): a
-        float32 scalar on the parameters' device, whatever the training precision
-        (:func:`~lightning_cl.methods.penalties.quadratic_penalty`); ``None`` before the first
-        experience ended.
+        float32 scalar on the parameters' device, whatever the training precision, with the
+        gradient :math:`2 c \Omega (\theta - \theta^*)` (the form of
+        :func:`~lightning_cl.methods.penalties.quadratic_penalty`, computed in SI's flat
+        buffers); ``None`` before the first experience ended.
         """
         if not self.importance or self.si_lambda == 0.0:
             return None
-        return self.si_lambda * quadratic_penalty(module, self.importance, self.anchor, pull=self._pull)
+        anchored = self._anchored
+        if anchored is None or anchored.module is not module:
+            anchored = self._anchored = self._new_anchored(module)
+        if anchored is None or anchored.busy:
+            # A second term before this batch's backward pass (an owner of the optimisation step
+            # adding penalties to several losses): the first one's buffers are still needed.
+            self._pull = {}
+            return self.si_lambda * quadratic_penalty(module, self.importance, self.anchor, pull=self._pull)
+        anchored.busy = True
+        self._pull = anchored.pull_by_name
+        return self.si_lambda * _FlatAnchoredQuadratic.apply(anchored, *anchored.params)
 
     def state_dict(self) -> dict[str, Any]:
         names = ("importance", "anchor", "omega", "start")
@@ -206,4 +273,102 @@ class SI(ContinualCallback):
         self.anchor = dict(state_dict["anchor"])
         self.omega = dict(state_dict["omega"])
         self.start = dict(state_dict["start"])
-        self._step = None
+        self._step, self._path, self._anchored, self._pull = None, None, None, {}
+
+
+class _Flat:
+    """Float32 values for a list of tensors: views of one flat tensor per device.
+
+    An element-wise operation on :attr:`flats` updates every view in one pass and one call.
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]], devices: Sequence[torch.device]) -> None:
+        sizes: dict[torch.device, int] = {}
+        layout = []
+        for shape, device in zip(shapes, devices):
+            numel = math.prod(shape)
+            layout.append((device, sizes.get(device, 0), numel, tuple(shape)))
+            sizes[device] = sizes.get(device, 0) + numel
+        by_device = {d: torch.zeros(n, dtype=torch.float32, device=d) for d, n in sizes.items()}
+        self.flats = list(by_device.values())
+        self.views = [by_device[d].narrow(0, o, n).view(s) for d, o, n, s in layout]
+
+
+class _Path:
+    """The running experience's parameters and its flat buffers: integral, start, snapshots."""
+
+    def __init__(
+        self, names: list[str], params: list[Tensor], omega: _Flat, start: _Flat, grads: _Flat, weights: _Flat
+    ) -> None:
+        self.names, self.params = names, params
+        self.omega, self.start, self.grads, self.weights = omega, start, grads, weights
+
+
+class _Anchored:
+    """The penalised parameters, flat Omega and theta*, and the penalty's work buffers.
+
+    ``busy`` from a penalty until its batch's backward pass is over (``on_train_batch_end``).
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        params: list[Tensor],
+        omega: _Flat,
+        anchor: _Flat,
+        offset: _Flat,
+        pull: _Flat,
+        grad: _Flat,
+        pull_by_name: dict[str, Tensor],
+    ) -> None:
+        self.module, self.params = module, params
+        self.omega, self.anchor, self.offset, self.pull, self.grad = omega, anchor, offset, pull, grad
+        self.pull_by_name = pull_by_name
+        self.busy = False
+
+
+class _FlatAnchoredQuadratic(torch.autograd.Function):
+    """``sum(omega * (param - anchor) ** 2)`` over the parameters, in preallocated flat buffers.
+
+    Forward: the offsets (one pass per parameter, into ``offset``), ``omega * offset`` into
+    ``pull`` and a dot product (one pass each over the flat buffers); nothing allocated.
+    ``pull`` is saved for the backward pass, so its version counter reports an overwrite before
+    it. Backward: ``2 * pull`` scaled by the incoming gradient, one pass into ``grad``, whose
+    views are the gradients handed to autograd. SI holds references to them, so autograd never
+    adopts one as a ``.grad``: it adds them into the task gradient (or copies them), and the
+    buffer is free again when the backward pass ends. Under ``create_graph`` (a second-order
+    owner of the optimisation step) the gradients are new tensors. Units a head grew since
+    the anchor get zero.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, anchored: _Anchored, *params: Tensor) -> Tensor:
+        for param, offset, anchor in zip(params, anchored.offset.views, anchored.anchor.views):
+            weights = param.detach()
+            if weights.shape != offset.shape:
+                weights = slice_to(weights, offset.shape)
+            torch.sub(weights, anchor, out=offset)
+        total: Tensor | None = None
+        for omega, offset, pull in zip(anchored.omega.flats, anchored.offset.flats, anchored.pull.flats):
+            torch.mul(omega, offset, out=pull)
+            term = torch.dot(pull, offset)
+            total = term if total is None else total + term.to(total.device)
+        ctx.anchored = anchored
+        ctx.save_for_backward(*anchored.pull.flats)
+        return total  # type: ignore[return-value]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        ctx.saved_tensors  # noqa: B018 (raises if the buffers were overwritten since the forward pass)
+        anchored = ctx.anchored
+        grads: list[Tensor | None] = [None]
+        if torch.is_grad_enabled():  # create_graph: gradients that outlive this pass
+            for param, pull in zip(anchored.params, anchored.pull.views):
+                g = pull * (2.0 * grad.to(pull.device))
+                grads.append(pad_to(g, param.shape).to(param.dtype))
+            return tuple(grads)
+        for pull, out in zip(anchored.pull.flats, anchored.grad.flats):
+            torch.mul(pull, 2.0 * grad.to(pull.device), out=out)
+        for param, g in zip(anchored.params, anchored.grad.views):
+            grads.append(pad_to(g, param.shape).to(param.dtype))
+        return tuple(grads)

@@ -108,3 +108,88 @@ def test_si_reduces_forgetting_on_permuted_digits() -> None:
     assert naive.average_accuracy < 0.65
     assert si.average_accuracy > naive.average_accuracy + 0.15
     assert si.matrix[-1, 0] > naive.matrix[-1, 0] + 0.2  # the first permutation, after the last
+
+
+class _ReferencePath(L.Callback):
+    """SI's path integral computed the plain way, per step, beside SI (listed before it).
+
+    Each step: the task gradient ``g - 2 c Omega (theta - theta*)`` (Omega and theta* as SI held
+    them when the fit started, on the slice that existed), the weights before and after the
+    optimizer step, and ``omega += g_task * (theta_before - theta_after)`` in fresh tensors.
+    """
+
+    def __init__(self, si: SI) -> None:
+        self.si = si
+        self.omega: dict[str, torch.Tensor] = {}
+        self.si_omega: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.importance = {n: v.clone() for n, v in self.si.importance.items()}
+        self.anchor = {n: v.clone() for n, v in self.si.anchor.items()}
+        self.omega = {n: torch.zeros_like(p) for n, p in pl_module.named_parameters()}
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        self.grad, self.before = {}, {}
+        for name, p in pl_module.named_parameters():
+            grad = p.grad.detach().clone()
+            if name in self.importance and self.si.path_gradient == "task":
+                omega, anchor = self.importance[name], self.anchor[name]
+                old = tuple(slice(0, k) for k in omega.shape)
+                grad[old] -= 2 * self.si.si_lambda * omega * (p.detach()[old] - anchor)
+            self.grad[name], self.before[name] = grad, p.detach().clone()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        for name, p in pl_module.named_parameters():
+            self.omega[name] += self.grad[name] * (self.before[name] - p.detach())
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:  # before SI folds omega in
+        self.si_omega = {n: v.clone() for n, v in self.si.omega.items()}
+
+
+@pytest.mark.parametrize("path_gradient", ["task", "total"])
+def test_the_flat_path_integral_equals_a_plain_computation(path_gradient: str) -> None:
+    # Two experiences on a growing head with momentum SGD (weights move at every step, the
+    # penalty is on from the second one and the head's new units are outside its anchor).
+    L.seed_everything(0)
+    bench = SplitDigits(n_experiences=5, loader=LoaderSettings(batch_size=64))
+    module = ContinualModule(
+        MLP(num_classes=2, input_size=64, hidden_size=16, drop_rate=0.0, head="incremental"),
+        optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+    )
+    si = SI(si_lambda=0.5, path_gradient=path_gradient)
+    reference = _ReferencePath(si)
+    for experience in bench.train_stream[:2]:
+        L.Trainer(**quiet_trainer_kwargs(max_epochs=2), callbacks=[reference, si]).fit(
+            module, datamodule=experience
+        )
+        assert set(reference.si_omega) == set(reference.omega)
+        for name, omega in reference.omega.items():
+            torch.testing.assert_close(reference.si_omega[name], omega, rtol=1e-6, atol=1e-6)
+        assert max(float(o.abs().max()) for o in reference.omega.values()) > 1e-3
+    assert si.importance["model.head.classifier.weight"].shape[0] == 4
+
+
+def test_the_penalty_and_its_gradient_are_the_quadratic_penalty() -> None:
+    from lightning_cl.methods.penalties import quadratic_penalty
+
+    torch.manual_seed(0)
+    module = ContinualModule(MLP(num_classes=4, input_size=6, hidden_size=5, drop_rate=0.0))
+    si = SI(si_lambda=0.3)
+    params = dict(module.named_parameters())
+    head = "model.head.weight"
+    # A head that grew from 3 to 4 units since the anchor was taken.
+    si.importance = {n: torch.rand(p.shape if n != head else (3, 5)) for n, p in params.items()}
+    si.anchor = {n: torch.randn(v.shape) for n, v in si.importance.items()}
+    expected = 0.3 * quadratic_penalty(
+        module, {n: v.clone() for n, v in si.importance.items()}, {n: v.clone() for n, v in si.anchor.items()}
+    )
+    expected_grads = torch.autograd.grad(expected, list(params.values()))
+    for _ in range(2):  # the second call reuses the buffers
+        value = si.penalty(module, None, None)  # type: ignore[arg-type]
+        assert value is not None and value.dtype == torch.float32
+        grads = torch.autograd.grad(value, list(params.values()))
+        si.on_train_batch_end(None, module, None, None, 0)  # type: ignore[arg-type]
+        torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-7)
+        for got, want in zip(grads, expected_grads):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        assert float(grads[list(params).index(head)][3].abs().sum()) == 0.0  # the new unit is free
