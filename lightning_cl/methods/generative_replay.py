@@ -50,12 +50,12 @@ class GenerativeReplay(ContinualCallback):
     - the **generator** is trained on the experience's inputs mixed with its own earlier
       self's samples (Sec. 3.1), so it learns every input seen so far: the loss is
       :math:`r\,\ell(x) + (1 - r)\,\ell(x')` per batch, :math:`\ell` the VAE's negative ELBO
-      (:meth:`~lightning_cl.models.VAE.loss`), :math:`x'` as many samples of the frozen
-      previous generator as the batch has inputs;
+      (:meth:`~lightning_cl.models.VAE.loss`), :math:`x'` samples of the frozen previous
+      generator, as many as the batch has inputs (or ``replay_size``);
     - a frozen copy of the **solver** (eval mode) is kept.
 
     While a later experience trains, every step draws as many generated inputs :math:`x'` as
-    the step's current batch has samples (per rank), labels them
+    the step's current batch has samples (or ``replay_size``; per rank), labels them
     :math:`y' = \arg\max_k f_{old}(x')_k` (the paper's hard labels), and the task loss becomes
     (Sec. 3.2, eq. 2)
 
@@ -106,12 +106,17 @@ class GenerativeReplay(ContinualCallback):
         latent_size: code size of the default VAE.
         seed: base seed of the generator's training order and of the generated samples (default:
             torch's initial seed, as rank 0 has it).
+        replay_size: generated samples per step, for the solver (per rank) and the generator
+            alike; ``None``: as many as the step's current samples. Avalanche's ``replay_size``
+            (continual-learning-baselines' SplitMNIST run: 100 beside batches of 16; with
+            ``replay_ratio=16/116`` the loss is then their mean over the 116 samples).
 
     Raises:
         ValueError: for a ``replay_ratio`` not in :data:`REPLAY_RATIOS` nor in (0, 1], a
             ``generator`` that is not a :class:`~lightning_cl.models.VAE`, epochs, batch size or
-            sizes that are not ints >= 1, a ``generator_lr`` that is not a number > 0, or a
-            ``generator_weight_decay`` that is not a finite number >= 0.
+            sizes that are not ints >= 1, a ``generator_lr`` that is not a number > 0, a
+            ``generator_weight_decay`` that is not a finite number >= 0, or a ``replay_size``
+            that is not an int >= 1 or ``None``.
 
     Example:
         >>> gr = GenerativeReplay(replay_ratio="tasks_seen")
@@ -130,6 +135,7 @@ class GenerativeReplay(ContinualCallback):
         hidden_size: int = 400,
         latent_size: int = 32,
         seed: int | None = None,
+        replay_size: int | None = None,
     ):
         if generator is not None and not isinstance(generator, VAE):
             raise ValueError(
@@ -172,6 +178,11 @@ class GenerativeReplay(ContinualCallback):
             )
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
+        if replay_size is not None and (
+            not isinstance(replay_size, int) or isinstance(replay_size, bool) or replay_size < 1
+        ):
+            raise ValueError(f"replay_size must be an int >= 1 or None, got {replay_size!r}")
+        self.replay_size = replay_size
         self.generator = generator
         self.replay_ratio = replay_ratio
         self.generator_epochs = generator_epochs
@@ -280,7 +291,7 @@ class GenerativeReplay(ContinualCallback):
                     else:
                         # One pass over current and replayed inputs, each group averaged
                         # apart: r * mean ELBO(x) + (1 - r) * mean ELBO(x').
-                        replayed = previous.sample(len(x), generator=rng)
+                        replayed = previous.sample(self.replay_size or len(x), generator=rng)
                         losses = vae.loss(
                             torch.cat([x.to(replayed.dtype), replayed]), generator=rng, reduction="none"
                         )
@@ -340,7 +351,7 @@ class GenerativeReplay(ContinualCallback):
             self.generator.to(device)
         assert self.seed is not None
         rows = parts.get("current", slice(0, len(y)))
-        n = len(y[rows])
+        n = self.replay_size or len(y[rows])
         rng = step_generator(self.seed + _RANK_STRIDE * int(module.global_rank), module.global_step_all)
         x_gen, y_gen, t_gen = self.generate(n, int(t[0]) if len(t) else 0, generator=rng)
         r = self.current_weight(self.experiences_trained)

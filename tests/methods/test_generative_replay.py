@@ -340,3 +340,35 @@ def test_a_batch_norm_generator_trains_resumes_and_skips_a_batch_of_one() -> Non
     torch.testing.assert_close(
         fresh.generator.sample(8, generator=g), vae.sample(8, generator=torch.Generator().manual_seed(0))
     )
+
+
+def test_replay_size_sets_the_generated_samples_per_step() -> None:
+    """Avalanche's replay_size: that many generated samples whatever the batch, for the solver
+    and the generator's own replay alike."""
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module = digits_module()
+    sizes: list[int] = []
+
+    class Recording(VAE):
+        def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+            sizes.append(n)
+            return super().sample(n, generator=generator)
+
+    gr = GenerativeReplay(
+        generator=Recording((1, 8, 8), 16, 2),
+        generator_epochs=1,
+        generator_batch_size=8,
+        replay_size=5,
+        seed=0,
+    )
+    trainer = L.Trainer(**quiet_trainer_kwargs())
+    module.trainer = trainer  # type: ignore[assignment]
+    gr.on_experience_end(trainer, module, bench.train_stream[0])
+    gr.on_experience_end(trainer, module, bench.train_stream[1])  # the generator replays its earlier self
+    assert sizes and set(sizes) == {5}
+    sizes.clear()
+    x, y, t = bench.train_stream[2].dataset.__getitems__(torch.arange(12))
+    loss = gr.task_loss(module, (x, y, t), module(x, t), {"current": slice(0, 12)})
+    assert loss is not None and sizes == [5]
+    with pytest.raises(ValueError, match="replay_size must be an int >= 1 or None, got 0"):
+        GenerativeReplay(replay_size=0)
