@@ -102,9 +102,11 @@ class RWalk(ContinualCallback):
         self._since: dict[str, Tensor] = {}
         self._experience_scores: dict[str, Tensor] = {}
         self._steps = 0
-        # Within one step.
+        # Within one step: views of the buffers below (kept for the experience).
         self._grad: dict[str, Tensor] = {}
         self._before: dict[str, Tensor] = {}
+        self._grad_buffer: dict[str, Tensor] = {}
+        self._before_buffer: dict[str, Tensor] = {}
 
     @property
     def state_key(self) -> str:
@@ -118,6 +120,7 @@ class RWalk(ContinualCallback):
 
     def on_experience_start(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         self._experience_scores, self._loss, self._since, self._steps = {}, {}, {}, 0
+        self._grad_buffer, self._before_buffer = {}, {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
@@ -139,11 +142,17 @@ class RWalk(ContinualCallback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
     ) -> None:
-        self._grad, self._before = {}, {}
+        # The gradient and the weights before the step go into buffers kept for the experience
+        # (allocated at its first step, reused after): no tensor of the weights' size per step.
+        stepped = []
         for name, param in self._params(pl_module).items():
             if param.grad is None:
                 continue
-            grad = param.grad.detach().float().clone()
+            grad = self._grad_buffer.get(name)
+            if grad is None or grad.shape != param.shape or grad.device != param.device:
+                grad = self._grad_buffer[name] = torch.empty_like(param, dtype=torch.float32)
+                self._before_buffer[name] = torch.empty_like(grad)
+            grad.copy_(param.grad.detach())
             if self.weights is not None and name in self.weights and self.ewc_lambda:
                 weight, anchor = self.weights[name], self.anchors[name]
                 own = (
@@ -153,9 +162,11 @@ class RWalk(ContinualCallback):
                     * (slice_to(param.detach().float(), weight.shape) - anchor.to(grad.device))
                 )
                 slice_to(grad, weight.shape).sub_(own)
-            self._grad[name] = grad
             self.fisher[name].mul_(1 - self.ewc_alpha).add_(grad.pow(2), alpha=self.ewc_alpha)
-            self._before[name] = param.detach().float().clone()
+            self._before_buffer[name].copy_(param.detach())
+            stepped.append(name)
+        self._grad = {n: self._grad_buffer[n] for n in stepped}
+        self._before = {n: self._before_buffer[n] for n in stepped}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if not self._grad:
@@ -163,7 +174,9 @@ class RWalk(ContinualCallback):
         params = self._params(pl_module)
         with torch.no_grad():
             for name, grad in self._grad.items():
-                self._loss[name].sub_(grad * (params[name].detach().float() - self._before[name]))
+                # loss -= g * (theta_after - theta_before), as loss += g * (theta_before - theta_after)
+                before = self._before[name].sub_(params[name].detach())
+                self._loss[name].addcmul_(grad, before)
             self._steps += 1
             if self._steps % self.delta_t == 0:
                 for name, param in params.items():
