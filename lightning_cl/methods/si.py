@@ -190,9 +190,8 @@ class SI(ContinualCallback):
     ) -> None:
         if self._anchored is not None:  # the batch's backward pass is over: the penalty's buffers are free
             self._anchored.busy = False
-        if (
-            self._step is None or self._path is None
-        ):  # no optimizer step in this batch (gradient accumulation)
+        # No optimizer step in this batch (gradient accumulation):
+        if self._step is None or self._path is None:
             return
         live, self._step = self._step, None
         path = self._path
