@@ -223,6 +223,8 @@ def main() -> None:
             times[name].append(seconds)
             last[name] = results
             print(f"round {r}: {name}: {seconds:.1f} s, avg acc {results.average_accuracy:.3f}", flush=True)
+    if names[0] in failed:
+        raise SystemExit(f"the reference {names[0]} failed ({failed[names[0]]}): no ratio to report")
     base = statistics.median(times[names[0]])
     rows = [
         f"| `{n}` | {statistics.median(times[n]):.1f} | {statistics.median(times[n]) / base:.2f}x "
