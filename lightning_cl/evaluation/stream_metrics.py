@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 DEFAULT_METRICS = ("acc", "loss")
-_FLUSH_SAMPLES = 1 << 16  # deferred samples held at most (predictions, targets, losses: ~1.3 MB)
+_FLUSH_VALUES = 1 << 22  # deferred logit values held at most (float32: 16 MB)
 """The metrics every evaluation measures: accuracy and the cross-entropy loss."""
 
 METRIC_SCOPES = ("minibatch", "epoch", "experience", "stream")
@@ -208,6 +208,17 @@ class Measurement:
         return f"{stage}/{self.name}/{where}{task}"
 
 
+class _Held:
+    """What :class:`StreamMetrics` holds between updates: batches not yet in the deferred metrics."""
+
+    __slots__ = ("clean", "pending", "values")
+
+    def __init__(self, pending: list[list[tuple[Tensor, Tensor, Tensor | None]]]):
+        self.pending = pending  # per column: (logits, targets, per-sample losses or None)
+        self.values = 0  # logit values held
+        self.clean = True  # no update since the last reset (or since construction)
+
+
 class StreamMetrics(nn.Module):
     """The metrics of one evaluation run (a ``trainer.test`` or a validation epoch) over a stream.
 
@@ -283,33 +294,58 @@ class StreamMetrics(nn.Module):
         self.per_task = nn.ModuleList(
             [nn.ModuleDict({str(t): fresh(self.in_experience) for t in ts}) for ts in self.tasks]
         )
-        self._losses = bool(self.loss_input)
         # The default accuracy and loss of each column are updated once per evaluation from the
-        # batches' predictions, targets and losses, concatenated (the same states as one update
-        # per batch: micro accuracy and the mean are sums), instead of once per batch: a
-        # torchmetrics update costs more Python than the model's forward on small batches.
+        # batches' logits and targets, concatenated (the same states as one update per batch:
+        # micro accuracy and the mean are sums), with one argmax and one cross-entropy over them,
+        # instead of once per batch: a torchmetrics update costs more Python than the model's
+        # forward on small batches.
         self.deferred = [n for n in DEFAULT_METRICS if n not in user and n in self.in_experience]
         self._immediate = [
             {n: m for n, m in cast(Mapping[str, Metric], column).items() if n not in self.deferred}
             for column in self.per_column
         ]
-        self._pending: list[list[tuple[Tensor, Tensor, Tensor | None]]] = [[] for _ in self.columns]
-        self._pending_samples = 0
-        self._clean = True  # no update since the last reset (or since construction)
+        # The per-sample loss is needed at `update` only by metrics updated there: the user's
+        # aggregation metrics, the stream's own, and those per task label.
+        now = {n for column in self._immediate for n in column} | set(direct)
+        if any(self.tasks):
+            now |= set(self.in_experience)
+        self._loss_now = bool(self.loss_input & now)
+        # Bookkeeping changed per batch lives outside the module's attributes (whose assignment
+        # goes through nn.Module.__setattr__).
+        self._held = _Held([[] for _ in self.columns])
+
+    @property
+    def device(self) -> torch.device:
+        """Where the metrics' states are (they move together, with ``.to``)."""
+        return next(m for m in self.modules() if isinstance(m, Metric)).device
 
     def _flush(self) -> None:
         """Update the deferred metrics with the batches held since the last flush."""
-        for column, pending in zip(self.per_column, self._pending):
+        held = self._held
+        for column, pending in zip(self.per_column, held.pending):
             if not pending:
                 continue
             metrics = cast(Mapping[str, Metric], column)
+            logits = torch.cat([x for x, _, _ in pending]) if len(pending) > 1 else pending[0][0]
+            target = torch.cat([y for _, y, _ in pending]) if len(pending) > 1 else pending[0][1]
             if "acc" in self.deferred:
-                preds, target = torch.cat([p for p, _, _ in pending]), torch.cat([y for _, y, _ in pending])
-                metrics["acc"].update(preds, target)
+                metrics["acc"].update(logits.argmax(dim=-1), target)
             if "loss" in self.deferred:
-                metrics["loss"].update(torch.cat([cast(Tensor, loss) for _, _, loss in pending]))
+                given = [loss is not None for _, _, loss in pending]
+                if not any(given):
+                    losses = F.cross_entropy(logits.float(), target, reduction="none")
+                elif all(given):
+                    losses = torch.cat([cast(Tensor, loss) for _, _, loss in pending])
+                else:
+                    losses = torch.cat(
+                        [
+                            F.cross_entropy(x.float(), y, reduction="none") if loss is None else loss
+                            for x, y, loss in pending
+                        ]
+                    )
+                metrics["loss"].update(losses)
             pending.clear()
-        self._pending_samples = 0
+        held.values = 0
 
     def _update(
         self, metrics: Mapping[str, Metric], logits: Tensor, target: Tensor, loss: Tensor | None
@@ -337,15 +373,16 @@ class StreamMetrics(nn.Module):
             task_labels: shape ``(N,)``.
             loss: per-sample losses, shape ``(N,)``; the cross-entropy of ``logits`` when ``None``.
         """
-        self._clean = False
+        held = self._held
+        held.clean = False
         logits = pad_logits(logits, self.n_classes)
-        if loss is None and self._losses:
+        if loss is None and self._loss_now:
             loss = F.cross_entropy(logits.float(), target, reduction="none")
         if self.deferred:
-            preds = logits.detach().argmax(dim=-1)
-            self._pending[dataloader_idx].append((preds, target, None if loss is None else loss.detach()))
-            self._pending_samples += len(target)
-            if self._pending_samples >= _FLUSH_SAMPLES:
+            kept = None if loss is None else loss.detach()
+            held.pending[dataloader_idx].append((logits.detach(), target, kept))
+            held.values += logits.numel()
+            if held.values >= _FLUSH_VALUES:
                 self._flush()
             self._update(self._immediate[dataloader_idx], logits, target, loss)
         else:
@@ -410,12 +447,13 @@ class StreamMetrics(nn.Module):
 
     def reset(self) -> None:
         """Reset every state (for example after a sanity check); a no-op when nothing was updated since."""
-        if self._clean:
+        held = self._held
+        if held.clean:
             return
-        self._clean = True
-        for pending in self._pending:
+        held.clean = True
+        for pending in held.pending:
             pending.clear()
-        self._pending_samples = 0
+        held.values = 0
         for module in self.modules():
             if isinstance(module, Metric):
                 module.reset()

@@ -663,7 +663,9 @@ class ContinualModule(L.LightningModule):
             self._eval_cache[key] = found
         else:
             found.reset()  # nothing left from an evaluation that stopped half-way
-        self.eval_metrics = found.to(self.device)
+        if found.device != self.device:  # moving walks every metric's states: only when needed
+            found.to(self.device)
+        self.eval_metrics = found
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:

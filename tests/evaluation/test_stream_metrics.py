@@ -178,7 +178,7 @@ def test_default_accuracy_and_loss_equal_per_batch_updates_across_a_flush(monkey
     # the values must be those of one torchmetrics update per batch.
     import lightning_cl.evaluation.stream_metrics as sm
 
-    monkeypatch.setattr(sm, "_FLUSH_SAMPLES", 50)
+    monkeypatch.setattr(sm, "_FLUSH_VALUES", 200)  # 50 samples of 4 logits
     g = torch.Generator().manual_seed(0)
     tracker = StreamMetrics({}, columns=[0, 1], n_classes=4)
     reference = {c: (MulticlassAccuracy(num_classes=4, average="micro"), MeanMetric()) for c in (0, 1)}
@@ -198,3 +198,17 @@ def test_default_accuracy_and_loss_equal_per_batch_updates_across_a_flush(monkey
     assert values["test/acc/stream"] == pytest.approx(pooled, abs=1e-7)
     # Nothing is held after compute: a new evaluation starts empty.
     assert tracker.compute() == []
+
+
+def test_deferred_loss_uses_the_losses_given_to_update() -> None:
+    # A caller's per-sample losses (not the cross-entropy of the logits) are what the default
+    # loss averages, also when the logits wait for one argmax and one cross-entropy at compute.
+    tracker = StreamMetrics({}, columns=[0], n_classes=3)
+    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    y = torch.tensor([0, 2])
+    tracker.update(0, logits, y, torch.zeros(2, dtype=torch.long), loss=torch.tensor([1.0, 3.0]))
+    tracker.update(0, logits, y, torch.zeros(2, dtype=torch.long))  # no loss: its cross-entropy
+    values = {m.key("test"): float(m.value) for m in tracker.compute()}
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    assert values["test/loss/exp0"] == pytest.approx((1.0 + 3.0 + float(ce.sum())) / 4, rel=1e-6)
+    assert values["test/acc/exp0"] == pytest.approx(0.5)
