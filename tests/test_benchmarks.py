@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,36 @@ def test_startup_and_scaling_are_reported(quick_report: tuple[str, dict]) -> Non
     # lightning_cl against plain Lightning doing the same work, per method and runner.
     for method in METHODS:
         assert f"- {method}, lightning_cl-loop against plain Lightning: train " in text
+
+
+def test_overhead_compares_the_same_work(tmp_path: Path) -> None:
+    # One process, the contenders alternating: every phase and contender timed, and the two
+    # evaluations of one model agree on its accuracy.
+    out = tmp_path / "overhead.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "overhead.py"),
+            "--rounds",
+            "1",
+            "--fraction",
+            "0.05",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    for phase in ("train", "eval"):
+        for contender in ("lightning_cl", "plain_lightning", "plain_lightning-logged"):
+            row = next(line for line in text.splitlines() if line.startswith(f"| {phase} | {contender} |"))
+            assert float(row.split("|")[3]) > 0
+    match = re.search(r"accuracy is ([0-9.]+) by lightning_cl and ([0-9.]+) by the plain module", text)
+    assert match is not None, text
+    assert float(match.group(1)) == pytest.approx(float(match.group(2)), abs=1e-6)
+    assert 0.0 < float(match.group(1)) <= 1.0
