@@ -158,6 +158,13 @@ class ContinualCallback(L.Callback, TrainDataSource, LossTerm):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass
 
+    def check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Raise ``ValueError`` if ``state_dict`` (from a checkpoint) cannot be loaded into this callback.
+
+        Called on resume before anything is restored, so a state that does not fit is refused
+        with nothing changed. The default accepts every state.
+        """
+
 
 def stream_seed(trainer: L.Trainer, seed: int | None) -> int:
     """One base seed for a method's random choices over the whole stream, the same on every rank.

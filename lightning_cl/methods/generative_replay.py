@@ -165,9 +165,9 @@ class GenerativeReplay(ContinualCallback):
         if (
             isinstance(generator_lr, bool)
             or not isinstance(generator_lr, int | float)
-            or not generator_lr > 0
+            or not (math.isfinite(generator_lr) and generator_lr > 0)
         ):
-            raise ValueError(f"generator_lr must be a number > 0, got {generator_lr!r}")
+            raise ValueError(f"generator_lr must be a finite number > 0, got {generator_lr!r}")
         if (
             isinstance(generator_weight_decay, bool)
             or not isinstance(generator_weight_decay, int | float)
@@ -372,7 +372,20 @@ class GenerativeReplay(ContinualCallback):
             "seed": self.seed,
         }
 
+    def check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose generator has another layout than the one given (nothing changed)."""
+        saved = state_dict.get("generator_config")
+        if state_dict.get("generator") is None or self.generator is None or saved is None:
+            return
+        current = self.generator.config
+        if {**saved, "input_shape": list(saved["input_shape"])} != current:
+            raise ValueError(
+                f"the checkpoint's generator was built with {saved}, the generator given with {current}; "
+                "pass a generator of the checkpoint's layout (VAE(**config)) or generator=None"
+            )
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.check_state_dict(state_dict)
         if state_dict["generator"] is not None:
             if self.generator is None:
                 config = dict(state_dict["generator_config"])

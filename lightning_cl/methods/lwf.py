@@ -122,8 +122,12 @@ class LwF(ContinualCallback):
         task_loss_weight: str = "constant",
     ):
         alphas = _alphas(alpha)
-        if not isinstance(temperature, int | float) or temperature <= 0:
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not (math.isfinite(temperature) and temperature > 0)
+        ):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         if task_loss_weight not in LWF_TASK_LOSS_WEIGHTS:
             raise ValueError(
                 f"task_loss_weight must be one of {LWF_TASK_LOSS_WEIGHTS}, got {task_loss_weight!r}"
@@ -163,10 +167,14 @@ class LwF(ContinualCallback):
         ``alpha[experience_index]``, or the list's last value past its end.
 
         Raises:
-            ValueError: for a negative ``experience_index``.
+            ValueError: for an ``experience_index`` that is not an int >= 0.
         """
-        if experience_index < 0:
-            raise ValueError(f"experience_index must be >= 0, got {experience_index}")
+        if (
+            isinstance(experience_index, bool)
+            or not isinstance(experience_index, int)
+            or experience_index < 0
+        ):
+            raise ValueError(f"experience_index must be an int >= 0, got {experience_index!r}")
         return self.alpha[min(experience_index, len(self.alpha) - 1)]
 
     @property

@@ -99,12 +99,16 @@ class MLP(_Backbone):
             ("input_size", input_size),
             ("hidden_size", hidden_size),
         ):
-            if value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value}")
-        if hidden_layers < 0:
-            raise ValueError(f"hidden_layers must be >= 0, got {hidden_layers}")
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must lie in [0, 1), got {drop_rate}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, int) or hidden_layers < 0:
+            raise ValueError(f"hidden_layers must be an int >= 0, got {hidden_layers!r}")
+        if (
+            isinstance(drop_rate, bool)
+            or not isinstance(drop_rate, int | float)
+            or not 0.0 <= drop_rate < 1.0
+        ):
+            raise ValueError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
         layers: list[nn.Module] = [nn.Flatten()]
         width = input_size
         for _ in range(hidden_layers):

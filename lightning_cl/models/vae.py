@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,13 +78,13 @@ class VAE(nn.Module):
         ValueError: for an empty or non-positive ``input_shape``, sizes that are not ints >= 1
             (or empty layer lists), an unknown ``likelihood``, an ``output_range`` that is not
             two finite numbers ``low < high`` or that is given with the Bernoulli likelihood, or
-            a ``variance`` that is not a number > 0.
+            a ``variance`` that is not a number > 0 (or other than 1 with the Bernoulli likelihood).
 
     Example:
         >>> vae = VAE((1, 8, 8), hidden_size=32, latent_size=4)
         >>> tuple(vae.sample(3, generator=torch.Generator().manual_seed(0)).shape)
         (3, 1, 8, 8)
-        >>> float(vae.loss(torch.rand(5, 1, 8, 8))) > 0
+        >>> float(vae.loss(torch.rand(5, 1, 8, 8)).detach()) > 0
         True
         >>> bounded = VAE((1, 8, 8), 16, 2, "gaussian", output_range=(-1.0, 2.0))
         >>> s = bounded.sample(100)
@@ -154,8 +156,13 @@ class VAE(nn.Module):
         self.latent_size = latent_size
         self.likelihood = likelihood
         self.output_range = bounds
+        if likelihood == "bernoulli" and variance != 1.0:
+            raise ValueError(
+                f"variance applies to likelihood='gaussian' only, got variance={variance!r} with "
+                "likelihood='bernoulli'"
+            )
         self.variance = float(variance)
-        self.config = {
+        self._config = {
             "input_shape": list(shape),
             "hidden_size": hidden_size,
             "latent_size": latent_size,
@@ -166,7 +173,6 @@ class VAE(nn.Module):
             "output_range": None if bounds is None else list(bounds),
             "variance": self.variance,
         }
-        """The constructor's arguments (``VAE(**vae.config)`` builds the same layout)."""
         features = math.prod(shape)
         enc = sizes["encoder_sizes"]
         self.encoder = _mlp([features, *enc], batch_norm, last_activation=True)
@@ -174,6 +180,11 @@ class VAE(nn.Module):
         self.to_log_var = nn.Linear(enc[-1], latent_size)
         dec = sizes["decoder_sizes"]
         self.decoder = _mlp([latent_size, *dec, features], batch_norm, last_activation=False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor's arguments (``VAE(**vae.config)`` builds the same layout); a copy."""
+        return copy.deepcopy(self._config)
 
     @classmethod
     def avalanche_mlp_vae(
@@ -193,6 +204,8 @@ class VAE(nn.Module):
             >>> vae.config["encoder_sizes"], vae.config["decoder_sizes"], vae.output_range is not None
             ([400, 128], [64, 128, 256], True)
         """
+        if not isinstance(normalised_mnist, bool):
+            raise ValueError(f"normalised_mnist must be a bool, got {normalised_mnist!r}")
         return cls(
             input_shape,
             hidden_size=400,

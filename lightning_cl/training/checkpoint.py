@@ -122,9 +122,17 @@ def check_callback_states(
 
     Raises:
         ValueError: with ``strict``, if a CL state in the checkpoint has no callback among
-            ``callbacks`` or a CL callback given has no state in the checkpoint; the message
-            names both sides.
+            ``callbacks`` or a CL callback given has no state in the checkpoint (the message
+            names both sides); always, if a callback's ``check_state_dict`` refuses its state.
     """
+    callbacks = list(callbacks)
+    states = checkpoint.get("callbacks", {})
+    for callback in callbacks:
+        if isinstance(callback, ContinualCallback) and states.get(callback.state_key) is not None:
+            try:
+                callback.check_state_dict(states[callback.state_key])
+            except ValueError as err:
+                raise ValueError(f"{path}: the state of {callback.state_key} does not fit: {err}") from None
     saved = cl_state_keys(checkpoint)
     if saved is None:
         return

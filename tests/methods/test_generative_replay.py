@@ -148,7 +148,7 @@ def test_bad_arguments_are_refused() -> None:
         GenerativeReplay(replay_ratio=0)
     with pytest.raises(ValueError, match="generator_epochs must be an int >= 1"):
         GenerativeReplay(generator_epochs=0)
-    with pytest.raises(ValueError, match="generator_lr must be a number > 0"):
+    with pytest.raises(ValueError, match="generator_lr must be a finite number > 0"):
         GenerativeReplay(generator_lr=-1.0)
     with pytest.raises(ValueError, match=r"generator must be a lightning_cl\.models\.VAE"):
         GenerativeReplay(generator=nn.Linear(2, 2))  # type: ignore[arg-type]
@@ -372,3 +372,18 @@ def test_replay_size_sets_the_generated_samples_per_step() -> None:
     assert loss is not None and sizes == [5]
     with pytest.raises(ValueError, match="replay_size must be an int >= 1 or None, got 0"):
         GenerativeReplay(replay_size=0)
+
+
+def test_a_checkpoint_of_another_generator_layout_is_refused_before_anything_loads() -> None:
+    saved = GenerativeReplay(generator=VAE((1, 8, 8), 16, 2, batch_norm=True))
+    state = saved.state_dict()
+    other = GenerativeReplay(generator=VAE((1, 8, 8), 16, 2, batch_norm=False))
+    before = {k: v.clone() for k, v in other.generator.state_dict().items()}
+    with pytest.raises(ValueError, match="the checkpoint's generator was built with"):
+        other.load_state_dict(state)
+    after = other.generator.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # The same layout loads.
+    same = GenerativeReplay(generator=VAE((1, 8, 8), 16, 2, batch_norm=True))
+    same.load_state_dict(state)
+    assert torch.equal(same.generator.to_mean.weight, saved.generator.to_mean.weight)

@@ -25,7 +25,7 @@ from tests.methods.permuted_digits import run_permuted
         (dict(alpha=True), r"alpha must be .*, got True"),
         (dict(alpha=[0.5, -1.0]), r"got \[0.5, -1.0\] \(alpha\[1\] = -1.0 is not a finite number >= 0\)"),
         (dict(alpha=[0.0, float("nan")]), r"\(alpha\[1\] = nan is not a finite number >= 0\)"),
-        (dict(temperature=0), "temperature must be a number > 0, got 0"),
+        (dict(temperature=0), "temperature must be a finite number > 0, got 0"),
         (
             dict(task_loss_weight="1/N"),
             r"task_loss_weight must be one of \('constant', 'tasks_seen'\), got '1/N'",
@@ -154,7 +154,7 @@ def test_alpha_per_experience_weighs_the_distillation_of_each_experience() -> No
             assert value is not None and value.dtype == torch.float32
             assert float(value.detach()) == pytest.approx(alphas[k] * distillation, rel=1e-5)
     assert lwf.alpha_for(4) == lwf.alpha_for(7) == 3.2
-    with pytest.raises(ValueError, match="experience_index must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="experience_index must be an int >= 0, got -1"):
         lwf.alpha_for(-1)
 
 
