@@ -586,7 +586,7 @@ def write_report(raw: dict[str, Any], out: Path) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="CI mode: 5% of the data, one round")
+    parser.add_argument("--quick", action="store_true", help="CI mode: 5%% of the data, one round")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of contenders (default 3; quick: 1)")
     parser.add_argument(
         "--fraction", type=float, default=None, help="fraction of each split (default 1; quick: 0.05)"

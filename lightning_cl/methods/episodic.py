@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import lightning as L
@@ -58,6 +59,8 @@ class EpisodicMemoryMethod(ContinualCallback):
         # The memory as views of the running experience's dataset: all of it, and by experience.
         self.memory: DatasetView | None = None
         self.memory_groups: dict[int, DatasetView] = {}
+        # Samples read for memory_gradients(..., cache_keys=...), valid until the memory is rebound.
+        self._reads: dict[Any, tuple[Tensor, Tensor, Tensor]] = {}
 
     def shared_seed(self, trainer: L.Trainer) -> int:
         """The base seed of the memory, drawn on rank 0 once per stream (and checkpointed)."""
@@ -73,6 +76,7 @@ class EpisodicMemoryMethod(ContinualCallback):
 
     def bind_memory(self, experience: Experience) -> None:
         """Build :attr:`memory` (and :attr:`memory_groups`) as views of ``experience``'s dataset."""
+        self._reads = {}
         self.memory = self.buffer.dataset(experience.dataset)
         self.memory_groups = {
             key: view
@@ -94,19 +98,33 @@ class EpisodicMemoryMethod(ContinualCallback):
         module: Any,
         parts: list[tuple[DatasetView, Tensor]],
         params: list[Tensor],
+        cache_keys: Sequence[Hashable] | None = None,
     ) -> Tensor:
         """The mean loss gradient on each ``(memory view, positions)`` part: one row per part.
 
         The loss is the module's ``criterion``, in the module's current mode. Every rank must
         pass the same parts; each computes its share of every part.
+
+        ``cache_keys`` (one per part) keep each part's samples, read once and held on the
+        parameters' device, until the memory is next rebound (:meth:`bind_memory`): for parts
+        that are the same at every step, whose reads are deterministic (no augmentation at read
+        time). A part with the key of an earlier call is not read again.
         """
         device = params[0].device
         rows = torch.zeros(len(parts), sum(p.numel() for p in params) + 1, device=device)
-        for row, (view, positions) in zip(rows, parts):
+        keys: Sequence[Hashable | None] = [None] * len(parts) if cache_keys is None else cache_keys
+        if len(keys) != len(parts):
+            raise ValueError(f"cache_keys has {len(keys)} keys for {len(parts)} parts")
+        for row, (view, positions), key in zip(rows, parts, keys):
             share = positions[trainer.global_rank :: trainer.world_size]
             if not len(share):
                 continue
-            x, y, t = (v.to(device) for v in view.__getitems__(share))
+            held = None if key is None else self._reads.get((key, device))
+            if held is None:
+                held = tuple(v.to(device) for v in view.__getitems__(share))  # type: ignore[assignment]
+                if key is not None:
+                    self._reads[(key, device)] = held  # type: ignore[assignment]
+            x, y, t = held  # type: ignore[misc]
             with torch.enable_grad():
                 loss = module.criterion(module(x, t).float(), y) * len(share)  # the loss sum
                 grads = torch.autograd.grad(loss, params, allow_unused=True)

@@ -58,18 +58,20 @@ def gem_projection(
     P = G @ G.T
     scale = float(P.diagonal().mean()) or 1.0
     P = P + eps * scale * torch.eye(len(G), dtype=G.dtype, device=G.device)
-    b = G @ g
-    v = torch.full_like(b, float(margin))
-    diagonal = P.diagonal()
+    # The sweeps run on Python floats (float64, like the tensors): at most a few dozen variables,
+    # where one tensor operation per scalar would cost more than the arithmetic.
+    rows: list[list[float]] = P.tolist()
+    b: list[float] = (G @ g).tolist()
+    v = [float(margin)] * len(b)
     for _ in range(max_sweeps):
         largest = 0.0
-        for i in range(len(v)):
-            new = torch.clamp(v[i] - (P[i] @ v + b[i]) / diagonal[i], min=margin)
-            largest = max(largest, float((new - v[i]).abs()))
+        for i, row in enumerate(rows):
+            new = max(v[i] - (sum(p * w for p, w in zip(row, v)) + b[i]) / row[i], margin)
+            largest = max(largest, abs(new - v[i]))
             v[i] = new
         if largest <= tol:
             break
-    return (G.T @ v + g).to(gradient.dtype)
+    return (G.T @ torch.tensor(v, dtype=G.dtype, device=G.device) + g).to(gradient.dtype)
 
 
 class GEM(EpisodicMemoryMethod):
@@ -99,10 +101,15 @@ class GEM(EpisodicMemoryMethod):
         patterns_per_experience: samples of each experience kept in memory (> 0).
         memory_strength: margin :math:`\gamma \geq 0`.
         seed: seed of the memory selection (``None``: torch's initial seed on rank 0).
+        cache_memory: read the memory's samples once per experience and hold them on the
+            module's device (``patterns_per_experience`` times the past experiences, as
+            tensors), rather than at every step; ``False`` for a dataset whose reads are random
+            (augmentation at read time) or a memory too large to hold. The gradients are the
+            same either way.
 
     Raises:
-        ValueError: for a non-positive ``patterns_per_experience`` or a negative
-            ``memory_strength``.
+        ValueError: for a non-positive ``patterns_per_experience``, a negative
+            ``memory_strength`` or a non-bool ``cache_memory``.
 
     Example:
         >>> gem = GEM(patterns_per_experience=256, memory_strength=0.5)
@@ -113,12 +120,19 @@ class GEM(EpisodicMemoryMethod):
     needs_optimizer_step = "projects the gradient the optimizer uses"
 
     def __init__(
-        self, patterns_per_experience: int = 256, memory_strength: float = 0.5, seed: int | None = None
+        self,
+        patterns_per_experience: int = 256,
+        memory_strength: float = 0.5,
+        seed: int | None = None,
+        cache_memory: bool = True,
     ):
         super().__init__(patterns_per_experience, seed)
         if not isinstance(memory_strength, int | float) or memory_strength < 0:
             raise ValueError(f"memory_strength must be a number >= 0, got {memory_strength!r}")
         self.memory_strength = float(memory_strength)
+        if not isinstance(cache_memory, bool):
+            raise ValueError(f"cache_memory must be a bool, got {cache_memory!r}")
+        self.cache_memory = cache_memory
         self.projections = 0  # steps whose gradient was projected, over the stream
 
     @property
@@ -129,8 +143,10 @@ class GEM(EpisodicMemoryMethod):
 
     def memory_gradient_rows(self, trainer: L.Trainer, pl_module: Any, params: list[Tensor]) -> Tensor:
         """One row per past experience: the mean loss gradient on its whole memory."""
-        parts = [(view, torch.arange(len(view))) for _, view in sorted(self.memory_groups.items())]
-        return self.memory_gradients(trainer, pl_module, parts, params)
+        groups = sorted(self.memory_groups.items())
+        parts = [(view, torch.arange(len(view))) for _, view in groups]
+        keys = [key for key, _ in groups] if self.cache_memory else None
+        return self.memory_gradients(trainer, pl_module, parts, params, cache_keys=keys)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
         if self.memory is None:

@@ -18,6 +18,7 @@ from tests.methods.permuted_digits import run_permuted
     [
         (dict(patterns_per_experience=0), "patterns_per_experience must be an int >= 1, got 0"),
         (dict(memory_strength=-0.1), "memory_strength must be a number >= 0, got -0.1"),
+        (dict(cache_memory=1), "cache_memory must be a bool, got 1"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
@@ -91,3 +92,47 @@ def test_gem_reduces_forgetting_on_permuted_digits() -> None:
     gem = run_permuted([GEM(patterns_per_experience=100, memory_strength=0.5)])
     assert gem.average_accuracy > naive.average_accuracy + 0.2
     assert gem.matrix[-1, 0] > naive.matrix[-1, 0] + 0.4  # the first permutation, after the last
+
+
+class _CountReads(L.Callback):
+    """Listed after GEM: counts the reads of GEM's memory views."""
+
+    def __init__(self, gem: GEM) -> None:
+        self.gem = gem
+        self.reads = 0
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        for view in self.gem.memory_groups.values():
+            if "__getitems__" not in vars(view):
+                read = view.__getitems__
+
+                def counted(positions: Any, read: Any = read) -> Any:
+                    self.reads += 1
+                    return read(positions)
+
+                view.__getitems__ = counted  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("cache_memory", [True, False])
+def test_held_memory_gives_the_same_training_and_reads_each_memory_once(cache_memory: bool) -> None:
+    def run(cache: bool) -> tuple[Any, GEM, int, int]:
+        L.seed_everything(5)
+        bench = SplitDigits(n_experiences=5, seed=1)
+        module, gem = digits_module(), GEM(patterns_per_experience=20, seed=3, cache_memory=cache)
+        counter, group_steps = _CountReads(gem), 0
+        for experience in bench.train_stream[:3]:
+            past_groups = len(gem.memory_groups)
+            trainer = L.Trainer(**quiet_trainer_kwargs(max_epochs=1), callbacks=[gem, counter])
+            trainer.fit(module, datamodule=experience)
+            group_steps += trainer.global_step * past_groups
+        return module, gem, counter.reads, group_steps
+
+    uncached_module, uncached_gem, uncached_reads, group_steps = run(False)
+    module, gem, reads, _ = run(cache_memory)
+    for a, b in zip(module.parameters(), uncached_module.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert gem.projections == uncached_gem.projections > 0
+    if cache_memory:
+        assert reads == 1 + 2  # experience 1 reads its one past group once, experience 2 its two
+    else:
+        assert reads == uncached_reads == group_steps > 3  # one read per past group per step
