@@ -12,10 +12,29 @@ alternates the contenders round after round on the same tensors and the same mod
   model, lightning_cl's stream datamodule against the plain module on 5 loaders.
 
 Times include ``Trainer`` construction. Ratios are of minima (the better estimate on a shared
-machine) and of medians. ``--profile`` prints, for lightning_cl, the functions of lightning_cl
+machine) and of medians.
+
+``--stream METHOD``: the suite's whole stream instead (5 experiences, the test stream after
+each), for Naive, Replay or EWC, through the contenders' own ``run`` functions
+(``contender_lightning_cl`` with the README's loop, ``contender_plain_lightning`` unlogged and
+logged), alternating in this one process; train and eval are the sums over the stream, as in the
+suite, so a method's cost on top of plain Lightning is measured without the suite's
+process-to-process spread. ``--profile`` prints, for lightning_cl, the functions of lightning_cl
 and torchmetrics by cumulative time (``cProfile``), the remainder being Lightning's and torch's.
 
-Run: ``python benchmarks/overhead.py --rounds 10 --out benchmarks/overhead.md``.
+``--eval-parts``: the evaluation taken apart, one trained model, every variant in turn per
+round: plain Lightning unlogged and logged, each also with its loaders served by a
+``LightningDataModule`` (Lightning then looks up the batch-transfer hooks on the datamodule and
+the module at every batch), lightning_cl as it is, lightning_cl on a copy of the
+benchmark holding the test images already normalised as ``float32`` (no per-batch ``uint8``
+conversion), and both of those again with ``LightningModule.log`` replaced by a no-op (what
+Lightning's logging costs inside lightning_cl's evaluation). The difference that remains between
+lightning_cl without logging on float images and unlogged plain Lightning is lightning_cl's own
+evaluation work (the default loss and accuracy, task labels, the metric objects).
+
+Run: ``python benchmarks/overhead.py --rounds 10 --out benchmarks/overhead.md``, or
+``python benchmarks/overhead.py --stream ewc --rounds 5``, or
+``python benchmarks/overhead.py --eval-parts --rounds 20``.
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -134,20 +154,202 @@ def measure(work: Workload, rounds: int) -> dict[str, dict[str, list[float]]]:
     return times
 
 
+def measure_stream(
+    method: str, data_root: str | None, fraction: float, rounds: int
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, float], str]:
+    """Whole-stream train and eval seconds per round, ``{phase: {contender: [...]}}``, for ``method``.
+
+    Also returns each contender's average accuracy (the same work: the contenders' streams are
+    seeded alike) and the data source. The contenders' order rotates per round; one warm-up round.
+    """
+    import contender_lightning_cl
+    import contender_plain_lightning
+
+    order = parse_class_order(None)
+
+    def run(contender: str) -> tuple[float, float, float, str]:
+        if contender == "lightning_cl":
+            rec = contender_lightning_cl.run("loop", method, data_root, fraction, order)
+        else:
+            log = contender.endswith("logged")
+            rec = contender_plain_lightning.run(method, data_root, fraction, order, log=log)
+        return rec.train_s, rec.eval_s, rec.average_accuracy, rec.data_source
+
+    times: dict[str, dict[str, list[float]]] = {p: {c: [] for c in CONTENDERS} for p in ("train", "eval")}
+    accuracy: dict[str, float] = {}
+    source = ""
+    for c in CONTENDERS:  # warm-up, not counted
+        run(c)
+    for r in range(rounds):
+        for c in CONTENDERS[r % 3 :] + CONTENDERS[: r % 3]:
+            train_s, eval_s, accuracy[c], source = run(c)
+            times["train"][c].append(train_s)
+            times["eval"][c].append(eval_s)
+    return times, accuracy, source
+
+
+EVAL_PARTS = (
+    "plain_lightning",
+    "plain_lightning, datamodule",
+    "plain_lightning-logged",
+    "plain_lightning-logged, datamodule",
+    "lightning_cl",
+    "lightning_cl, float images",
+    "lightning_cl, no self.log",
+    "lightning_cl, float images, no self.log",
+)
+
+
+def float_benchmark(work: Workload, data_root: str | None, fraction: float) -> Any:
+    """The workload's split with every image normalised to ``float32`` up front (no transform)."""
+    from lightning_cl.data import LoaderSettings, TensorClassificationDataset
+    from lightning_cl.data.scenarios import class_incremental
+
+    data = load_mnist(data_root, fraction)
+    train = TensorClassificationDataset(
+        ((data.train_x.float() / 255.0 - MEAN) / STD).contiguous(), data.train_y
+    )
+    test = TensorClassificationDataset(((data.test_x.float() / 255.0 - MEAN) / STD).contiguous(), data.test_y)
+    return class_incremental(
+        train,
+        test,
+        N_EXPERIENCES,
+        class_order=parse_class_order(None),
+        loader=LoaderSettings(batch_size=BATCH_SIZE),
+        name="SplitMNIST",
+    )
+
+
+def measure_eval_parts(
+    work: Workload, data_root: str | None, fraction: float, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds of one ``trainer.test`` per variant of :data:`EVAL_PARTS`, and each one's stream accuracy.
+
+    The variants without ``self.log`` patch ``LightningModule.log`` to a no-op for the one call
+    and restore it; their accuracy is read from the module's own results instead.
+    """
+    floats = float_benchmark(work, data_root, fraction)
+    real_log = L.LightningModule.log
+
+    class Loaders(L.LightningDataModule):
+        """The plain contender's 5 test loaders served by a datamodule, as lightning_cl's stream is."""
+
+        def test_dataloader(self) -> Any:
+            return work.test_loaders
+
+    def plain_datamodule(logged: bool) -> float:
+        plain = work.plain[logged]
+        plain.correct, plain.seen, plain.loss_sum = {}, {}, {}
+        start = time.perf_counter()
+        L.Trainer(**PLAIN_KWARGS).test(plain, datamodule=Loaders(), verbose=False)
+        return time.perf_counter() - start
+
+    def no_log(self: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def ours(bench: Any, log: bool) -> float:
+        L.LightningModule.log = real_log if log else no_log  # type: ignore[method-assign]
+        try:
+            start = time.perf_counter()
+            L.Trainer(logger=False, **CL_KWARGS).test(
+                work.module, datamodule=bench.test_stream, verbose=False
+            )
+            return time.perf_counter() - start
+        finally:
+            L.LightningModule.log = real_log  # type: ignore[method-assign]
+
+    runs: dict[str, Callable[[], float]] = {
+        "plain_lightning": lambda: work.eval("plain_lightning"),
+        "plain_lightning, datamodule": lambda: plain_datamodule(False),
+        "plain_lightning-logged": lambda: work.eval("plain_lightning-logged"),
+        "plain_lightning-logged, datamodule": lambda: plain_datamodule(True),
+        "lightning_cl": lambda: ours(work.bench, True),
+        "lightning_cl, float images": lambda: ours(floats, True),
+        "lightning_cl, no self.log": lambda: ours(work.bench, False),
+        "lightning_cl, float images, no self.log": lambda: ours(floats, False),
+    }
+    accuracy: dict[str, float] = {}
+    for name, run in runs.items():  # warm-up, and the accuracy each variant measures
+        run()
+        if name.startswith("plain"):
+            plain = work.plain[name.startswith("plain_lightning-logged")]
+            per_experience = [plain.correct[j] / plain.seen[j] for j in sorted(plain.seen)]
+        else:  # the row this evaluation recorded (the model was trained on experience 0)
+            per_experience = [float(v) for v in work.module.results.accuracy_matrix[0]]
+        accuracy[name] = sum(per_experience) / len(per_experience)
+    times: dict[str, list[float]] = {n: [] for n in EVAL_PARTS}
+    for r in range(rounds):
+        order = EVAL_PARTS[r % len(EVAL_PARTS) :] + EVAL_PARTS[: r % len(EVAL_PARTS)]
+        for name in order:
+            times[name].append(runs[name]())
+    return times, accuracy
+
+
+def report_eval_parts(
+    times: dict[str, list[float]], rounds: int, source: str, accuracy: dict[str, float]
+) -> str:
+    """The markdown table of :func:`measure_eval_parts`: per variant, minimum, median, ratios to plain."""
+    base = times["plain_lightning"]
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        "# lightning_cl's evaluation taken apart, one process",
+        "",
+        f"Generated by `python benchmarks/overhead.py --eval-parts --rounds {rounds}` on {stamp}; data: "
+        f"{source} MNIST; one torch thread; one `trainer.test` of the 5 SplitMNIST test experiences "
+        "with one trained model (Trainer construction included); ratios of minima, medians in brackets.",
+        "",
+        "Same work: mean accuracy over the 5 test experiences "
+        + ", ".join(f"{n} {a:.6f}" for n, a in accuracy.items())
+        + ".",
+        "",
+        "| variant | min (ms) | median (ms) | / plain Lightning | min - plain Lightning's min (ms) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, t in times.items():
+        lines.append(
+            f"| {name} | {1000 * min(t):.1f} | {1000 * statistics.median(t):.1f} | "
+            f"{min(t) / min(base):.3f}x ({statistics.median(t) / statistics.median(base):.3f}x) | "
+            f"{1000 * (min(t) - min(base)):+.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def report(
-    times: dict[str, dict[str, list[float]]], rounds: int, source: str, accuracies: tuple[float, float]
+    times: dict[str, dict[str, list[float]]],
+    rounds: int,
+    source: str,
+    accuracies: tuple[float, float] | None = None,
+    stream: str | None = None,
+    stream_accuracy: dict[str, float] | None = None,
 ) -> str:
     """The markdown table: minima, medians and the ratios against plain Lightning."""
-    lines = [
-        "# lightning_cl against plain Lightning, one process",
-        "",
-        f"Generated by `python benchmarks/overhead.py --rounds {rounds}` on "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; data: {source} MNIST; one torch thread; "
-        "train = `trainer.fit` of the first SplitMNIST experience (a fresh model), eval = `trainer.test` "
-        "of the 5 test experiences; ratios of minima, medians in brackets.",
-        "",
-        f"Same work: the trained model's stream accuracy is {accuracies[0]:.6f} by lightning_cl and "
-        f"{accuracies[1]:.6f} by the plain module.",
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if stream is None:
+        assert accuracies is not None
+        lines = [
+            "# lightning_cl against plain Lightning, one process",
+            "",
+            f"Generated by `python benchmarks/overhead.py --rounds {rounds}` on {stamp}; data: {source} "
+            "MNIST; one torch thread; train = `trainer.fit` of the first SplitMNIST experience (a fresh "
+            "model), eval = `trainer.test` of the 5 test experiences; ratios of minima, medians in brackets.",
+            "",
+            f"Same work: the trained model's stream accuracy is {accuracies[0]:.6f} by lightning_cl and "
+            f"{accuracies[1]:.6f} by the plain module.",
+        ]
+    else:
+        assert stream_accuracy is not None
+        same = ", ".join(f"{c} {a:.4f}" for c, a in stream_accuracy.items())
+        lines = [
+            f"# lightning_cl against plain Lightning, one process: the whole stream, {stream}",
+            "",
+            f"Generated by `python benchmarks/overhead.py --stream {stream} --rounds {rounds}` on {stamp}; "
+            f"data: {source} MNIST; one torch thread; the suite's workload (SplitMNIST, 5 experiences, "
+            "the test stream after each); train and eval summed over the stream; ratios of minima, "
+            "medians in brackets.",
+            "",
+            f"Same work: average accuracy {same}.",
+        ]
+    lines += [
         "",
         "| phase | contender | min (s) | median (s) | / plain Lightning | / plain Lightning, logged |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
@@ -188,16 +390,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="folder holding MNIST/raw (default: $LIGHTNING_CL_DATA)")
     parser.add_argument("--out", default=None, help="markdown report to write")
     parser.add_argument("--profile", action="store_true", help="profile lightning_cl instead of timing")
+    parser.add_argument(
+        "--eval-parts",
+        action="store_true",
+        help="take the evaluation apart: float images, Lightning's self.log replaced by a no-op",
+    )
+    parser.add_argument(
+        "--stream",
+        choices=("naive", "replay", "ewc"),
+        default=None,
+        help="time the suite's whole stream with this method instead of one fit and one test",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if sum([args.stream is not None, args.profile, args.eval_parts]) > 1:
+        parser.error("--profile, --stream and --eval-parts are separate runs; give one of them")
     single_thread()
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     L.seed_everything(1, verbose=False)
     root = args.data if args.data is not None else default_data_root()
+    if args.stream is not None:
+        times, accuracy, source = measure_stream(
+            args.stream, None if root is None else str(root), args.fraction, args.rounds
+        )
+        text = report(times, args.rounds, source, stream=args.stream, stream_accuracy=accuracy)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text)
+        return 0
     work = Workload(None if root is None else str(root), args.fraction)
+    if args.eval_parts:
+        times_parts, accuracy = measure_eval_parts(
+            work, None if root is None else str(root), args.fraction, args.rounds
+        )
+        text = report_eval_parts(times_parts, args.rounds, work.source, accuracy)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text)
+        return 0
     if args.profile:
         print(profile(work, args.rounds))
         return 0

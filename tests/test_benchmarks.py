@@ -121,3 +121,47 @@ def test_overhead_compares_the_same_work(tmp_path: Path) -> None:
     assert match is not None, text
     assert float(match.group(1)) == pytest.approx(float(match.group(2)), abs=1e-6)
     assert 0.0 < float(match.group(1)) <= 1.0
+
+
+def test_overhead_stream_times_a_method_over_the_whole_stream(tmp_path: Path) -> None:
+    # --stream: the suite's whole stream of one method, the three contenders in one process;
+    # both plain contenders do the same training (same seed, same batches), logged or not.
+    out = tmp_path / "overhead_replay.md"
+    script = str(ROOT / "benchmarks" / "overhead.py")
+    args = [sys.executable, script, "--stream", "replay", "--rounds", "1", "--fraction", "0.05"]
+    proc = subprocess.run(
+        [*args, "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    assert "the whole stream, replay" in text
+    for phase in ("train", "eval"):
+        for contender in ("lightning_cl", "plain_lightning", "plain_lightning-logged"):
+            row = next(line for line in text.splitlines() if line.startswith(f"| {phase} | {contender} |"))
+            assert float(row.split("|")[3]) > 0
+    acc = dict(re.findall(r"(lightning_cl|plain_lightning-logged|plain_lightning) ([0-9]\.[0-9]+)", text))
+    assert set(acc) == {"lightning_cl", "plain_lightning", "plain_lightning-logged"}, text
+    assert acc["plain_lightning"] == acc["plain_lightning-logged"]
+    assert all(0.0 < float(a) <= 1.0 for a in acc.values())
+    bad = subprocess.run(
+        [*args, "--profile"], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False
+    )
+    assert bad.returncode == 2 and "are separate runs" in bad.stderr
+
+
+def test_overhead_eval_parts_take_the_same_evaluation_apart(tmp_path: Path) -> None:
+    # --eval-parts: every variant (float images, self.log a no-op) evaluates the same model to
+    # the same accuracies, so the timings differ by the work left out alone.
+    out = tmp_path / "eval_parts.md"
+    script = str(ROOT / "benchmarks" / "overhead.py")
+    args = [sys.executable, script, "--eval-parts", "--rounds", "1", "--fraction", "0.05", "--out", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| ")][2:]  # no header
+    assert len(rows) == 8 and rows[-1][1].strip() == "lightning_cl, float images, no self.log", text
+    assert all(float(r[2]) > 0 for r in rows)
+    same = re.search(r"Same work: mean accuracy over the 5 test experiences (.*)\.$", text, re.M)
+    assert same is not None, text
+    values = {float(v) for v in re.findall(r" ([01]\.[0-9]{6})", same.group(1))}
+    assert len(values) == 1 and 0.0 < values.pop() <= 1.0, same.group(1)
