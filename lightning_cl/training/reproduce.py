@@ -51,10 +51,12 @@ from lightning_cl.data.dataset_not_found import DatasetNotFoundError
 __all__ = [
     "CHECKS",
     "DATA_ENV",
+    "METRICS",
     "REPRODUCE_KEY",
     "ReproduceConfig",
     "ReproduceResult",
     "Target",
+    "check_seeds",
     "default_config_dir",
     "load_configs",
     "main",
@@ -70,6 +72,12 @@ DATA_ENV = "LIGHTNING_CL_DATA"
 """Environment variable naming the data root when ``--data-root`` is not given."""
 CHECKS = ("at_least", "within")
 """How a measured mean is compared with the target: ``at_least`` or ``within``."""
+METRICS = ("average_accuracy", "seen_accuracy", "forgetting", "bwt", "fwt", "amca")
+"""The scalars of ``results.json`` a target can name (:meth:`ContinualResults.to_dict`'s top level)."""
+QUICK_KEYS = ("args", "value", "tolerance", "check")
+"""The keys of a config's ``reproduce.quick`` section."""
+MAX_SEED = 2**32 - 1
+"""The largest seed ``seed_everything`` accepts."""
 JSON_FILE = "reproduce.json"
 MARKDOWN_FILE = "reproduce.md"
 
@@ -90,7 +98,8 @@ class Target:
         source: where the number comes from (paper and table, or the baselines' experiment).
 
     Raises:
-        ValueError: for a non-finite value, a negative tolerance or an unknown check.
+        ValueError: for a non-finite value, a negative tolerance, an unknown check or a metric
+            not among :data:`METRICS`.
 
     Example:
         >>> Target(0.97, 0.03).passes(0.95), Target(0.2, 0.03, check="within").passes(0.25)
@@ -118,6 +127,10 @@ class Target:
             raise ValueError(f"tolerance must be a number >= 0, got {self.tolerance!r}")
         if self.check not in CHECKS:
             raise ValueError(f"check must be one of {CHECKS}, got {self.check!r}")
+        if self.metric not in METRICS:
+            raise ValueError(
+                f"metric must be one of {METRICS} (scalars of results.json), got {self.metric!r}"
+            )
 
     def passes(self, measured: float) -> bool:
         """Whether ``measured`` meets the target (a small float slack of 1e-9 on the bound)."""
@@ -172,9 +185,22 @@ class ReproduceConfig:
                 (the message names the file and the key).
         """
         path = Path(path)
-        config = yaml.safe_load(path.read_text())
-        if not isinstance(config, dict) or not isinstance(config.get(REPRODUCE_KEY), dict):
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            problem = getattr(err, "problem", None) or _first_line(err)
+            raise ValueError(f"{path}: not valid YAML{at}: {problem}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: cannot be read: {err}") from None
+        if not isinstance(config, dict) or REPRODUCE_KEY not in config:
             raise ValueError(f"{path}: a reproduce config needs a top-level '{REPRODUCE_KEY}:' section")
+        if not isinstance(config[REPRODUCE_KEY], dict):
+            raise ValueError(
+                f"{path}: '{REPRODUCE_KEY}' must be a mapping (value, tolerance, ...), "
+                f"got {config[REPRODUCE_KEY]!r}"
+            )
         section: dict[str, Any] = config[REPRODUCE_KEY]
         known = {"value", "tolerance", "metric", "check", "source", "data", "seeds", "quick", "notes"}
         unknown = sorted(set(section) - known)
@@ -195,16 +221,7 @@ class ReproduceConfig:
             quick_args: tuple[str, ...] | None = None
             quick_target: Target | None = None
             if quick is not None:
-                if not isinstance(quick, dict):
-                    raise ValueError(f"'quick' must be a mapping, got {quick!r}")
-                quick_args = tuple(str(a) for a in quick.get("args", []))
-                quick_target = Target(
-                    value=quick.get("value", target.value),
-                    tolerance=quick.get("tolerance", target.tolerance),
-                    metric=target.metric,
-                    check=quick.get("check", target.check),
-                    source=target.source,
-                )
+                quick_args, quick_target = _quick_run(quick, target)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
         seeds = section.get("seeds", [config.get("seed_everything", 1)])
@@ -212,6 +229,10 @@ class ReproduceConfig:
             raise ValueError(
                 f"{path}: '{REPRODUCE_KEY}.seeds' must be a non-empty list of ints, got {seeds!r}"
             )
+        try:
+            check_seeds(seeds)
+        except ValueError as err:
+            raise ValueError(f"{path}: '{REPRODUCE_KEY}.seeds': {err}") from None
         data = section.get("data", [])
         if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
             raise ValueError(f"{path}: '{REPRODUCE_KEY}.data' must be a list of paths, got {data!r}")
@@ -290,6 +311,56 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _quick_run(quick: Any, target: Target) -> tuple[tuple[str, ...], Target]:
+    """The options and target of a ``reproduce.quick`` section (see :class:`ReproduceConfig`)."""
+    if not isinstance(quick, dict):
+        raise ValueError(f"'{REPRODUCE_KEY}.quick' must be a mapping with keys {QUICK_KEYS}, got {quick!r}")
+    unknown = sorted(set(quick) - set(QUICK_KEYS))
+    if unknown:
+        raise ValueError(f"unknown keys {unknown} in '{REPRODUCE_KEY}.quick', allowed: {list(QUICK_KEYS)}")
+    args = quick.get("args", [])
+    if not isinstance(args, list) or not all(
+        isinstance(a, str | int | float) and not isinstance(a, bool) for a in args
+    ):
+        raise ValueError(
+            f"'{REPRODUCE_KEY}.quick.args' must be a list of fit options and values "
+            f"(e.g. [--trainer.max_epochs, '1']), got {args!r}"
+        )
+    try:
+        quick_target = Target(
+            value=quick.get("value", target.value),
+            tolerance=quick.get("tolerance", target.tolerance),
+            metric=target.metric,
+            check=quick.get("check", target.check),
+            source=target.source,
+        )
+    except ValueError as err:
+        raise ValueError(f"'{REPRODUCE_KEY}.quick': {err}") from None
+    return tuple(str(a) for a in args), quick_target
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """``seeds`` as a list, checked: ints in ``[0, 2**32 - 1]`` (``seed_everything``'s range), no repeats.
+
+    Raises:
+        ValueError: naming the offending seeds and what is allowed.
+
+    Example:
+        >>> check_seeds([1, 2, 3])
+        [1, 2, 3]
+    """
+    seeds = list(seeds)
+    bad = [s for s in seeds if not _is_int(s) or not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ValueError(f"seeds must be integers in [0, {MAX_SEED}], got {bad}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(
+            f"seeds must differ (each seed is one run of the spread), got {repeated} more than once"
+        )
+    return seeds
+
+
 def default_config_dir() -> Path:
     """``configs/reproduce`` of the working directory, else of the source checkout."""
     here = Path("configs") / "reproduce"
@@ -312,25 +383,44 @@ def load_configs(
         The configs.
 
     Raises:
-        ValueError: for a missing folder or a name that is not one of its configs (the message
-            lists them).
+        ValueError: for a missing folder (or a file in its place), a folder without configs, a
+            name that is not one of its configs (the message lists them), a named config without
+            a quick run under ``quick``, or a malformed config (only the named ones are read).
 
     Example:
         >>> [c.name for c in load_configs(default_config_dir(), ["split_mnist_naive"])]  # doctest: +SKIP
         ['split_mnist_naive']
     """
     directory = Path(directory)
-    if not directory.is_dir():
+    if not directory.exists():
         raise ValueError(f"config folder {str(directory)!r} does not exist")
-    configs = [ReproduceConfig.from_file(p) for p in sorted(directory.glob("*.yaml"))]
+    if not directory.is_dir():
+        raise ValueError(f"config folder {str(directory)!r} is a file, not a folder")
+    files: dict[str, Path] = {}
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        if path.stem in files:
+            raise ValueError(f"two configs named {path.stem!r}: {files[path.stem]} and {path}")
+        files[path.stem] = path
+    if not files:
+        raise ValueError(f"config folder {str(directory)!r} holds no *.yaml reproduce configs")
     if names:
-        by_name = {c.name: c for c in configs}
-        unknown = [n for n in names if n not in by_name]
+        unknown = [n for n in names if n not in files]
         if unknown:
-            raise ValueError(f"unknown config names {unknown}; available: {sorted(by_name)}")
-        configs = [by_name[n] for n in dict.fromkeys(names)]
+            raise ValueError(f"unknown config names {unknown}; available: {sorted(files)}")
+        configs = [ReproduceConfig.from_file(files[n]) for n in dict.fromkeys(names)]
+    else:
+        configs = [ReproduceConfig.from_file(files[n]) for n in sorted(files)]
     if quick:
+        without = [c.name for c in configs if c.quick_args is None]
+        if names and without:
+            with_quick = [c.name for c in configs if c.quick_args is not None]
+            raise ValueError(
+                f"configs {without} have no quick run ('{REPRODUCE_KEY}.quick'); drop --quick to run "
+                f"them in full{f', or leave them out (with a quick run: {with_quick})' if with_quick else ''}"
+            )
         configs = [c for c in configs if c.quick_args is not None]
+        if not configs:
+            raise ValueError(f"no config in {str(directory)!r} has a quick run ('{REPRODUCE_KEY}.quick')")
     return configs
 
 
@@ -358,7 +448,9 @@ def run_once(
         The measured value of the target's metric and the path of ``results.json``.
 
     Raises:
-        ValueError: if ``results.json`` lacks the metric or holds no number for it.
+        ValueError: if the run wrote no ``results.json`` (one left by an earlier run does not
+            count), if it lacks the metric or holds no number for it, or if ``fit`` rejected its
+            options (the message is ``fit``'s own).
     """
     from lightning_cl.training.cli import ContinualCLI  # the CLI imports this module
 
@@ -370,16 +462,33 @@ def run_once(
     if quick and config.quick_args:
         args += list(config.quick_args)
     args += ["--trainer.default_root_dir", str(run_dir), *extra_args]
+    # Only a results.json this run writes counts, not one an earlier run left in run_dir.
+    before = {q: q.stat().st_mtime_ns for q in Path(run_dir).glob("**/results.json")}
+    errors = _Tee(sys.stderr)
     with contextlib.ExitStack() as stack:
         if quiet:
             stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        stack.enter_context(contextlib.redirect_stderr(errors))
         stack.enter_context(warnings.catch_warnings())
         # The command line is built here on purpose, not taken from sys.argv.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        ContinualCLI(args=args)
-    found = sorted(Path(run_dir).glob("**/results.json"), key=lambda p: p.stat().st_mtime)
+        try:
+            ContinualCLI(args=args)
+        except SystemExit as exit_:
+            said = [line for line in errors.getvalue().splitlines() if "error:" in line]
+            if exit_.code in (0, None) and not said:
+                raise
+            reason = said[-1].strip() if said else f"exit status {exit_.code}"
+            raise ValueError(f"{config.name}: lightning-cl fit refused its options: {reason}") from None
+    found = sorted(
+        (q for q in Path(run_dir).glob("**/results.json") if before.get(q) != q.stat().st_mtime_ns),
+        key=lambda q: q.stat().st_mtime_ns,
+    )
     if not found:
-        raise ValueError(f"{config.name}: the run wrote no results.json under {run_dir}")
+        raise ValueError(
+            f"{config.name}: the run wrote no results.json under {run_dir} (a "
+            "--trainer.default_root_dir among --fit-args moves it elsewhere)"
+        )
     results = json.loads(found[-1].read_text())
     target = config.quick_target if quick and config.quick_target is not None else config.target
     value = results.get(target.metric)
@@ -390,6 +499,21 @@ def run_once(
             f"(got {value!r}); scalar keys: {scalars}"
         )
     return float(value), found[-1]
+
+
+class _Tee(io.StringIO):
+    """Keeps what is written and passes it on to ``stream``."""
+
+    def __init__(self, stream: Any):
+        super().__init__()
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 def reproduce(
@@ -408,7 +532,8 @@ def reproduce(
         configs: the configs (see :func:`load_configs`).
         data_root: the folder that holds the datasets (``MNIST/raw``, ...).
         out_dir: each run's log directory is ``out_dir/<name>/seed_<seed>``.
-        seeds: the seeds of every config; ``None``: each config's own (with ``quick``, its first).
+        seeds: the seeds of every config (checked by :func:`check_seeds`); ``None``: each
+            config's own (with ``quick``, its first).
         quick: the configs' quick runs, against their quick targets.
         extra_args: further ``fit`` options for every run (e.g. ``--trainer.accelerator cpu``).
         quiet: swallow the runs' own output.
@@ -423,6 +548,8 @@ def reproduce(
         >>> results[0].status  # doctest: +SKIP
         'passed'
     """
+    if seeds:
+        seeds = check_seeds(seeds)
     results: list[ReproduceResult] = []
     for config in configs:
         target = config.quick_target if quick and config.quick_target is not None else config.target
@@ -501,7 +628,7 @@ def _rows(results: Sequence[ReproduceResult]) -> list[list[str]]:
     return rows
 
 
-_HEADER = ["config", "target", "measured", "seeds", "within tolerance", "time", "status"]
+_HEADER = ["config", "target", "measured", "seeds", "within tolerance", "time (all seeds)", "status"]
 
 
 def text_table(results: Sequence[ReproduceResult]) -> str:
@@ -561,16 +688,32 @@ def _parser() -> argparse.ArgumentParser:
         help=f"folder holding the datasets (MNIST/raw, ...); default: ${DATA_ENV}, else 'data'",
     )
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=None, help="seeds of every config; default: each config's own"
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help=(
+            f"seeds of every config, distinct, in [0, {MAX_SEED}]; default: each config's own "
+            "(with --quick, its first)"
+        ),
     )
     parser.add_argument(
         "--config-dir", default=None, help="folder of the reproduce configs; default: configs/reproduce"
     )
     parser.add_argument(
-        "--out", default="runs/reproduce", help="output folder: reproduce.json, reproduce.md and the runs"
+        "--out",
+        default="runs/reproduce",
+        help=(
+            "output folder: reproduce.json, reproduce.md and the runs (default: runs/reproduce, "
+            "from the current folder)"
+        ),
     )
     parser.add_argument("--list", action="store_true", help="list the configs and their targets, run nothing")
-    parser.add_argument("--quiet", action="store_true", help="hide the runs' own output (tables, progress)")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="hide the runs' printed tables (their standard output); progress lines and warnings still show",
+    )
     parser.add_argument(
         "--fit-args",
         nargs=argparse.REMAINDER,
@@ -590,19 +733,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 when every run config met its target (skipped ones aside), 1 when one missed or failed.
 
     Raises:
-        SystemExit: with status 2 for unknown options or config names, as argparse does.
+        SystemExit: with status 2 for unknown options or config names, a malformed config, bad
+            seeds or an output folder that cannot be written, as argparse does; before any run.
     """
     parser = _parser()
     options = parser.parse_args(list(sys.argv[2:] if argv is None else argv))
     data_root = options.data_root or os.environ.get(DATA_ENV) or "data"
     try:
         configs = load_configs(options.config_dir or default_config_dir(), options.names, options.quick)
+        if options.seeds is not None:
+            check_seeds(options.seeds)
     except ValueError as err:
         parser.error(str(err))
     if options.list:
         for c in configs:
             print(f"{c.name}: {c.target.metric} {c.target.describe()}  [{c.target.source}]")
         return 0
+    out = Path(options.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        parser.error(f"--out {options.out!r} cannot hold the results: {err.strerror or err}")
     results = reproduce(
         configs,
         data_root,
@@ -613,11 +767,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet=options.quiet,
         log=sys.stderr,
     )
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
     payload = {
         "quick": options.quick,
         "data_root": str(data_root),
+        "fit_args": list(options.fit_args),
         "results": [r.to_dict() for r in results],
     }
     (out / JSON_FILE).write_text(json.dumps(payload, indent=2) + "\n")

@@ -185,6 +185,22 @@ def test_list_prints_the_targets(tmp_path: Path, capsys) -> None:
         ({"value": float("nan"), "tolerance": 0.1}, "target value must be a finite number"),
         ({"value": 0.5, "tolerance": 0.1, "seed": [1]}, "unknown keys ['seed']"),
         ({"value": 0.5, "tolerance": 0.1, "seeds": []}, "'reproduce.seeds' must be a non-empty list of ints"),
+        (
+            {"value": 0.5, "tolerance": 0.1, "seeds": [1, -1]},
+            "seeds must be integers in [0, 4294967295], got [-1]",
+        ),
+        ({"value": 0.5, "tolerance": 0.1, "seeds": [2, 2]}, "seeds must differ"),
+        ({"value": 0.5, "tolerance": 0.1, "metric": "avg_acc"}, "metric must be one of ('average_accuracy'"),
+        ({"value": 0.5, "tolerance": 0.1, "quick": {"arg": []}}, "unknown keys ['arg'] in 'reproduce.quick'"),
+        (
+            {"value": 0.5, "tolerance": 0.1, "quick": {"args": "--trainer.max_epochs 1"}},
+            "'reproduce.quick.args' must be a list of fit options and values",
+        ),
+        (
+            {"value": 0.5, "tolerance": 0.1, "quick": {"tolerance": -1}},
+            "'reproduce.quick': tolerance must be a number >= 0, got -1",
+        ),
+        ({"value": 0.5, "tolerance": 0.1, "quick": True}, "'reproduce.quick' must be a mapping"),
     ],
 )
 def test_bad_target_sections_are_refused(tmp_path: Path, section: dict[str, Any], message: str) -> None:
@@ -202,6 +218,83 @@ def test_a_config_without_target_is_refused(tmp_path: Path) -> None:
     path = _write(tmp_path, "plain", config)
     with pytest.raises(ValueError, match="needs a top-level 'reproduce:' section"):
         rep.ReproduceConfig.from_file(path)
+
+
+def test_a_non_mapping_section_and_invalid_yaml_name_the_file(tmp_path: Path) -> None:
+    config = _digits_config()
+    config["reproduce"] = [1, 2]
+    path = _write(tmp_path, "listed", config)
+    with pytest.raises(ValueError, match=r"listed\.yaml: 'reproduce' must be a mapping"):
+        rep.ReproduceConfig.from_file(path)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("reproduce:\n  check: [within\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: not valid YAML \(line \d+, column \d+\)"):
+        rep.ReproduceConfig.from_file(broken)
+
+
+def test_config_folder_errors_are_usage_errors_before_any_run(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "configs"
+    _write(folder, "good", _digits_config())
+    (folder / "broken.yaml").write_text("reproduce: {value: [\n")
+    out = tmp_path / "out"
+
+    def usage_error(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            _run(argv)
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    # A broken file is reported with its name; naming only the good config reads only that one.
+    assert "broken.yaml: not valid YAML" in usage_error(["--list", "--config-dir", str(folder)])
+    assert _run(["good", "--list", "--config-dir", str(folder)]) == 0
+    capsys.readouterr()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert "is a file, not a folder" in usage_error(["--list", "--config-dir", str(afile)])
+    (tmp_path / "empty").mkdir()
+    assert "holds no *.yaml reproduce configs" in usage_error(["--config-dir", str(tmp_path / "empty")])
+    # A named config without a quick run under --quick is refused, not dropped.
+    err = usage_error(["good", "--quick", "--config-dir", str(folder), "--out", str(out)])
+    assert "configs ['good'] have no quick run" in err
+    # Bad seeds and an output folder that cannot be made stop before anything runs.
+    good = ["good", "--config-dir", str(folder)]
+    assert "got [-1]" in usage_error([*good, "--seeds", "-1", "--out", str(out)])
+    assert "seeds must differ" in usage_error([*good, "--seeds", "1", "1", "--out", str(out)])
+    assert "--out" in usage_error([*good, "--out", str(afile)])
+    assert not out.exists()
+
+
+def test_a_results_file_of_an_earlier_run_does_not_count(tmp_path: Path) -> None:
+    folder = tmp_path / "configs"
+    _write(folder, "digits", _digits_config())
+    out = tmp_path / "out"
+    base = ["--config-dir", str(folder), "--out", str(out), "--quiet"]
+    assert _run(base) == 0
+    # The next run writes its results elsewhere: the old results.json in out must not be read.
+    moved = ["--fit-args", "--trainer.default_root_dir", str(tmp_path / "elsewhere")]
+    assert _run([*base, *moved]) == 1
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert row["status"] == "failed" and "wrote no results.json" in row["reason"]
+    assert json.loads((out / "reproduce.json").read_text())["fit_args"] == moved[1:]
+
+
+def test_options_fit_refuses_are_reported_with_fits_message(tmp_path: Path) -> None:
+    folder = tmp_path / "configs"
+    _write(folder, "digits", _digits_config())
+    out = tmp_path / "out"
+    argv = ["--config-dir", str(folder), "--out", str(out), "--quiet", "--fit-args", "--trainer.nosuch", "3"]
+    assert _run(argv) == 1
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert row["status"] == "failed"
+    assert "lightning-cl fit refused its options" in row["reason"] and "nosuch" in row["reason"]
+
+
+def test_check_seeds() -> None:
+    assert rep.check_seeds([0, 1, 2**32 - 1]) == [0, 1, 2**32 - 1]
+    with pytest.raises(ValueError, match=r"got \[4294967296\]"):
+        rep.check_seeds([2**32])
+    with pytest.raises(ValueError, match="seeds must differ"):
+        rep.check_seeds([3, 1, 3])
 
 
 def test_target_checks() -> None:
