@@ -40,6 +40,7 @@ from common import (  # noqa: E402
     default_data_root,
     has_mnist,
     load_mnist,
+    now,
     parse_class_order,
     single_thread,
     torch_versions,
@@ -62,17 +63,18 @@ TRAINER_KWARGS: dict[str, Any] = dict(
 
 
 class StageTimer(L.Callback):
-    """Adds the wall time from ``setup`` to ``teardown`` of every fit and test to a :class:`Stopwatch`."""
+    """Adds the time from ``setup`` to ``teardown`` of every fit and test to a :class:`Stopwatch`
+    (on its clock, :func:`common.now`)."""
 
     def __init__(self, clock: Stopwatch):
         self.clock = clock
         self._started: dict[str, float] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._started[stage] = time.perf_counter()
+        self._started[stage] = now()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.clock.add("train" if stage == "fit" else "eval", time.perf_counter() - self._started.pop(stage))
+        self.clock.add("train" if stage == "fit" else "eval", now() - self._started.pop(stage))
 
 
 def batch_transform() -> Any:

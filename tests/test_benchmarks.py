@@ -102,6 +102,8 @@ def test_overhead_compares_the_same_work(tmp_path: Path) -> None:
             "1",
             "--fraction",
             "0.05",
+            "--clock",
+            "cpu",
             "--out",
             str(out),
         ],
@@ -113,6 +115,8 @@ def test_overhead_compares_the_same_work(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
+    # The report names the clock it read, and the command that reproduces it.
+    assert "--rounds 1 --clock cpu`" in text and "CPU times of the process" in text, text
     for phase in ("train", "eval"):
         for contender in ("lightning_cl", "plain_lightning", "plain_lightning-logged"):
             row = next(line for line in text.splitlines() if line.startswith(f"| {phase} | {contender} |"))
@@ -147,6 +151,10 @@ def test_overhead_stream_times_a_method_over_the_whole_stream(tmp_path: Path) ->
         [*args, "--profile"], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False
     )
     assert bad.returncode == 2 and "are separate runs" in bad.stderr
+    clock = subprocess.run(
+        [*args, "--clock", "gpu"], capture_output=True, text=True, cwd=ROOT, timeout=120, check=False
+    )
+    assert clock.returncode == 2 and "invalid choice: 'gpu'" in clock.stderr
 
 
 def test_overhead_eval_parts_take_the_same_evaluation_apart(tmp_path: Path) -> None:
