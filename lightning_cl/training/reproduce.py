@@ -24,7 +24,8 @@ benchmark has one, its ``seed`` set to the seed), reads the metric from the run'
 ``results.json``, prints a table (config, target, measured mean and spread, within tolerance,
 time), writes it as ``reproduce.json`` and ``reproduce.md`` and exits with status 1 when a
 target is missed or a run fails. A config whose data is absent is listed as skipped with the
-reason and does not change the exit status.
+reason and does not change the exit status. ``--resume`` continues each seed's run from the
+newest stream checkpoint in its folder, when the run that wrote it had the same options.
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 
 from lightning_cl.data.dataset_not_found import DatasetNotFoundError
+from lightning_cl.training.checkpoint import latest_checkpoint
 
 __all__ = [
     "CHECKS",
@@ -55,6 +57,7 @@ __all__ = [
     "REPRODUCE_KEY",
     "ReproduceConfig",
     "ReproduceResult",
+    "SeedRun",
     "Target",
     "check_seeds",
     "default_config_dir",
@@ -78,6 +81,8 @@ QUICK_KEYS = ("args", "value", "tolerance", "check")
 """The keys of a config's ``reproduce.quick`` section."""
 MAX_SEED = 2**32 - 1
 """The largest seed ``seed_everything`` accepts."""
+RUN_FILE = "reproduce_run.json"
+"""Written in each seed's run folder: the ``fit`` options of the run, which ``--resume`` checks."""
 JSON_FILE = "reproduce.json"
 MARKDOWN_FILE = "reproduce.md"
 
@@ -276,6 +281,8 @@ class ReproduceResult:
     seconds: list[float] = field(default_factory=list)
     reason: str = ""
     quick: bool = False
+    resumed_from: list[str | None] = field(default_factory=list)
+    """Per seed: the checkpoint its run resumed from (``--resume``), or ``None`` (run from the start)."""
 
     @property
     def mean(self) -> float | None:
@@ -303,6 +310,7 @@ class ReproduceResult:
             "within_tolerance": self.within_tolerance,
             "seconds": self.seconds,
             "total_seconds": sum(self.seconds),
+            "resumed_from": self.resumed_from,
             "reason": self.reason,
         }
 
@@ -424,6 +432,15 @@ def load_configs(
     return configs
 
 
+class SeedRun(NamedTuple):
+    """What :func:`run_once` measured: the value, the run's ``results.json``, and the checkpoint
+    the run resumed from (``None``: it ran from the first experience)."""
+
+    value: float
+    results: Path
+    resumed_from: Path | None
+
+
 def run_once(
     config: ReproduceConfig,
     seed: int,
@@ -432,8 +449,15 @@ def run_once(
     quick: bool = False,
     extra_args: Sequence[str] = (),
     quiet: bool = False,
-) -> tuple[float, Path]:
+    resume: bool = False,
+) -> SeedRun:
     """Run ``config`` with ``lightning-cl fit`` (in this process) for one seed.
+
+    The run's ``fit`` options are written to ``run_dir/reproduce_run.json`` first. With
+    ``resume``, a run folder that holds a stream checkpoint (``experience_<i>.ckpt``, one per
+    trained experience, as ``fit`` saves them) continues from the newest one: the experiences it
+    holds are not trained again, and the final ``results.json`` covers the whole stream (the
+    checkpoint carries the results so far and the random states).
 
     Args:
         config: the config.
@@ -443,14 +467,18 @@ def run_once(
         quick: add the config's quick options.
         extra_args: further ``fit`` options, applied last.
         quiet: swallow the run's own output (its tables and progress lines).
+        resume: continue from the newest stream checkpoint under ``run_dir``, if there is one.
 
     Returns:
-        The measured value of the target's metric and the path of ``results.json``.
+        The measured value of the target's metric, the path of ``results.json`` and the
+        checkpoint resumed from.
 
     Raises:
         ValueError: if the run wrote no ``results.json`` (one left by an earlier run does not
-            count), if it lacks the metric or holds no number for it, or if ``fit`` rejected its
-            options (the message is ``fit``'s own).
+            count), if it lacks the metric or holds no number for it, if ``fit`` rejected its
+            options (the message is ``fit``'s own), or, with ``resume``, if the checkpoint found
+            belongs to a run with other options (another seed, ``--quick``, other
+            ``extra_args``; the recorded and the new options are named).
     """
     from lightning_cl.training.cli import ContinualCLI  # the CLI imports this module
 
@@ -462,6 +490,23 @@ def run_once(
     if quick and config.quick_args:
         args += list(config.quick_args)
     args += ["--trainer.default_root_dir", str(run_dir), *extra_args]
+    record = Path(run_dir) / RUN_FILE
+    checkpoint = _resumable(record) if resume else None
+    if checkpoint is not None:
+        recorded = _recorded_args(record)
+        if recorded != args:
+            raise ValueError(
+                f"{config.name}: seed {seed}: --resume found {checkpoint}, but the run that wrote it had "
+                f"other options ({'none recorded' if recorded is None else recorded}; this run: {args}); "
+                "run without --resume, or with another --out"
+            )
+        # The record keeps its time: the checkpoints written since it are this run's.
+        args = [*args, "--ckpt_path", str(checkpoint)]
+    else:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        record.write_text(
+            json.dumps({"config": config.name, "seed": seed, "fit_args": args}, indent=2) + "\n"
+        )
     # Only a results.json this run writes counts, not one an earlier run left in run_dir.
     before = {q: q.stat().st_mtime_ns for q in Path(run_dir).glob("**/results.json")}
     errors = _Tee(sys.stderr)
@@ -498,7 +543,32 @@ def run_once(
             f"{config.name}: results.json has no number for metric {target.metric!r} "
             f"(got {value!r}); scalar keys: {scalars}"
         )
-    return float(value), found[-1]
+    return SeedRun(float(value), found[-1], checkpoint)
+
+
+def _resumable(record: Path) -> Path | None:
+    """The newest stream checkpoint in ``record``'s folder written since the record (by its run).
+
+    A checkpoint older than the record was left by an earlier run in the same folder. Without a
+    record, the newest checkpoint of the folder (whose options then cannot be checked).
+    """
+    newest = latest_checkpoint(record.parent)
+    if newest is None or not record.is_file():
+        return newest
+    since = record.stat().st_mtime_ns
+    found = [
+        p for p in record.parent.rglob("experience_*.ckpt") if p.is_file() and p.stat().st_mtime_ns >= since
+    ]
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name)) if found else None
+
+
+def _recorded_args(record: Path) -> list[str] | None:
+    """The ``fit`` options in a run folder's ``reproduce_run.json`` (``None`` if absent or unreadable)."""
+    try:
+        args = json.loads(record.read_text()).get("fit_args")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return args if isinstance(args, list) else None
 
 
 class _Tee(io.StringIO):
@@ -525,6 +595,7 @@ def reproduce(
     extra_args: Sequence[str] = (),
     quiet: bool = False,
     log: Any = None,
+    resume: bool = False,
 ) -> list[ReproduceResult]:
     """Run every config for its seeds and compare the mean with its target.
 
@@ -538,6 +609,8 @@ def reproduce(
         extra_args: further ``fit`` options for every run (e.g. ``--trainer.accelerator cpu``).
         quiet: swallow the runs' own output.
         log: a text stream for one progress line per run (``None``: none).
+        resume: continue each seed's run from the newest stream checkpoint in its folder (see
+            :func:`run_once`); a seed's time then counts this call only.
 
     Returns:
         One :class:`ReproduceResult` per config, in order.
@@ -564,7 +637,7 @@ def reproduce(
         try:
             for seed in run_seeds:
                 start = time.perf_counter()
-                value, _ = run_once(
+                value, _, resumed = run_once(
                     config,
                     seed,
                     data_root,
@@ -572,13 +645,17 @@ def reproduce(
                     quick=quick,
                     extra_args=extra_args,
                     quiet=quiet,
+                    resume=resume,
                 )
                 result.seconds.append(time.perf_counter() - start)
                 result.seeds.append(seed)
                 result.measured.append(value)
+                result.resumed_from.append(None if resumed is None else str(resumed))
                 _log(
                     log,
-                    f"{config.name}: seed {seed}: {target.metric} {value:.4f} ({result.seconds[-1]:.0f} s)",
+                    f"{config.name}: seed {seed}: {target.metric} {value:.4f} ({result.seconds[-1]:.0f} s"
+                    + (f", resumed from {resumed.name}" if resumed is not None else "")
+                    + ")",
                 )
         except DatasetNotFoundError as err:
             result.status, result.reason = "skipped", f"data absent: {_first_line(err)}"
@@ -621,11 +698,18 @@ def _rows(results: Sequence[ReproduceResult]) -> list[list[str]]:
                 measured,
                 ",".join(str(s) for s in r.seeds) or "-",
                 within,
-                f"{sum(r.seconds):.0f} s" if r.seconds else "-",
+                _time_cell(r),
                 status,
             ]
         )
     return rows
+
+
+def _time_cell(r: ReproduceResult) -> str:
+    if not r.seconds:
+        return "-"
+    resumed = [str(s) for s, c in zip(r.seeds, r.resumed_from, strict=False) if c is not None]
+    return f"{sum(r.seconds):.0f} s" + (f" (seeds {','.join(resumed)} resumed)" if resumed else "")
 
 
 _HEADER = ["config", "target", "measured", "seeds", "within tolerance", "time (all seeds)", "status"]
@@ -715,6 +799,15 @@ def _parser() -> argparse.ArgumentParser:
         help="hide the runs' printed tables (their standard output); progress lines and warnings still show",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "continue each seed's run from the newest stream checkpoint in its folder under --out "
+            "(a run that was cut off); only a run with the same options is resumed, and its time "
+            "counts this call only"
+        ),
+    )
+    parser.add_argument(
         "--fit-args",
         nargs=argparse.REMAINDER,
         default=[],
@@ -745,6 +838,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_seeds(options.seeds)
     except ValueError as err:
         parser.error(str(err))
+    if options.resume and any(a == "--ckpt_path" or a.startswith("--ckpt_path=") for a in options.fit_args):
+        parser.error("--resume picks each seed's checkpoint itself; drop --ckpt_path from --fit-args")
     if options.list:
         for c in configs:
             print(f"{c.name}: {c.target.metric} {c.target.describe()}  [{c.target.source}]")
@@ -766,11 +861,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra_args=options.fit_args,
         quiet=options.quiet,
         log=sys.stderr,
+        resume=options.resume,
     )
     payload = {
         "quick": options.quick,
         "data_root": str(data_root),
         "fit_args": list(options.fit_args),
+        "resume": options.resume,
         "results": [r.to_dict() for r in results],
     }
     (out / JSON_FILE).write_text(json.dumps(payload, indent=2) + "\n")

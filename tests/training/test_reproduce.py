@@ -289,6 +289,102 @@ def test_options_fit_refuses_are_reported_with_fits_message(tmp_path: Path) -> N
     assert "lightning-cl fit refused its options" in row["reason"] and "nosuch" in row["reason"]
 
 
+def _resumable_config(tmp_path: Path) -> Path:
+    """Five SplitDigits experiences, each ending with a stream checkpoint."""
+    config = _digits_config()
+    config["benchmark"]["init_args"]["n_experiences"] = 5
+    config["trainer"]["enable_checkpointing"] = True
+    return _write(tmp_path / "configs", "digits", config)
+
+
+def _resume_args(tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--config-dir",
+        str(tmp_path / "configs"),
+        "--out",
+        str(out),
+        "--data-root",
+        str(tmp_path),
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_resume_continues_a_cut_run_to_the_same_result(tmp_path: Path, capsys) -> None:
+    _resumable_config(tmp_path)
+    out = tmp_path / "out"
+    assert _run(_resume_args(tmp_path, out)) == 0
+    whole = json.loads((out / "reproduce.json").read_text())["results"][0]
+    assert whole["resumed_from"] == [None]
+    seed_dir = out / "digits" / "seed_1"
+    recorded = json.loads((seed_dir / "reproduce_run.json").read_text())
+    assert recorded["seed"] == 1 and "--trainer.default_root_dir" in recorded["fit_args"]
+    checkpoints = sorted(seed_dir.glob("**/experience_*.ckpt"))
+    assert [c.name for c in checkpoints] == [f"experience_00{i}.ckpt" for i in range(5)]
+    # Cut after the third experience: its checkpoint is the newest one left.
+    for late in checkpoints[3:]:
+        late.unlink()
+    capsys.readouterr()
+    assert _run(_resume_args(tmp_path, out, "--resume")) == 0
+    printed = capsys.readouterr()
+    resumed = json.loads((out / "reproduce.json").read_text())
+    [row] = resumed["results"]
+    assert resumed["resume"] is True
+    assert row["resumed_from"] == [str(checkpoints[2])]
+    # Only the last two experiences were trained again, and the stream ends where the whole run did.
+    assert row["measured"] == whole["measured"]
+    again = sorted(p.name for p in (seed_dir / "lightning_logs" / "version_1" / "checkpoints").iterdir())
+    assert again == ["experience_003.ckpt", "experience_004.ckpt"]
+    assert "(seeds 1 resumed)" in printed.out
+    assert "resumed from experience_002.ckpt" in printed.err
+
+
+def test_resume_without_a_checkpoint_runs_from_the_start(tmp_path: Path) -> None:
+    _resumable_config(tmp_path)
+    out = tmp_path / "out"
+    assert _run(_resume_args(tmp_path, out, "--resume")) == 0
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert row["resumed_from"] == [None] and row["status"] == "passed"
+
+
+def test_resume_refuses_the_checkpoint_of_a_run_with_other_options(tmp_path: Path, capsys) -> None:
+    _resumable_config(tmp_path)
+    out = tmp_path / "out"
+    assert _run(_resume_args(tmp_path, out, "--fit-args", "--trainer.limit_train_batches", "2")) == 0
+    seed_dir = out / "digits" / "seed_1"
+    before = sorted(p.name for p in seed_dir.rglob("*"))
+    assert _run(_resume_args(tmp_path, out, "--resume")) == 1
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert row["status"] == "failed"
+    assert "--resume found" in row["reason"] and "other options" in row["reason"]
+    assert "--trainer.limit_train_batches" in row["reason"]
+    # Nothing ran: the folder is as the first run left it.
+    assert sorted(p.name for p in seed_dir.rglob("*")) == before
+    # --resume chooses the checkpoint itself.
+    with pytest.raises(SystemExit) as exit_info:
+        _run(_resume_args(tmp_path, out, "--resume", "--fit-args", "--ckpt_path", "last"))
+    assert exit_info.value.code == 2
+    assert "drop --ckpt_path from --fit-args" in capsys.readouterr().err
+
+
+def test_resume_ignores_the_checkpoints_of_an_earlier_run_in_the_folder(tmp_path: Path) -> None:
+    # A run with other options left checkpoints; a new run then started in the same folder (its
+    # record written) and was cut before its first checkpoint: --resume starts it afresh.
+    _resumable_config(tmp_path)
+    out = tmp_path / "out"
+    assert _run(_resume_args(tmp_path, out, "--fit-args", "--trainer.limit_train_batches", "2")) == 0
+    record = out / "digits" / "seed_1" / "reproduce_run.json"
+    entry = json.loads(record.read_text())
+    entry["fit_args"] = entry["fit_args"][:-2]  # the new run's options: no --fit-args
+    record.write_text(json.dumps(entry))
+    assert _run(_resume_args(tmp_path, out, "--resume")) == 0
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert row["resumed_from"] == [None] and row["status"] == "passed"
+    fresh = tmp_path / "fresh"
+    assert _run(_resume_args(tmp_path, fresh)) == 0
+    assert row["measured"] == json.loads((fresh / "reproduce.json").read_text())["results"][0]["measured"]
+
+
 def test_check_seeds() -> None:
     assert rep.check_seeds([0, 1, 2**32 - 1]) == [0, 1, 2**32 - 1]
     with pytest.raises(ValueError, match=r"got \[4294967296\]"):
