@@ -411,7 +411,7 @@ class ContinualModule(L.LightningModule):
                 self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, batch_size=len(y))
 
     def _check_finite(self, loss: Tensor, task_loss: Tensor, penalties: dict[str, Tensor]) -> None:
-        if bool(torch.isfinite(loss.detach())):
+        if math.isfinite(loss.detach().item()):  # one read of the scalar (isfinite + bool: two ops)
             return
         terms = {
             "task loss": task_loss.detach().float(),
