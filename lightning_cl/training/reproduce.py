@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -45,10 +46,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import torch
 import yaml
 
 from lightning_cl.data.dataset_not_found import DatasetNotFoundError
-from lightning_cl.training.checkpoint import latest_checkpoint
 
 __all__ = [
     "CHECKS",
@@ -82,7 +83,8 @@ QUICK_KEYS = ("args", "value", "tolerance", "check")
 MAX_SEED = 2**32 - 1
 """The largest seed ``seed_everything`` accepts."""
 RUN_FILE = "reproduce_run.json"
-"""Written in each seed's run folder: the ``fit`` options of the run, which ``--resume`` checks."""
+"""Written in each seed's run folder when its run starts: what ``--resume`` checks (the config
+file's SHA-256, the seed, the quick options, the ``--fit-args``), and the full ``fit`` options."""
 JSON_FILE = "reproduce.json"
 MARKDOWN_FILE = "reproduce.md"
 
@@ -453,11 +455,14 @@ def run_once(
 ) -> SeedRun:
     """Run ``config`` with ``lightning-cl fit`` (in this process) for one seed.
 
-    The run's ``fit`` options are written to ``run_dir/reproduce_run.json`` first. With
-    ``resume``, a run folder that holds a stream checkpoint (``experience_<i>.ckpt``, one per
-    trained experience, as ``fit`` saves them) continues from the newest one: the experiences it
-    holds are not trained again, and the final ``results.json`` covers the whole stream (the
-    checkpoint carries the results so far and the random states).
+    A run that starts afresh first writes ``run_dir/reproduce_run.json``: the config file's
+    SHA-256, the seed, the quick options, ``extra_args`` and the full ``fit`` options. With
+    ``resume``, a run folder that holds stream checkpoints (``experience_<i>.ckpt``, one per
+    trained experience, as ``fit`` saves them) written since that record, by a run with the same
+    config contents, seed, quick options and ``extra_args``, continues from the newest readable
+    one: the experiences it holds are not trained again, and the final ``results.json`` covers
+    the whole stream (the checkpoint carries the results so far and the random states). Paths
+    (``--out``, ``--config-dir``, the data root) may be spelt differently or moved.
 
     Args:
         config: the config.
@@ -476,9 +481,9 @@ def run_once(
     Raises:
         ValueError: if the run wrote no ``results.json`` (one left by an earlier run does not
             count), if it lacks the metric or holds no number for it, if ``fit`` rejected its
-            options (the message is ``fit``'s own), or, with ``resume``, if the checkpoint found
-            belongs to a run with other options (another seed, ``--quick``, other
-            ``extra_args``; the recorded and the new options are named).
+            options (the message is ``fit``'s own), or, with ``resume``, if the checkpoints found
+            have no readable record, or were written by a run with another config file content,
+            seed, quick options or ``extra_args`` (each difference is named).
     """
     from lightning_cl.training.cli import ContinualCLI  # the CLI imports this module
 
@@ -491,22 +496,21 @@ def run_once(
         args += list(config.quick_args)
     args += ["--trainer.default_root_dir", str(run_dir), *extra_args]
     record = Path(run_dir) / RUN_FILE
-    checkpoint = _resumable(record) if resume else None
+    identity = {
+        "config": config.name,
+        "config_sha256": hashlib.sha256(config.path.read_bytes()).hexdigest(),
+        "seed": seed,
+        "quick_args": list(config.quick_args or []) if quick else None,
+        "fit_args": [str(a) for a in extra_args],
+    }
+    checkpoint = _resumable(config.name, seed, record, identity) if resume else None
+    given = _ckpt_path_of(extra_args)
     if checkpoint is not None:
-        recorded = _recorded_args(record)
-        if recorded != args:
-            raise ValueError(
-                f"{config.name}: seed {seed}: --resume found {checkpoint}, but the run that wrote it had "
-                f"other options ({'none recorded' if recorded is None else recorded}; this run: {args}); "
-                "run without --resume, or with another --out"
-            )
         # The record keeps its time: the checkpoints written since it are this run's.
         args = [*args, "--ckpt_path", str(checkpoint)]
     else:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        record.write_text(
-            json.dumps({"config": config.name, "seed": seed, "fit_args": args}, indent=2) + "\n"
-        )
+        record.write_text(json.dumps({**identity, "args": args}, indent=2) + "\n")
     # Only a results.json this run writes counts, not one an earlier run left in run_dir.
     before = {q: q.stat().st_mtime_ns for q in Path(run_dir).glob("**/results.json")}
     errors = _Tee(sys.stderr)
@@ -543,32 +547,79 @@ def run_once(
             f"{config.name}: results.json has no number for metric {target.metric!r} "
             f"(got {value!r}); scalar keys: {scalars}"
         )
-    return SeedRun(float(value), found[-1], checkpoint)
+    return SeedRun(float(value), found[-1], checkpoint if checkpoint is not None else given)
 
 
-def _resumable(record: Path) -> Path | None:
-    """The newest stream checkpoint in ``record``'s folder written since the record (by its run).
+def _ckpt_path_of(args: Sequence[str]) -> Path | None:
+    """The ``--ckpt_path`` among ``fit`` options (``None`` if none, or ``last``, which ``fit`` resolves)."""
+    for i, arg in enumerate(args):
+        value = arg.partition("=")[2] if arg.startswith("--ckpt_path=") else None
+        if arg == "--ckpt_path" and i + 1 < len(args):
+            value = str(args[i + 1])
+        if value is not None and value not in ("", "last", "null", "None"):
+            return Path(value)
+    return None
 
-    A checkpoint older than the record was left by an earlier run in the same folder. Without a
-    record, the newest checkpoint of the folder (whose options then cannot be checked).
+
+def _resumable(name: str, seed: int, record: Path, identity: dict[str, Any]) -> Path | None:
+    """The checkpoint a ``--resume`` run of ``identity`` continues from, or ``None`` (start afresh).
+
+    The newest readable stream checkpoint of the run folder written since its record (older ones
+    were left by an earlier run in the same folder); an unreadable one (cut off while being
+    written) is skipped with a warning, for the next newest.
+
+    Raises:
+        ValueError: if the folder holds checkpoints but no readable record, or the record's
+            run differs from ``identity`` (the differing entries are named).
     """
-    newest = latest_checkpoint(record.parent)
-    if newest is None or not record.is_file():
-        return newest
-    since = record.stat().st_mtime_ns
-    found = [
-        p for p in record.parent.rglob("experience_*.ckpt") if p.is_file() and p.stat().st_mtime_ns >= since
-    ]
-    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name)) if found else None
-
-
-def _recorded_args(record: Path) -> list[str] | None:
-    """The ``fit`` options in a run folder's ``reproduce_run.json`` (``None`` if absent or unreadable)."""
-    try:
-        args = json.loads(record.read_text()).get("fit_args")
-    except (OSError, ValueError, AttributeError):
+    folder = record.parent
+    found = [p for p in folder.rglob("experience_*.ckpt") if p.is_file()] if folder.is_dir() else []
+    if not found:
         return None
-    return args if isinstance(args, list) else None
+    try:
+        recorded = json.loads(record.read_text())
+        if not isinstance(recorded, dict):
+            raise ValueError("not a mapping")
+    except (OSError, ValueError) as err:
+        reason = "is missing" if not record.is_file() else f"cannot be read ({err})"
+        raise ValueError(
+            f"{name}: seed {seed}: --resume found checkpoints in {folder}, but the record of their run's "
+            f"options, {record}, {reason}: what they were trained with cannot be checked; run without "
+            "--resume to start afresh, or without --resume and with --fit-args --ckpt_path PATH to "
+            "continue from one of them unchecked"
+        ) from None
+    since = record.stat().st_mtime_ns
+    candidates = sorted(
+        (p for p in found if p.stat().st_mtime_ns >= since),
+        key=lambda p: (p.stat().st_mtime_ns, p.name),
+        reverse=True,
+    )
+    if not candidates:
+        return None
+    differ = {k: (recorded.get(k), v) for k, v in identity.items() if recorded.get(k) != v}
+    if differ:
+        said = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (old, new) in differ.items())
+        hint = (
+            "the config file was edited since (restore it to resume)"
+            if "config_sha256" in differ
+            else "run again with the recorded options to resume"
+        )
+        raise ValueError(
+            f"{name}: seed {seed}: --resume found {candidates[0]}, written by a run with other "
+            f"options ({said}): {hint}, or run without --resume to start afresh"
+        )
+    for checkpoint in candidates:  # read before the run, so that a truncated one is skipped
+        try:
+            torch.load(checkpoint, map_location="cpu", weights_only=False)
+        except Exception as err:
+            warnings.warn(
+                f"{name}: seed {seed}: skipping unreadable checkpoint {checkpoint} "
+                f"({type(err).__name__}: {_first_line(err)})",
+                stacklevel=2,
+            )
+            continue
+        return checkpoint
+    return None
 
 
 class _Tee(io.StringIO):
@@ -602,7 +653,8 @@ def reproduce(
     Args:
         configs: the configs (see :func:`load_configs`).
         data_root: the folder that holds the datasets (``MNIST/raw``, ...).
-        out_dir: each run's log directory is ``out_dir/<name>/seed_<seed>``.
+        out_dir: each run's log directory is ``out_dir/<name>/seed_<seed>`` (``seed_<seed>_quick``
+            for a quick run).
         seeds: the seeds of every config (checked by :func:`check_seeds`); ``None``: each
             config's own (with ``quick``, its first).
         quick: the configs' quick runs, against their quick targets.
@@ -641,7 +693,7 @@ def reproduce(
                     config,
                     seed,
                     data_root,
-                    Path(out_dir) / config.name / f"seed_{seed}",
+                    Path(out_dir) / config.name / (f"seed_{seed}_quick" if quick else f"seed_{seed}"),
                     quick=quick,
                     extra_args=extra_args,
                     quiet=quiet,

@@ -165,7 +165,7 @@ def test_quick_runs_only_the_quick_configs_with_their_options_and_target(tmp_pat
     [row] = data["results"]
     assert data["quick"] is True and row["name"] == "with_quick" and row["quick"] is True
     assert row["target"]["value"] == 0.5 and row["status"] == "passed"
-    saved = yaml.safe_load(next((out / "with_quick" / "seed_1").glob("**/config.yaml")).read_text())
+    saved = yaml.safe_load(next((out / "with_quick" / "seed_1_quick").glob("**/config.yaml")).read_text())
     assert saved["trainer"]["limit_train_batches"] == 1
 
 
@@ -318,7 +318,8 @@ def test_resume_continues_a_cut_run_to_the_same_result(tmp_path: Path, capsys) -
     assert whole["resumed_from"] == [None]
     seed_dir = out / "digits" / "seed_1"
     recorded = json.loads((seed_dir / "reproduce_run.json").read_text())
-    assert recorded["seed"] == 1 and "--trainer.default_root_dir" in recorded["fit_args"]
+    assert recorded["seed"] == 1 and recorded["fit_args"] == [] and recorded["quick_args"] is None
+    assert len(recorded["config_sha256"]) == 64 and "--trainer.default_root_dir" in recorded["args"]
     checkpoints = sorted(seed_dir.glob("**/experience_*.ckpt"))
     assert [c.name for c in checkpoints] == [f"experience_00{i}.ckpt" for i in range(5)]
     # Cut after the third experience: its checkpoint is the newest one left.
@@ -357,7 +358,8 @@ def test_resume_refuses_the_checkpoint_of_a_run_with_other_options(tmp_path: Pat
     [row] = json.loads((out / "reproduce.json").read_text())["results"]
     assert row["status"] == "failed"
     assert "--resume found" in row["reason"] and "other options" in row["reason"]
-    assert "--trainer.limit_train_batches" in row["reason"]
+    assert "fit_args: ['--trainer.limit_train_batches', '2'] then, [] now" in row["reason"], row["reason"]
+    assert "run again with the recorded options to resume" in row["reason"]
     # Nothing ran: the folder is as the first run left it.
     assert sorted(p.name for p in seed_dir.rglob("*")) == before
     # --resume chooses the checkpoint itself.
@@ -375,7 +377,7 @@ def test_resume_ignores_the_checkpoints_of_an_earlier_run_in_the_folder(tmp_path
     assert _run(_resume_args(tmp_path, out, "--fit-args", "--trainer.limit_train_batches", "2")) == 0
     record = out / "digits" / "seed_1" / "reproduce_run.json"
     entry = json.loads(record.read_text())
-    entry["fit_args"] = entry["fit_args"][:-2]  # the new run's options: no --fit-args
+    entry["fit_args"] = []  # the new run's options: no --fit-args
     record.write_text(json.dumps(entry))
     assert _run(_resume_args(tmp_path, out, "--resume")) == 0
     [row] = json.loads((out / "reproduce.json").read_text())["results"]
@@ -383,6 +385,80 @@ def test_resume_ignores_the_checkpoints_of_an_earlier_run_in_the_folder(tmp_path
     fresh = tmp_path / "fresh"
     assert _run(_resume_args(tmp_path, fresh)) == 0
     assert row["measured"] == json.loads((fresh / "reproduce.json").read_text())["results"][0]["measured"]
+
+
+def _cut_run(tmp_path: Path, out: Path, keep: int = 3) -> Path:
+    """A whole run of seed 1 in ``out``, then its checkpoints after the first ``keep`` removed."""
+    assert _run(_resume_args(tmp_path, out)) == 0
+    seed_dir = out / "digits" / "seed_1"
+    for late in sorted(seed_dir.glob("**/experience_*.ckpt"))[keep:]:
+        late.unlink()
+    return seed_dir
+
+
+def test_resume_checks_the_config_contents_not_the_spelling_of_paths(tmp_path: Path, monkeypatch) -> None:
+    path = _resumable_config(tmp_path)
+    out = tmp_path / "out"
+    _cut_run(tmp_path, out)
+    whole = json.loads((out / "reproduce.json").read_text())["results"][0]["measured"]
+    # The same folders, spelt relative to another working directory: resumed.
+    monkeypatch.chdir(tmp_path)
+    relative = ["--config-dir", "configs", "--out", "out", "--data-root", ".", "--quiet", "--resume"]
+    assert _run(relative) == 0
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert row["resumed_from"][0].endswith("experience_002.ckpt") and row["measured"] == whole
+    # An edited config (another learning rate) is not resumed from the old one's checkpoints.
+    _cut_run(tmp_path, tmp_path / "edited")
+    text = path.read_text()
+    path.write_text(text.replace("lr: 0.05", "lr: 0.5"))
+    assert path.read_text() != text
+    assert _run(_resume_args(tmp_path, tmp_path / "edited", "--resume")) == 1
+    [row] = json.loads((tmp_path / "edited" / "reproduce.json").read_text())["results"]
+    assert row["status"] == "failed" and "config_sha256" in row["reason"]
+    assert "the config file was edited since" in row["reason"]
+
+
+def test_resume_without_a_readable_record_is_refused_with_its_path(tmp_path: Path) -> None:
+    _resumable_config(tmp_path)
+    out = tmp_path / "out"
+    seed_dir = _cut_run(tmp_path, out)
+    record = seed_dir / "reproduce_run.json"
+    record.write_text("{not json")
+    assert _run(_resume_args(tmp_path, out, "--resume")) == 1
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert f"the record of their run's options, {record}, cannot be read" in row["reason"]
+    record.unlink()
+    assert _run(_resume_args(tmp_path, out, "--resume")) == 1
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert f"{record}, is missing" in row["reason"] and "--fit-args --ckpt_path PATH" in row["reason"]
+
+
+def test_resume_skips_a_truncated_checkpoint_for_the_one_before(tmp_path: Path) -> None:
+    _resumable_config(tmp_path)
+    out = tmp_path / "out"
+    seed_dir = _cut_run(tmp_path, out)
+    whole = json.loads((out / "reproduce.json").read_text())["results"][0]["measured"]
+    newest = sorted(seed_dir.glob("**/experience_*.ckpt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:2000])  # cut off while being written
+    with pytest.warns(UserWarning, match=f"skipping unreadable checkpoint {newest}"):
+        assert _run(_resume_args(tmp_path, out, "--resume")) == 0
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert row["resumed_from"][0].endswith("experience_001.ckpt") and row["measured"] == whole
+
+
+def test_quick_runs_keep_a_folder_of_their_own(tmp_path: Path) -> None:
+    # A --quick run beside a cut full run leaves the full run resumable.
+    config = _digits_config(quick={"args": ["--trainer.limit_train_batches", "2"]})
+    config["benchmark"]["init_args"]["n_experiences"] = 5
+    config["trainer"]["enable_checkpointing"] = True
+    _write(tmp_path / "configs", "digits", config)
+    out = tmp_path / "out"
+    _cut_run(tmp_path, out)
+    assert _run(_resume_args(tmp_path, out, "--quick")) == 0
+    assert (out / "digits" / "seed_1_quick" / "reproduce_run.json").is_file()
+    assert _run(_resume_args(tmp_path, out, "--resume")) == 0
+    [row] = json.loads((out / "reproduce.json").read_text())["results"]
+    assert row["resumed_from"][0].endswith("experience_002.ckpt")
 
 
 def test_check_seeds() -> None:
