@@ -29,6 +29,7 @@ __all__ = [
     "load_stream_checkpoint",
     "rng_state",
     "set_rng_state",
+    "stream_checkpoints",
 ]
 
 STREAM_KEY = "lightning_cl_stream"
@@ -53,13 +54,20 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
         ...     latest_checkpoint(d).name
         'experience_002.ckpt'
     """
+    found = stream_checkpoints(directory)
+    return found[0] if found else None
+
+
+def stream_checkpoints(directory: str | Path) -> list[Path]:
+    """Every per-experience checkpoint (``experience_<i>.ckpt``) under ``directory``, newest first.
+
+    Newest by modification time, then by experience index; empty when ``directory`` is absent.
+    """
     directory = Path(directory)
     if not directory.is_dir():
-        return None
+        return []
     found = [p for p in directory.rglob("experience_*.ckpt") if p.is_file()]
-    if not found:
-        return None
-    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
 
 
 def benchmark_fingerprint(benchmark: Benchmark) -> dict[str, Any]:

@@ -50,6 +50,7 @@ import torch
 import yaml
 
 from lightning_cl.data.dataset_not_found import DatasetNotFoundError
+from lightning_cl.training.checkpoint import stream_checkpoints
 
 __all__ = [
     "CHECKS",
@@ -573,7 +574,7 @@ def _resumable(name: str, seed: int, record: Path, identity: dict[str, Any]) -> 
             run differs from ``identity`` (the differing entries are named).
     """
     folder = record.parent
-    found = [p for p in folder.rglob("experience_*.ckpt") if p.is_file()] if folder.is_dir() else []
+    found = stream_checkpoints(folder)
     if not found:
         return None
     try:
@@ -589,11 +590,7 @@ def _resumable(name: str, seed: int, record: Path, identity: dict[str, Any]) -> 
             "continue from one of them unchecked"
         ) from None
     since = record.stat().st_mtime_ns
-    candidates = sorted(
-        (p for p in found if p.stat().st_mtime_ns >= since),
-        key=lambda p: (p.stat().st_mtime_ns, p.name),
-        reverse=True,
-    )
+    candidates = [p for p in found if p.stat().st_mtime_ns >= since]
     if not candidates:
         return None
     differ = {k: (recorded.get(k), v) for k, v in identity.items() if recorded.get(k) != v}
