@@ -22,12 +22,31 @@ __all__ = [
     "experience_generator",
     "step_generator",
     "stream_seed",
+    "torch_seed",
 ]
 
 EXPERIENCE_SEED_STRIDE = 1_000_003
 """Distance between the seeds of successive experiences (a prime, so experience and step seeds never meet)."""
 STEP_SEED_STRIDE = 7919
 """Distance between the seeds of successive optimizer steps."""
+
+_TORCH_SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+def torch_seed(value: int) -> int:
+    """``value`` as a seed ``torch.Generator.manual_seed`` accepts.
+
+    A seed in torch's range (``[-2**63, 2**64 - 1]``) is returned as it is, so it draws what it
+    always drew; any other int (a large user seed plus the strides above) is taken modulo
+    ``2**64``. Every rank maps one value to the same seed.
+
+    Example:
+        >>> torch_seed(5), torch_seed(2**64 + 5)
+        (5, 5)
+    """
+    value = int(value)
+    low, high = _TORCH_SEEDS
+    return value if low <= value <= high else value % 2**64
 
 
 class ContinualCallback(L.Callback, TrainDataSource, LossTerm):
@@ -188,16 +207,17 @@ def experience_generator(seed: int, experience_index: int) -> torch.Generator:
         >>> torch.equal(a, torch.rand(2, generator=experience_generator(1, 3)))
         True
     """
-    return torch.Generator().manual_seed(seed + EXPERIENCE_SEED_STRIDE * int(experience_index))
+    return torch.Generator().manual_seed(torch_seed(seed + EXPERIENCE_SEED_STRIDE * int(experience_index)))
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
-    """A CPU generator for one optimizer step's draws (a memory sample), the same on every rank.
+    """A CPU generator for one training batch's draws (a memory sample), the same on every rank.
 
-    ``step`` counts optimizer steps over the whole stream (``ContinualModule.global_step_all``),
-    so a resumed run draws what the uninterrupted one drew.
+    ``step`` numbers the batches over the whole stream (``ContinualModule.draw_index``: the
+    optimizer steps, ``global_step_all``, without gradient accumulation), so a resumed run draws
+    what the uninterrupted one drew.
     """
-    return torch.Generator().manual_seed(seed + STEP_SEED_STRIDE * (int(step) + 1))
+    return torch.Generator().manual_seed(torch_seed(seed + STEP_SEED_STRIDE * (int(step) + 1)))
 
 
 def _check_unique_state_key(callback: ContinualCallback, trainer: L.Trainer) -> None:

@@ -145,7 +145,7 @@ class DER(ContinualCallback):
         memory = self._memory
         if memory is None or (self.alpha == 0.0 and self.beta == 0.0):
             return None
-        step = int(module.global_step_all)
+        step = int(module.draw_index)
         generator = step_generator(self._shared_seed(trainer), step)
         sample = torch.randperm(len(memory), generator=generator)[: self._batch_size * trainer.world_size]
         share = sample[trainer.global_rank :: trainer.world_size]

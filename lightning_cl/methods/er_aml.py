@@ -192,7 +192,7 @@ class ERAML(_ReplayLoss):
         replay = parts.get("replay")
         if replay is None or replay.stop == replay.start or self._features is None:
             return None  # the first experience: the incoming data's cross-entropy
-        generator = step_generator(self.replay.seed or 0, int(module.global_step_all))
+        generator = step_generator(self.replay.seed or 0, int(module.draw_index))
         features = self._features.flatten(1)
         metric = asymmetric_metric_loss(features, y, parts["current"], replay, self.temperature, generator)
         return metric + F.cross_entropy(logits[replay].float(), y[replay])

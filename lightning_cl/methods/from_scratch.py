@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 from lightning_cl.data.experience import Experience
-from lightning_cl.methods.base import EXPERIENCE_SEED_STRIDE, ContinualCallback, stream_seed
+from lightning_cl.methods.base import EXPERIENCE_SEED_STRIDE, ContinualCallback, stream_seed, torch_seed
 from lightning_cl.models.heads import slice_to
 
 __all__ = ["FROM_SCRATCH_INITS", "FromScratch", "refuse_beside"]
@@ -50,7 +50,7 @@ def refuse_beside(trainer: L.Trainer, owner: object, others: tuple[type, ...], w
 def _reset_parameters(model: nn.Module, seed: int) -> None:
     """Every layer's own ``reset_parameters()``, drawing from a generator seeded by ``seed``."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(torch_seed(seed))
         for module in model.modules():
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):

@@ -22,6 +22,7 @@ from lightning_cl.methods.base import (
     stream_seed,
 )
 from lightning_cl.models.heads import MultiHeadClassifier, copy_at_state
+from lightning_cl.models.module import NonFiniteLossError
 from lightning_cl.models.vae import VAE
 
 __all__ = ["REPLAY_RATIOS", "GenerativeReplay"]
@@ -117,6 +118,14 @@ class GenerativeReplay(ContinualCallback):
             sizes that are not ints >= 1, a ``generator_lr`` that is not a number > 0, a
             ``generator_weight_decay`` that is not a finite number >= 0, or a ``replay_size``
             that is not an int >= 1 or ``None``.
+        ValueError: when an experience starts, for a ``generator`` whose input shape is not
+            the data's, or a Bernoulli generator (given, or built on the first experience's
+            inputs in [0, 1]) and an experience whose inputs leave [0, 1]; on resume, for a
+            checkpoint whose default generator was built with other ``hidden_size`` or
+            ``latent_size`` (nothing is changed).
+        NonFiniteLossError: when the generator's training on an experience ends with
+            non-finite weights (``generator_lr`` too high, say); the generator is left as it
+            was before that experience.
 
     Example:
         >>> gr = GenerativeReplay(replay_ratio="tasks_seen")
@@ -127,7 +136,7 @@ class GenerativeReplay(ContinualCallback):
     def __init__(
         self,
         generator: VAE | None = None,
-        replay_ratio: str | float = "tasks_seen",
+        replay_ratio: float | str = "tasks_seen",
         generator_epochs: int = 20,
         generator_batch_size: int = 64,
         generator_lr: float = 1e-3,
@@ -196,6 +205,7 @@ class GenerativeReplay(ContinualCallback):
         self.solver_state: dict[str, Tensor] | None = None
         self._solver: nn.Module | None = None
         self._solver_takes_tasks = False
+        self._likelihood_chosen = False  # the default generator's likelihood was judged on the data
 
     @property
     def state_key(self) -> str:
@@ -230,7 +240,33 @@ class GenerativeReplay(ContinualCallback):
                 "which a MultiHeadClassifier cannot do without a task label per sample: use a "
                 "single head (class- or domain-incremental streams)"
             )
+        if self.generator is not None and len(experience.dataset) > 0:
+            self._check_inputs(experience, self.generator)
         self.seed = stream_seed(trainer, self.seed)
+
+    def _check_inputs(self, experience: Experience, vae: VAE) -> None:
+        # Before the solver trains: the generator must take this experience's inputs.
+        data = experience.dataset
+        x0, _, _ = data.__getitems__(list(range(min(len(data), 256))))
+        if tuple(x0.shape[1:]) != vae.input_shape:
+            raise ValueError(
+                f"GenerativeReplay's generator takes inputs of shape {vae.input_shape}, but experience "
+                f"{experience.index}'s have shape {tuple(x0.shape[1:])}: build the VAE for them "
+                f"(VAE(input_shape={tuple(x0.shape[1:])}, ...)) or pass generator=None"
+            )
+        if vae.likelihood == "bernoulli":
+            low, high = float(x0.min()), float(x0.max())
+            if low < 0 or high > 1:
+                how = (
+                    "GenerativeReplay built its default generator with the Bernoulli likelihood, "
+                    "the first experience's inputs lying in [0, 1]"
+                    if self._likelihood_chosen
+                    else "the generator given has the Bernoulli likelihood, which takes inputs in [0, 1]"
+                )
+                raise ValueError(
+                    f"{how}; experience {experience.index}'s inputs reach [{low:.8g}, {high:.8g}]: pass "
+                    f"generator=VAE({vae.input_shape}, likelihood='gaussian') for inputs outside [0, 1]"
+                )
 
     def on_experience_end(self, trainer: L.Trainer, module: Any, experience: Experience) -> None:
         device = next(module.parameters()).device
@@ -266,8 +302,13 @@ class GenerativeReplay(ContinualCallback):
                 self.latent_size,
                 likelihood="bernoulli" if in_unit else "gaussian",
             )
+            self._likelihood_chosen = True
+            created = True
+        else:
+            created = False
         assert self.seed is not None
         vae = self.generator.to(device).train()
+        before = {k: v.detach().clone() for k, v in vae.state_dict().items()}
         previous = copy.deepcopy(vae).eval().requires_grad_(False) if self.experiences_trained else None
         r = self.current_weight(self.experiences_trained)
         optimizer = torch.optim.Adam(
@@ -300,6 +341,16 @@ class GenerativeReplay(ContinualCallback):
                     loss.backward()
                     optimizer.step()
         vae.eval()
+        if not all(bool(torch.isfinite(v).all()) for v in vae.state_dict().values() if v.is_floating_point()):
+            vae.load_state_dict(before)
+            if created:
+                self.generator, self._likelihood_chosen = None, False
+            raise NonFiniteLossError(
+                f"GenerativeReplay's generator diverged while learning experience {experience.index}: "
+                f"its weights are not finite after {self.generator_epochs} epoch(s) at "
+                f"generator_lr={self.generator_lr:g}. Lower generator_lr (the solver's training is not "
+                "at fault); the generator is left as it was before this experience"
+            )
         if trainer is not None and trainer.world_size > 1:
             state = {k: v.detach().cpu() for k, v in vae.state_dict().items()}
             vae.load_state_dict(trainer.strategy.broadcast(state, src=0))
@@ -352,7 +403,7 @@ class GenerativeReplay(ContinualCallback):
         assert self.seed is not None
         rows = parts.get("current", slice(0, len(y)))
         n = self.replay_size or len(y[rows])
-        rng = step_generator(self.seed + _RANK_STRIDE * int(module.global_rank), module.global_step_all)
+        rng = step_generator(self.seed + _RANK_STRIDE * int(module.global_rank), module.draw_index)
         x_gen, y_gen, t_gen = self.generate(n, int(t[0]) if len(t) else 0, generator=rng)
         r = self.current_weight(self.experiences_trained)
         current = module.criterion(logits, y)
@@ -370,12 +421,30 @@ class GenerativeReplay(ContinualCallback):
             "solver": self.solver_state,
             "experiences_trained": self.experiences_trained,
             "seed": self.seed,
+            "likelihood_chosen": self._likelihood_chosen,
         }
 
     def check_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Refuse a checkpoint whose generator has another layout than the one given (nothing changed)."""
         saved = state_dict.get("generator_config")
-        if state_dict.get("generator") is None or self.generator is None or saved is None:
+        if state_dict.get("generator") is None or saved is None:
+            return
+        if self.generator is None:
+            # The checkpoint's generator is adopted; one of this callback's own default layout
+            # must have this callback's sizes.
+            own = VAE(
+                tuple(saved["input_shape"]), saved["hidden_size"], saved["latent_size"], saved["likelihood"]
+            ).config
+            given = (self.hidden_size, self.latent_size)
+            if own == {**saved, "input_shape": list(saved["input_shape"])} and given != (
+                saved["hidden_size"],
+                saved["latent_size"],
+            ):
+                raise ValueError(
+                    f"the checkpoint's generator was built with hidden_size={saved['hidden_size']}, "
+                    f"latent_size={saved['latent_size']}, this GenerativeReplay has hidden_size="
+                    f"{self.hidden_size}, latent_size={self.latent_size}: resume with the checkpoint's sizes"
+                )
             return
         current = self.generator.config
         if {**saved, "input_shape": list(saved["input_shape"])} != current:
@@ -396,4 +465,5 @@ class GenerativeReplay(ContinualCallback):
         self.solver_state = state_dict["solver"]
         self.experiences_trained = int(state_dict["experiences_trained"])
         self.seed = state_dict["seed"]
+        self._likelihood_chosen = bool(state_dict.get("likelihood_chosen", False))
         self._solver = None  # rebuilt from the live model's structure at the next training step

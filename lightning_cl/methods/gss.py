@@ -225,7 +225,7 @@ class GSSGreedy(ContinualCallback):
         if memory is None:
             return None
         trainer = module.trainer
-        generator = step_generator(self._shared_seed(trainer), int(module.global_step_all))
+        generator = step_generator(self._shared_seed(trainer), int(module.draw_index))
         sample = torch.randperm(len(memory), generator=generator)[: self.mem_batch_size * trainer.world_size]
         share = sample[trainer.global_rank :: trainer.world_size]
         if not len(share):

@@ -240,7 +240,7 @@ class MIR(ContinualCallback):
             eligible = torch.nonzero(~present[targets]).flatten()
             if not len(eligible):
                 return None
-        generator = step_generator(self._shared_seed(trainer), int(module.global_step_all))
+        generator = step_generator(self._shared_seed(trainer), int(module.draw_index))
         pool = eligible[torch.randperm(len(eligible), generator=generator)[: self.subsample]]
         device = logits.device
         cx, cy, ct = (v.to(device) for v in memory.__getitems__(pool))

@@ -542,7 +542,7 @@ class RAR(ContinualCallback):
         mx, my, mt = x[rows], y[rows], t[rows]
         soft: Tensor | None = None
         if self.mixup:
-            generator = step_generator(int(self._seed or 0), int(module.global_step_all))
+            generator = step_generator(int(self._seed or 0), int(module.draw_index))
             mx, soft = mixup_batch(mx, my, logits.shape[1], generator)
             soft = soft.to(logits.device)
         if self.adversarial:

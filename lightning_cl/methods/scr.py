@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_cl.data.experience import Experience
-from lightning_cl.methods.base import EXPERIENCE_SEED_STRIDE, Batch, stream_seed
+from lightning_cl.methods.base import EXPERIENCE_SEED_STRIDE, Batch, stream_seed, torch_seed
 from lightning_cl.methods.distributed import all_reduce_tensors
 from lightning_cl.methods.er_ace import _check_common, _ReplayLoss
 from lightning_cl.methods.features import capture_features, resolve_layer
@@ -181,7 +181,7 @@ class SCR(_ReplayLoss, EvalClassifier):
             return features
         if self.head is None:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(self._head_seed or 0) + EXPERIENCE_SEED_STRIDE - 1)
+                torch.manual_seed(torch_seed(int(self._head_seed or 0) + EXPERIENCE_SEED_STRIDE - 1))
                 self.head = projection_head(features.shape[1], self.projection_dim)
         self.head.to(features.device)
         return self.head(features.float())

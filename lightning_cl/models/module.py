@@ -302,6 +302,24 @@ class ContinualModule(L.LightningModule):
             return self.steps_before_experience + self.global_step
         return self.steps_before_experience
 
+    @property
+    def draw_index(self) -> int:
+        """A number of its own for each training batch of the stream: what methods seed a batch's draws with.
+
+        :attr:`global_step_all` without gradient accumulation; with ``accumulate_grad_batches=k``,
+        ``k * global_step_all`` plus the batch's place in its accumulation (its index in the epoch
+        modulo ``k``), so the micro-batches of one optimizer step draw different samples. It
+        depends only on the stream position, so a resumed run draws what the uninterrupted one drew.
+        """
+        step = self.global_step_all
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit" or self._fit_finished:
+            return step
+        every = int(trainer.accumulate_grad_batches)
+        if every == 1:
+            return step
+        return step * every + int(trainer.fit_loop.epoch_loop.batch_idx) % every
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         if self._optimisation_owner is not None:
             self._owned_training_step(self._optimisation_owner, batch)
@@ -615,10 +633,12 @@ class ContinualModule(L.LightningModule):
         finally:
             self.model.train(was_training)
         if width < needed:
+            total = max(experience.n_classes, needed)
             raise ValueError(
                 f"the model outputs {width} logits but the classes of experience {experience.index} "
-                f"go up to {needed - 1}; it needs at least {needed} outputs (or a dynamic head: "
-                "IncrementalClassifier / MultiHeadClassifier)"
+                f"go up to {needed - 1}; it needs at least {needed} outputs, and {total} for the "
+                f"benchmark's {experience.n_classes} classes (for MLP: num_classes={total}; or a "
+                "dynamic head: IncrementalClassifier / MultiHeadClassifier)"
             )
 
     def _setup_eval(self, datamodule: Any) -> None:

@@ -254,9 +254,9 @@ class VAE(nn.Module):
                 differently, as generative replay's current and replayed inputs).
 
         Raises:
-            ValueError: if ``x`` does not have the VAE's input shape, for a ``reduction``
-                other than ``"mean"`` and ``"none"``, or, with the Bernoulli likelihood, for
-                inputs outside [0, 1].
+            ValueError: if ``x`` does not have the VAE's input shape, is empty or holds a
+                non-finite value, for a ``reduction`` other than ``"mean"`` and ``"none"``, or,
+                with the Bernoulli likelihood, for inputs outside [0, 1].
 
         Example:
             >>> vae = VAE((1, 4, 4), hidden_size=8, latent_size=2)
@@ -270,6 +270,10 @@ class VAE(nn.Module):
                 f"the VAE takes inputs of shape (B, {', '.join(map(str, self.input_shape))}), "
                 f"got {tuple(x.shape)}"
             )
+        if len(x) == 0:
+            raise ValueError("the VAE's loss takes a batch of at least one input, got an empty batch")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("the VAE's loss takes finite inputs, got a batch holding NaN or infinite values")
         mean, log_var = self.encode(x)
         noise = torch.randn(mean.shape, generator=generator).to(mean.device)
         z = mean + torch.exp(0.5 * log_var) * noise
@@ -279,7 +283,7 @@ class VAE(nn.Module):
             low, high = float(target.min()), float(target.max())
             if low < 0 or high > 1:
                 raise ValueError(
-                    f"the Bernoulli likelihood takes inputs in [0, 1], got values in [{low:.3g}, {high:.3g}] "
+                    f"the Bernoulli likelihood takes inputs in [0, 1], got values in [{low:.8g}, {high:.8g}] "
                     "(normalised data?): build the VAE with likelihood='gaussian'"
                 )
             nll = F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
@@ -300,7 +304,7 @@ class VAE(nn.Module):
         Raises:
             ValueError: for a negative ``n``.
         """
-        if not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
         device = next(self.parameters()).device
         z = torch.randn((n, self.latent_size), generator=generator).to(device)

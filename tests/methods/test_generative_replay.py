@@ -179,7 +179,7 @@ def test_state_round_trips_and_is_small() -> None:
     gr = GenerativeReplay(generator_epochs=1, hidden_size=32, latent_size=4, seed=3)
     gr.on_experience_end(L.Trainer(**quiet_trainer_kwargs()), module, bench.train_stream[0])
     state = gr.state_dict()
-    fresh = GenerativeReplay()
+    fresh = GenerativeReplay(hidden_size=32, latent_size=4)
     fresh.load_state_dict(state)
     assert fresh.generator is not None and fresh.generator.latent_size == 4
     assert _state_sum(fresh.generator.state_dict()) == pytest.approx(_state_sum(state["generator"]))
@@ -387,3 +387,130 @@ def test_a_checkpoint_of_another_generator_layout_is_refused_before_anything_loa
     same = GenerativeReplay(generator=VAE((1, 8, 8), 16, 2, batch_norm=True))
     same.load_state_dict(state)
     assert torch.equal(same.generator.to_mean.weight, saved.generator.to_mean.weight)
+
+
+def test_a_numeric_replay_ratio_is_read_as_a_number_on_the_command_line(capsys) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from lightning_cl.training.cli import main
+
+    config = Path(__file__).parents[2] / "configs" / "split_digits_generative_replay.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--trainer.callbacks.replay_ratio", "0.5", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    ratio = printed["trainer"]["callbacks"][0]["init_args"]["replay_ratio"]
+    assert ratio == 0.5 and isinstance(ratio, float)
+    assert GenerativeReplay(replay_ratio=ratio).current_weight(1) == 0.5
+
+
+def test_a_diverging_generator_is_named_and_left_as_it_was() -> None:
+    from lightning_cl.models import NonFiniteLossError
+
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module = digits_module()
+    trainer = L.Trainer(**quiet_trainer_kwargs())
+    gr = GenerativeReplay(generator_epochs=1, hidden_size=16, latent_size=2, seed=0)
+    gr.on_experience_end(trainer, module, bench.train_stream[0])
+    assert gr.generator is not None
+    before = {k: v.clone() for k, v in gr.generator.state_dict().items()}
+    gr.generator_lr = float("1e30")  # the constructor refuses no finite rate; this one diverges
+    diverged = r"generator diverged while learning experience 1.*generator_lr=1e\+30"
+    with pytest.raises(NonFiniteLossError, match=diverged):
+        gr.train_generator(bench.train_stream[1], torch.device("cpu"))
+    after = gr.generator.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # A generator built in the failed call is dropped, not kept half-trained.
+    fresh = GenerativeReplay(generator_epochs=1, hidden_size=16, latent_size=2, seed=0, generator_lr=1e30)
+    with pytest.raises(NonFiniteLossError):
+        fresh.train_generator(bench.train_stream[0], torch.device("cpu"))
+    assert fresh.generator is None
+
+
+def test_resuming_with_other_default_generator_sizes_is_refused() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    gr = GenerativeReplay(generator_epochs=1, hidden_size=32, latent_size=4, seed=3)
+    gr.on_experience_end(L.Trainer(**quiet_trainer_kwargs()), digits_module(), bench.train_stream[0])
+    state = gr.state_dict()
+    other = GenerativeReplay(hidden_size=40, latent_size=7)
+    sizes = r"hidden_size=32, latent_size=4, this GenerativeReplay has hidden_size=40, latent_size=7"
+    with pytest.raises(ValueError, match=sizes):
+        other.load_state_dict(state)
+    assert other.generator is None and other.experiences_trained == 0
+    same = GenerativeReplay(hidden_size=32, latent_size=4)
+    same.load_state_dict(state)
+    assert same.generator is not None and same.generator.latent_size == 4
+    # A generator of an explicit layout is adopted with generator=None, as documented.
+    explicit = GenerativeReplay(generator=VAE((1, 8, 8), 16, 2, batch_norm=True))
+    adopted = GenerativeReplay()
+    adopted.load_state_dict(explicit.state_dict())
+    assert adopted.generator is not None and adopted.generator.config == explicit.generator.config
+
+
+def test_a_generator_that_cannot_take_the_inputs_is_refused_before_the_solver_trains() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module = digits_module()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    gr = GenerativeReplay(generator=VAE((1, 28, 28), 16, 2), generator_epochs=1)
+    shapes = r"generator takes inputs of shape \(1, 28, 28\), but experience 0's have shape \(1, 8, 8\)"
+    with pytest.raises(ValueError, match=shapes):
+        fit_stream(module, bench, callbacks=[gr], trainer_kwargs=stream_trainer_kwargs())
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_inputs_leaving_the_unit_interval_name_the_default_bernoulli_choice() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 4, 4)
+    x[32:] *= 2.0  # the second experience's inputs reach 2
+    y = torch.arange(64) // 32  # classes 0, 1: one per experience
+    data = TensorClassificationDataset(x, y)
+    bench = class_incremental(data, data, n_experiences=2, class_order=[0, 1])
+    module = ContinualModule(MLP(num_classes=2, input_size=16, hidden_size=8, drop_rate=0.0))
+    gr = GenerativeReplay(generator_epochs=1, generator_batch_size=16, hidden_size=8, latent_size=2, seed=0)
+    chosen = r"default generator with the Bernoulli likelihood.*experience 1's inputs reach.*'gaussian'"
+    with pytest.raises(ValueError, match=chosen):
+        fit_stream(module, bench, callbacks=[gr], trainer_kwargs=stream_trainer_kwargs())
+    assert gr.experiences_trained == 1  # refused when experience 1 started, before it trained
+
+
+def test_the_vae_refuses_empty_and_non_finite_batches_and_a_bool_count() -> None:
+    vae = VAE((1, 4, 4), hidden_size=8, latent_size=2)
+    with pytest.raises(ValueError, match="got an empty batch"):
+        vae.loss(torch.rand(0, 1, 4, 4))
+    with pytest.raises(ValueError, match="finite inputs"):
+        vae.loss(torch.full((2, 1, 4, 4), float("nan")))
+    with pytest.raises(ValueError, match="n must be an int >= 0, got True"):
+        vae.sample(True)
+    # A value just above 1 is shown as above 1.
+    with pytest.raises(ValueError, match=r"\[0, 1.0000001\]"):
+        vae.loss(torch.cat([torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 1.0000001)]))
+
+
+class _RecordingReplay(GenerativeReplay):
+    """Records the sum of every generated batch."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.drawn: list[float] = []
+
+    def generate(self, n: int, task_label: int = 0, generator: torch.Generator | None = None) -> Any:
+        x, y, t = super().generate(n, task_label, generator)
+        self.drawn.append(float(x.sum()))
+        return x, y, t
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_every_batch_draws_its_own_samples_also_with_gradient_accumulation(accumulate: int) -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    gr = _RecordingReplay(generator_epochs=1, hidden_size=16, latent_size=2, seed=2**70)  # any int seed
+    fit_stream(
+        digits_module(),
+        bench,
+        callbacks=[gr],
+        trainer_kwargs=stream_trainer_kwargs(limit_train_batches=6, accumulate_grad_batches=accumulate),
+        max_experiences=2,
+    )
+    assert len(gr.drawn) == 6  # experience 1's batches
+    assert len(set(gr.drawn)) == 6

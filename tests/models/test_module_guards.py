@@ -126,3 +126,15 @@ def test_penalties_are_logged_per_epoch(tmp_path: Path) -> None:
     rows = list(csv.DictReader((Path(logger.log_dir) / "metrics.csv").open()))
     values = [float(r["train/penalty/constant_epoch"]) for r in rows if r.get("train/penalty/constant_epoch")]
     assert values == pytest.approx([0.25, 0.25, 0.25])
+
+
+def test_a_too_narrow_output_names_the_width_the_whole_benchmark_needs() -> None:
+    bench = SplitDigits(n_experiences=5, seed=1)
+    module = ContinualModule(MLP(num_classes=5, input_size=64, hidden_size=16, drop_rate=0.0))
+    needed = max(bench.train_stream[0].classes_in_this_experience) + 1
+    with pytest.raises(
+        ValueError,
+        match=rf"needs at least {needed} outputs, and 10 for the benchmark's 10 classes \(for MLP: "
+        r"num_classes=10",
+    ):
+        L.Trainer(**quiet_trainer_kwargs()).fit(module, bench.train_stream[0])
