@@ -206,7 +206,8 @@ def test_class_incremental_digits_beats_naive() -> None:
 
     naive = run([])
     generative = run([GenerativeReplay(generator_epochs=50, latent_size=16, seed=1)])
-    # Measured: naive 0.194, generative replay 0.802 (0.863 with 100 generator epochs).
+    # Measured: naive 0.194, generative replay 0.802 (configs/split_digits_generative_replay.yaml,
+    # 100 generator epochs and latent size 32: 0.847).
     assert generative > naive + 0.4
 
 
