@@ -179,7 +179,8 @@ class Experience(L.LightningDataModule):
         super().__init__()
         if not isinstance(loader_settings, LoaderSettings):
             raise ValueError(
-                f"loader_settings must be a LoaderSettings, got {type(loader_settings).__name__}"
+                "loader settings (a benchmark's loader=, an Experience's loader_settings=) must be a "
+                f"lightning_cl.data.LoaderSettings, got {type(loader_settings).__name__}"
             )
         self.dataset = dataset
         self.index = int(index)

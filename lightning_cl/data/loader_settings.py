@@ -65,6 +65,8 @@ class LoaderSettings:
             or self.num_workers < 0
         ):
             raise ValueError(f"num_workers must be an int >= 0, got {self.num_workers!r}")
+        if not isinstance(self.pin_memory, bool):
+            raise ValueError(f"pin_memory must be a bool, got {self.pin_memory!r}")
         if self.augment_on not in AUGMENT_ON:
             raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {self.augment_on!r}")
 

@@ -28,7 +28,8 @@ def split_validation(
         ``(train_positions, validation_positions)``, disjoint, covering the view, each sorted.
 
     Raises:
-        ValueError: for a fraction outside (0, 1), or a split that leaves either part empty.
+        ValueError: for a fraction outside (0, 1), a ``class_balanced`` that is not a bool, a
+            ``seed`` that is not an int or ``None``, or a split that leaves either part empty.
 
     Example:
         >>> from lightning_cl.data import TensorClassificationDataset
@@ -40,6 +41,10 @@ def split_validation(
     """
     if not isinstance(validation_size, int | float) or not 0.0 < validation_size < 1.0:
         raise ValueError(f"validation_size must be a fraction in (0, 1), got {validation_size!r}")
+    if not isinstance(class_balanced, bool):
+        raise ValueError(f"class_balanced must be a bool, got {class_balanced!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
     g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
     targets = view.targets
     if class_balanced:
@@ -85,7 +90,9 @@ def benchmark_with_validation_stream(
         The new :class:`Benchmark`, with ``valid_stream`` set.
 
     Raises:
-        ValueError: for a fraction outside (0, 1), or an experience too small to split.
+        ValueError: for a ``benchmark`` that is not a :class:`Benchmark`, a fraction outside
+            (0, 1), a ``class_balanced`` that is not a bool, a ``seed`` that is not an int or
+            ``None``, or an experience too small to split.
 
     Example:
         >>> from lightning_cl.data import SplitDigits
@@ -93,6 +100,8 @@ def benchmark_with_validation_stream(
         >>> len(bench.valid_stream), len(bench.train_stream[0]) + len(bench.valid_stream[0])
         (5, 288)
     """
+    if not isinstance(benchmark, Benchmark):
+        raise ValueError(f"benchmark must be a lightning_cl Benchmark, got {type(benchmark).__name__}")
     train, valid = [], []
     for exp in benchmark.train_stream:
         try:

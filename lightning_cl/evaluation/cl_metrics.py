@@ -35,7 +35,7 @@ The functions return ``nan`` where their terms are empty (for example forgetting
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -100,6 +100,11 @@ def trained_columns(
     else:
         if len(trained_on) != n_rows:
             raise ValueError(f"trained_on needs one entry per row ({n_rows}), got {len(trained_on)}")
+        if not all(isinstance(cols, Iterable) and not isinstance(cols, (str, bytes)) for cols in trained_on):
+            raise ValueError(
+                "trained_on needs, per row, the columns that row trained on (a list of ints such as "
+                f"[[0], [1], [1, 2]]), got {list(trained_on)!r}"
+            )
         rows = [{int(j) for j in cols} for cols in trained_on]
         for cols in rows:
             bad = [j for j in cols if not 0 <= j < n_columns]
@@ -121,6 +126,8 @@ def trained_columns(
 
 
 def _sign(higher_is_better: bool) -> float:
+    if not isinstance(higher_is_better, bool):
+        raise ValueError(f"higher_is_better must be a bool, got {higher_is_better!r}")
     return 1.0 if higher_is_better else -1.0
 
 

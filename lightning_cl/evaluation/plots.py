@@ -86,7 +86,8 @@ def plot_matrix(
         The figure; its image's array is the matrix.
 
     Raises:
-        ValueError: for a tensor or list that is not 2-d.
+        ValueError: for a tensor or list that is not 2-d, or a matrix with no row or no column
+            (a per-class metric's values are in ``ContinualResults.tensors``, not a matrix).
 
     Example:
         >>> import matplotlib
@@ -96,6 +97,11 @@ def plot_matrix(
         [[0.9, 0.1], [0.6, 0.8]]
     """
     r = _as_results(results, "accuracy")
+    if not r.trained or not r.tested:
+        raise ValueError(
+            f"metric {r.name!r} has no value to draw ({len(r.trained)} row(s), {len(r.tested)} "
+            "column(s)); a per-class or other non-scalar metric is kept in ContinualResults.tensors"
+        )
     ax = _axes(ax, 1.6 + 0.75 * max(1, len(r.tested)), 1.2 + 0.55 * max(1, len(r.trained)))
     data = r.tensor.numpy()
     values = [v for row in r.matrix for v in row if not math.isnan(v)]
@@ -241,21 +247,35 @@ def plot_confusion_matrix(
     return _finish(ax, path)
 
 
+def _names(
+    results: ContinualResults, metrics: str | Sequence[str] | None, tensors: bool = False
+) -> list[str]:
+    """``metrics`` as a list of names ``results`` holds (every metric for ``None``)."""
+    if metrics is None:
+        return list(results)
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    known = [*results, *results.tensors] if tensors else list(results)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise KeyError(f"no metric {unknown[0]!r}; recorded: {known}")
+    return names
+
+
 def save_figures(
     results: ContinualResults,
     directory: str | Path,
     *,
-    metrics: Sequence[str] | None = None,
+    metrics: str | Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Write each metric's heat map and curves as PNG files into ``directory``.
 
-    Files are ``<metric>_matrix.png`` and ``<metric>_curves.png``; metrics with no row are
-    skipped. Figures are closed after saving.
+    Files are ``<metric>_matrix.png`` and ``<metric>_curves.png``; metrics with no row or no
+    column (a per-class metric) are skipped. Figures are closed after saving.
 
     Args:
         results: the run's results.
         directory: where to write (created if missing).
-        metrics: the metric names to draw; every metric when ``None``.
+        metrics: the metric names to draw (a name or a list of them); every metric when ``None``.
 
     Returns:
         ``{"<metric>_matrix": path, "<metric>_curves": path, ...}`` for the files written.
@@ -267,9 +287,9 @@ def save_figures(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    for name in metrics if metrics is not None else list(results):
+    for name in _names(results, metrics):
         r = results[name]
-        if not r.trained:
+        if not r.trained or not r.tested:
             continue
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
         for kind, draw in (("matrix", plot_matrix), ("curves", plot_curves)):
@@ -279,7 +299,7 @@ def save_figures(
     return written
 
 
-def figures(results: ContinualResults, *, metrics: Sequence[str] | None = None) -> dict[str, Figure]:
+def figures(results: ContinualResults, *, metrics: str | Sequence[str] | None = None) -> dict[str, Figure]:
     """The run's figures, by name: each scalar metric's heat map and curves, each stream confusion matrix.
 
     Names are ``<metric>_matrix``, ``<metric>_curves`` (metrics with at least one row and one
@@ -289,10 +309,14 @@ def figures(results: ContinualResults, *, metrics: Sequence[str] | None = None) 
 
     Args:
         results: the run's results.
-        metrics: the names to draw; every metric when ``None``.
+        metrics: the names to draw (a name or a list of them; metrics or tensors of
+            ``results``); every metric when ``None``.
 
     Returns:
         ``{name: Figure}``.
+
+    Raises:
+        KeyError: for a name that ``results`` holds neither as a metric nor as a tensor.
 
     Example:
         >>> from lightning_cl.evaluation import MetricMatrices
@@ -305,7 +329,7 @@ def figures(results: ContinualResults, *, metrics: Sequence[str] | None = None) 
     _pyplot()
     from matplotlib.figure import Figure as NewFigure
 
-    names = list(metrics) if metrics is not None else [*results, *results.tensors]
+    names = _names(results, metrics, tensors=True) if metrics is not None else [*results, *results.tensors]
     out: dict[str, Figure] = {}
     for name in names:
         if name in results and results[name].trained and results[name].tested:

@@ -516,18 +516,27 @@ class ContinualResults(Mapping[str, MetricResults]):
             The results (``ContinualResults.from_json(p) == results`` after ``results.to_json(p)``).
 
         Raises:
-            ValueError: if the text is not JSON results.
+            ValueError: if ``source`` is neither JSON results (an object, as ``to_json`` writes)
+                nor the path of a file holding them.
         """
         text = str(source)
         if not text.lstrip().startswith("{"):
-            text = Path(source).read_text()
+            path = Path(source)
+            if not path.is_file():
+                raise ValueError(
+                    f"{text!s:.80} is neither JSON results (an object, as to_json writes) nor a file"
+                )
+            text = path.read_text()
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"not JSON results ({source!s:.80}): {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"JSON results must be an object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (AttributeError, TypeError, KeyError) as err:
+            raise ValueError(f"not JSON results ({source!s:.80}): {type(err).__name__}: {err}") from err
 
     # ------------------------------------------------------------------ text and figures
     def table(self) -> str:

@@ -142,9 +142,11 @@ def metric_dict(
     for name, metric in items:
         if not isinstance(metric, Metric):
             raise ValueError(f"metric {name!r} must be a torchmetrics Metric, got {type(metric).__name__}")
-        if name in DEFAULT_METRICS:
+        taken = {*DEFAULT_METRICS, *(matrix_name(d) for d in DEFAULT_METRICS)}
+        if name in taken:
             raise ValueError(
-                f"metric name {name!r} is taken: {DEFAULT_METRICS} are always measured; name yours otherwise"
+                f"metric name {name!r} is taken: {DEFAULT_METRICS} are always measured (their results "
+                f"are named {tuple(matrix_name(d) for d in DEFAULT_METRICS)}); name yours otherwise"
             )
         if not _NAME.match(name):
             raise ValueError(

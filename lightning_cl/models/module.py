@@ -793,14 +793,35 @@ class ContinualModule(L.LightningModule):
             "seen_classes": sorted(self.seen_classes),
             "accuracy_matrix": self.metric_matrices["accuracy"].state_dict(),
             "metric_matrices": self.metric_matrices.state_dict(),
+            "metric_names": sorted(self.user_metrics),
             "steps_before_experience": self.steps_before_experience,
             "kept_optimizer_state": self._kept_optimizer_state,
         }
+
+    def check_checkpoint_metrics(self, checkpoint: Mapping[str, Any]) -> None:
+        """Refuse a checkpoint written with other evaluation metrics than this module's ``metrics``.
+
+        Its matrices hold the rows measured so far of the metrics it was written with: a metric
+        added on resume would lack them, a dropped one would keep stale rows. Checkpoints written
+        before the metric names were recorded are not checked.
+
+        Raises:
+            ValueError: naming both lists of metric names.
+        """
+        state = checkpoint.get("lightning_cl") or {}
+        saved = state.get("metric_names")
+        if saved is not None and sorted(saved) != sorted(self.user_metrics):
+            raise ValueError(
+                f"the checkpoint was written with the metrics {sorted(saved)}, this module has "
+                f"{sorted(self.user_metrics)}: resume with the metrics of the run that wrote it "
+                "(their matrices hold the rows measured so far)"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("lightning_cl")
         if state is None:
             return
+        self.check_checkpoint_metrics(checkpoint)
         self.current_experience = state["current_experience"]
         self.seen_classes = set(state["seen_classes"])
         if "metric_matrices" in state:

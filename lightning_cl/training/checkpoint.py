@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
@@ -174,14 +176,19 @@ def load_stream_checkpoint(path: str | Path, benchmark: Benchmark, module: Conti
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the checkpoint was not written by a lightning_cl stream run, comes from
-            another benchmark (different classes, order or sizes), or its weights do not fit the model.
+        ValueError: if the file is not a readable checkpoint, was not written by a lightning_cl
+            stream run, comes from another benchmark (different classes, order or sizes), its
+            weights do not fit the model, or it was written with other evaluation metrics.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if STREAM_KEY not in checkpoint or "lightning_cl" not in checkpoint:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a readable checkpoint (torch.load: {first})") from err
+    if not isinstance(checkpoint, dict) or STREAM_KEY not in checkpoint or "lightning_cl" not in checkpoint:
         raise ValueError(
             f"{path} is not a lightning_cl stream checkpoint (written by fit_stream or lightning-cl fit)"
         )
@@ -194,6 +201,7 @@ def load_stream_checkpoint(path: str | Path, benchmark: Benchmark, module: Conti
         )
         raise ValueError(f"{path} belongs to another benchmark ({detail})")
     _check_weights_fit(path, checkpoint["state_dict"], module)
+    module.check_checkpoint_metrics(checkpoint)
     return checkpoint
 
 
@@ -213,11 +221,17 @@ def _check_weights_fit(path: Path, state_dict: dict[str, Any], module: Continual
 def apply_stream_checkpoint(
     checkpoint: dict[str, Any], module: ContinualModule, callbacks: Iterable[L.Callback]
 ) -> None:
-    """Restore an experience-boundary checkpoint: weights, module state, callback states, RNG."""
+    """Restore an experience-boundary checkpoint: weights, module state, callback states, RNG.
+
+    ``EarlyStopping`` states are not restored: they belong to the experience that ended (each
+    experience starts a fresh copy of the instance passed in, as an uninterrupted run does).
+    """
     module.load_state_dict(checkpoint["state_dict"])
     module.on_load_checkpoint(checkpoint)
     states = checkpoint.get("callbacks", {})
     for callback in callbacks:
+        if isinstance(callback, EarlyStopping):
+            continue
         state = states.get(callback.state_key)
         if state is not None:
             callback.load_state_dict(copy.deepcopy(state))

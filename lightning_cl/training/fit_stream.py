@@ -332,8 +332,10 @@ def fit_stream(
         >>> len(results.accuracy_matrix)
         2
     """
-    if max_experiences is not None and max_experiences < 1:
-        raise ValueError(f"max_experiences must be a positive int or None, got {max_experiences}")
+    if max_experiences is not None and (
+        isinstance(max_experiences, bool) or not isinstance(max_experiences, int) or max_experiences < 1
+    ):
+        raise ValueError(f"max_experiences must be a positive int or None, got {max_experiences!r}")
     kwargs = dict(trainer_kwargs or {})
     clash = [k for k in _OWN_KEYS if k in kwargs]
     if clash:

@@ -68,6 +68,7 @@ def test_replace_follows_every_field(make_experience):
         (dict(eval_batch_size=0), "eval_batch_size must be a positive int or None, got 0"),
         (dict(num_workers=-1), "num_workers must be an int >= 0, got -1"),
         (dict(augment_on="gpu"), "augment_on must be one of .*'gpu'"),
+        (dict(pin_memory="yes"), "pin_memory must be a bool, got 'yes'"),
     ],
 )
 def test_bad_loader_settings(kwargs, match):
@@ -83,7 +84,9 @@ def test_mixed_task_labels_and_errors():
     with pytest.raises(ValueError, match="task labels"):
         _ = exp.task_label
     view = DatasetView(ds, range(4))
-    with pytest.raises(ValueError, match="loader_settings must be a LoaderSettings, got dict"):
+    with pytest.raises(
+        ValueError, match=r"loader_settings=\) must be a lightning_cl.data.LoaderSettings, got dict"
+    ):
         Experience(view, index=0, classes_in_this_experience=[0], n_classes=2, loader_settings={})
     with pytest.raises(ValueError, match="batch_size"):
         make_loader(view, 0)

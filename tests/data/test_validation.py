@@ -56,3 +56,15 @@ def test_validation_and_train_disjoint(n, fraction, balanced, seed):
     assert sorted(train.tolist() + valid.tolist()) == list(range(n))
     again = split_validation(view, fraction, class_balanced=balanced, seed=seed)
     assert torch.equal(again[1], valid)
+
+
+def test_bad_validation_arguments_are_named() -> None:
+    from lightning_cl.data import SplitDigits, benchmark_with_validation_stream
+
+    bench = SplitDigits(n_experiences=5, seed=1)
+    with pytest.raises(ValueError, match="seed must be an int or None, got 'a'"):
+        benchmark_with_validation_stream(bench, 0.1, seed="a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="class_balanced must be a bool, got 'no'"):
+        benchmark_with_validation_stream(bench, 0.1, class_balanced="no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="benchmark must be a lightning_cl Benchmark, got list"):
+        benchmark_with_validation_stream([1, 2], 0.1)  # type: ignore[arg-type]

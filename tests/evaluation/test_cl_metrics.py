@@ -108,3 +108,18 @@ def test_bad_input_is_refused(aligned: torch.Tensor) -> None:
         backward_transfer(aligned, trained_on=[[0], [1], [5]])
     with pytest.raises(ValueError, match="one value per column \\(3\\), got 2"):
         forward_transfer(aligned, [0.1, 0.1])
+
+
+def test_bad_pairings_directions_and_result_texts_are_named() -> None:
+    from lightning_cl.evaluation import ContinualResults, forgetting
+
+    matrix = [[0.9, 0.1], [0.5, 0.8]]
+    with pytest.raises(ValueError, match=r"trained_on needs, per row, the columns that row trained on"):
+        forgetting(matrix, trained_on=[0, 1])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="higher_is_better must be a bool, got 'no'"):
+        forgetting(matrix, higher_is_better="no")  # type: ignore[arg-type]
+    for text in ("not json", "[1, 2]"):
+        with pytest.raises(ValueError, match="is neither JSON results"):
+            ContinualResults.from_json(text)
+    with pytest.raises(ValueError, match="not JSON results"):
+        ContinualResults.from_json('{"metrics": 5}')

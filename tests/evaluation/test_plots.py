@@ -85,3 +85,29 @@ def test_save_figures_writes_non_empty_pngs(aligned: torch.Tensor, agg, tmp_path
     assert written["loss_curves"] == tmp_path / "figures" / "loss_curves.png"
     with pytest.raises(KeyError, match="no metric 'f1'"):
         save_figures(_results(aligned), tmp_path, metrics=["f1"])
+
+
+def test_a_per_class_metric_is_not_drawn_as_an_empty_matrix(
+    aligned: torch.Tensor, agg, tmp_path: Path
+) -> None:
+    from lightning_cl.evaluation import figures
+
+    m = MetricMatrices()
+    for i in range(3):
+        m.record("accuracy", i, i, aligned[i, i])
+        m.record_per_class("class_acc", i, [0.5, 0.25, 1.0])
+    results = m.results()
+    assert results["class_acc"].trained and not results["class_acc"].tested  # rows, no columns
+    with pytest.raises(ValueError, match="metric 'class_acc' has no value to draw"):
+        plot_matrix(results["class_acc"])
+    written = save_figures(results, tmp_path)
+    assert sorted(written) == ["accuracy_curves", "accuracy_matrix"]
+    assert sorted(figures(results)) == ["accuracy_curves", "accuracy_matrix"]
+    # One name or a list of them; an unknown name is refused as save_figures refuses it.
+    assert sorted(figures(results, metrics="accuracy")) == ["accuracy_curves", "accuracy_matrix"]
+    for draw in (
+        lambda: figures(results, metrics=["nope"]),
+        lambda: save_figures(results, tmp_path, metrics="nope"),
+    ):
+        with pytest.raises(KeyError, match="no metric 'nope'; recorded"):
+            draw()

@@ -150,6 +150,8 @@ def test_metric_dict_names_and_refusals() -> None:
     assert metric_dict(None) == {}
     with pytest.raises(ValueError, match="'acc' is taken"):
         metric_dict({"acc": f1})
+    with pytest.raises(ValueError, match=r"'accuracy' is taken.*named \('accuracy', 'loss'\)"):
+        metric_dict({"accuracy": f1})  # the built-in accuracy's results name: it would be replaced
     with pytest.raises(ValueError, match="metric 'f1' must be a torchmetrics Metric, got str"):
         metric_dict({"f1": "f1"})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="'a/b' must hold only letters"):

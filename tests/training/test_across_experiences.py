@@ -94,3 +94,30 @@ def test_reduce_on_plateau_monitors_the_experience(validation: bool) -> None:
     # experience starts again at the optimizer's rate.
     for lrs in probe.lrs:
         assert lrs == pytest.approx([0.05, 0.005, 0.0005])
+
+
+def test_a_resumed_run_with_early_stopping_equals_the_uninterrupted_one(tmp_path: Any) -> None:
+    # The stream checkpoint holds the ended experience's EarlyStopping state; a resume must not
+    # carry it into the next experience (it would compare another experience's loss with it).
+    kwargs = stream_trainer_kwargs(max_epochs=6, limit_train_batches=3, enable_checkpointing=True)
+
+    def run(root: str, **fit: Any) -> tuple[Any, _Epochs, EarlyStopping]:
+        L.seed_everything(0)
+        stopper, probe = EarlyStopping(monitor="val/loss", patience=2), _Epochs()
+        results = fit_stream(
+            digits_module(),
+            _bench(),
+            callbacks=[stopper, probe],
+            logger=False,
+            trainer_kwargs=kwargs,
+            checkpoint_dir=root,
+            **fit,
+        )
+        return results, probe, stopper
+
+    whole, whole_probe, _ = run(str(tmp_path / "whole"), max_experiences=4)
+    run(str(tmp_path / "cut"), max_experiences=2)
+    resumed, resumed_probe, stopper = run(str(tmp_path / "cut"), ckpt_path="last", max_experiences=2)
+    assert resumed_probe.epochs == whole_probe.epochs[2:]
+    assert resumed.accuracy_matrix == whole.accuracy_matrix
+    assert float(stopper.best_score) == float("inf")  # the instance passed in: untouched

@@ -171,9 +171,10 @@ def test_a_plain_file_is_not_a_stream_checkpoint(tmp_path: Path) -> None:
         fit_stream(digits_module(), SplitDigits(), ckpt_path=tmp_path / "missing.ckpt")
 
 
-def test_max_experiences_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="max_experiences must be a positive int"):
-        fit_stream(digits_module(), SplitDigits(), max_experiences=0)
+@pytest.mark.parametrize("bad", [0, 1.5, "1", True])
+def test_max_experiences_must_be_positive(bad: Any) -> None:
+    with pytest.raises(ValueError, match=f"max_experiences must be a positive int or None, got {bad!r}"):
+        fit_stream(digits_module(), SplitDigits(), max_experiences=bad)
 
 
 def test_resume_with_other_cl_callbacks_is_refused_before_anything_changes(tmp_path: Path) -> None:
@@ -270,3 +271,43 @@ def test_a_diverging_run_leaves_the_last_good_checkpoint_intact(tmp_path: Path) 
         ckpt_path=tmp_path / checkpoint_name(1),
     )
     assert results.trained == [0, 1, 2, 3, 4]
+
+
+def _metrics_run(tmp_path: Path, metrics: dict[str, Any], **kwargs: Any) -> Any:
+    L.seed_everything(1)
+    return fit_stream(
+        digits_module(metrics=metrics),
+        SplitDigits(n_experiences=5, seed=1),
+        logger=False,
+        trainer_kwargs=stream_trainer_kwargs(enable_checkpointing=True, limit_train_batches=2),
+        checkpoint_dir=tmp_path / "ckpt",
+        **kwargs,
+    )
+
+
+def test_resuming_with_other_metrics_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+    _metrics_run(tmp_path, {"f1": MulticlassF1Score(num_classes=10)}, max_experiences=2)
+    checkpoint = tmp_path / "ckpt" / checkpoint_name(1)
+    for metrics in ({}, {"f1": MulticlassF1Score(10), "top3": MulticlassAccuracy(10, top_k=3)}):
+        module = digits_module(metrics=metrics)
+        before = {k: v.clone() for k, v in module.state_dict().items()}
+        with pytest.raises(ValueError, match=r"written with the metrics \['f1'\], this module has"):
+            fit_stream(
+                module,
+                SplitDigits(n_experiences=5, seed=1),
+                logger=False,
+                trainer_kwargs=stream_trainer_kwargs(limit_train_batches=2),
+                ckpt_path=checkpoint,
+            )
+        assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    resumed = _metrics_run(tmp_path, {"f1": MulticlassF1Score(num_classes=10)}, ckpt_path=checkpoint)
+    assert resumed.trained == [0, 1, 2, 3, 4] and len(resumed["f1"].matrix) == 5
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_with_its_path(tmp_path: Path) -> None:
+    bad = tmp_path / "results.json"
+    bad.write_text('{"accuracy_matrix": []}')
+    with pytest.raises(ValueError, match=r"results.json is not a readable checkpoint \(torch.load"):
+        fit_stream(digits_module(), SplitDigits(), logger=False, ckpt_path=bad)
