@@ -371,12 +371,21 @@ def log_figures(
 
     Returns:
         The names of the loggers that received figures (their class names).
+
+    Raises:
+        ValueError: for ``loggers`` that are not Lightning ``Logger`` objects (a name such as
+            ``"tensorboard"``).
     """
     from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
     if loggers is None or loggers is False:
         return []
-    targets = [loggers] if isinstance(loggers, Logger) else list(loggers)
+    targets = [loggers] if isinstance(loggers, (Logger, str)) else list(loggers)
+    if not all(isinstance(lg, Logger) for lg in targets):
+        raise ValueError(
+            "loggers must be Lightning Logger objects (trainer.loggers, TensorBoardLogger(...)), got "
+            f"{[type(lg).__name__ for lg in targets]}"
+        )
     takers = [lg for lg in targets if isinstance(lg, (TensorBoardLogger, MLFlowLogger, WandbLogger))]
     if not takers:
         return []

@@ -767,7 +767,12 @@ class ContinualModule(L.LightningModule):
                 if m.scalar and m.task is None and m.column == self.current_experience:
                     values[f"val/{m.name}"] = float(m.value.reshape(()))
         if stage == "test":
-            directions = {name: getattr(m, "higher_is_better", None) for name, m in self.user_metrics.items()}
+            # An aggregation metric receives the loss: lower is better unless it says otherwise.
+            directions: dict[str, bool | None] = {}
+            for name, metric in self.user_metrics.items():
+                assert isinstance(metric, Metric)
+                given = metric.higher_is_better
+                directions[name] = False if given is None and takes_loss(metric) else given
             record_measurements(self.metric_matrices, self.current_experience, measurements, directions)
         for key, value in values.items():
             self.log(key, value, sync_dist=False, add_dataloader_idx=False)

@@ -111,3 +111,11 @@ def test_a_per_class_metric_is_not_drawn_as_an_empty_matrix(
     ):
         with pytest.raises(KeyError, match="no metric 'nope'; recorded"):
             draw()
+
+
+def test_log_figures_refuses_a_logger_name(aligned: torch.Tensor, agg) -> None:
+    from lightning_cl.evaluation import log_figures
+
+    with pytest.raises(ValueError, match=r"loggers must be Lightning Logger objects.*\['str'\]"):
+        log_figures(_results(aligned), "tensorboard")
+    assert log_figures(_results(aligned), None) == []
