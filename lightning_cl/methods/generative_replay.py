@@ -308,8 +308,13 @@ class GenerativeReplay(ContinualCallback):
             created = False
         assert self.seed is not None
         vae = self.generator.to(device).train()
-        before = {k: v.detach().clone() for k, v in vae.state_dict().items()}
         previous = copy.deepcopy(vae).eval().requires_grad_(False) if self.experiences_trained else None
+        # What a diverged training falls back to: the earlier self already copied, else a snapshot.
+        before = (
+            previous.state_dict()
+            if previous is not None
+            else {k: v.detach().clone() for k, v in vae.state_dict().items()}
+        )
         r = self.current_weight(self.experiences_trained)
         optimizer = torch.optim.Adam(
             vae.parameters(),
