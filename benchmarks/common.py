@@ -31,6 +31,7 @@ __all__ = [
     "MEM_SIZE",
     "MOMENTUM",
     "N_EXPERIENCES",
+    "PHASE_WATCHERS",
     "SEED",
     "STD",
     "MnistTensors",
@@ -190,6 +191,12 @@ def now() -> float:
     return _clock[0]()
 
 
+PHASE_WATCHERS: dict[str, Any] = {}
+"""Per phase name, an object with ``enable()`` and ``disable()`` (a ``cProfile.Profile``) that every
+:meth:`Stopwatch.phase` of that name switches on for its body: how ``overhead.py --attribute``
+profiles the train and eval phases of a contender's own ``run`` apart. Empty unless set."""
+
+
 class Stopwatch:
     """Accumulates time by phase (``train``, ``eval``, ...) on the clock of :func:`now`."""
 
@@ -199,10 +206,15 @@ class Stopwatch:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Time the body and add it to ``name``'s total."""
+        watcher = PHASE_WATCHERS.get(name)
         start = now()
+        if watcher is not None:
+            watcher.enable()
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.disable()
             self.totals[name] = self.totals.get(name, 0.0) + now() - start
 
     def add(self, name: str, seconds: float) -> None:

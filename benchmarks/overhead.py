@@ -67,6 +67,7 @@ from common import (
     N_EXPERIENCES,
     STD,
     default_data_root,
+    has_mnist,
     load_mnist,
     now,
     parse_class_order,
@@ -402,6 +403,172 @@ def profile(work: Workload, rounds: int) -> str:
     return out.getvalue()
 
 
+OWNERS = (
+    "lightning_cl",
+    "torchmetrics",
+    "Lightning",
+    "torch (Python)",
+    "torch kernels",
+    "contender",
+    "Python",
+)
+"""Where :func:`attribute` puts a function's own time: by the file it is defined in; a built-in
+that is no torch kernel (``isinstance``, ``dict.get``, ...) goes to the owners of its callers."""
+
+_TORCH_BUILTIN = ("torch", "Tensor")
+
+
+def _owner(filename: str, name: str) -> str | None:
+    """The owner of a profiled function, or ``None`` for a built-in that goes to its callers."""
+    path = filename.replace("\\", "/")
+    if filename == "~":
+        return "torch kernels" if any(t in name for t in _TORCH_BUILTIN) else None
+    if "/lightning_cl/" in path:
+        return "lightning_cl"
+    if "/torchmetrics/" in path:
+        return "torchmetrics"
+    if "/lightning/" in path or "/lightning_utilities/" in path or "/lightning_fabric/" in path:
+        return "Lightning"
+    if "/torch/" in path or "/torchvision/" in path:
+        return "torch (Python)"
+    if "/benchmarks/" in path:
+        return "contender"
+    return "Python"
+
+
+def attribute_stats(stats: pstats.Stats, calls: bool = False) -> dict[str, float]:
+    """Own time (seconds, as profiled), or with ``calls`` the number of calls, summed by :data:`OWNERS`.
+
+    A built-in that is no torch kernel is split among its callers' owners in proportion to the
+    own time each caller spent calling it (its calls: in proportion to the calls from each; one
+    level up; a built-in called only by built-ins goes to "Python").
+    """
+    table: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    totals = dict.fromkeys(OWNERS, 0.0)
+    for (filename, _, name), (_, ncalls, tottime, _, callers) in table.items():
+        owner = _owner(filename, name)
+        amount = float(ncalls) if calls else tottime
+        if owner is not None:
+            totals[owner] += amount
+            continue
+        shares: dict[str, float] = {}
+        for (cfile, _, cname), caller_stats in callers.items():
+            to = _owner(cfile, cname) or "Python"
+            shares[to] = shares.get(to, 0.0) + float(caller_stats[1] if calls else caller_stats[2])
+        weight = sum(shares.values())
+        if weight <= 0:
+            totals["Python"] += amount
+            continue
+        for o, w in shares.items():
+            totals[o] += amount * w / weight
+    return totals
+
+
+def attribute(
+    methods: list[str], data_root: str | None, fraction: float, rounds: int
+) -> dict[str, dict[str, dict[str, dict[str, dict[str, float]]]]]:
+    """``{method: {phase: {contender: {"time"|"calls": {owner: per stream}}}}}``, profiled.
+
+    Each contender's own ``run`` (the suite's whole stream) under ``cProfile``, one profiler per
+    contender and phase, switched on by the contender's :class:`~common.Stopwatch`; after one
+    unprofiled warm-up each, ``rounds`` rounds with the contenders alternating (the order
+    rotating), so a slow spell of the machine falls on all of them. Own time (seconds) and calls
+    (function calls, which the machine's speed does not change) summed by owner
+    (:func:`attribute_stats`), divided by ``rounds``. Profiling slows Python code more than torch
+    kernels, so lightning_cl's and Lightning's shares of the time are upper bounds of their
+    unprofiled shares.
+    """
+    import common
+    import contender_lightning_cl
+    import contender_plain_lightning
+
+    order = parse_class_order(None)
+    out: dict[str, dict[str, dict[str, dict[str, dict[str, float]]]]] = {}
+    for method in methods:
+
+        def run(c: str, m: str = method) -> None:
+            if c == "lightning_cl":
+                contender_lightning_cl.run("loop", m, data_root, fraction, order)
+            else:
+                contender_plain_lightning.run(m, data_root, fraction, order, log=c.endswith("logged"))
+
+        profilers = {c: {"train": cProfile.Profile(), "eval": cProfile.Profile()} for c in CONTENDERS}
+        for c in CONTENDERS:  # warm-up, not profiled
+            run(c)
+        for r in range(rounds):
+            for c in CONTENDERS[r % 3 :] + CONTENDERS[: r % 3]:
+                common.PHASE_WATCHERS.update(profilers[c])
+                try:
+                    run(c)
+                finally:
+                    common.PHASE_WATCHERS.clear()
+        out[method] = {"train": {}, "eval": {}}
+        for c in CONTENDERS:
+            for phase, prof in profilers[c].items():
+                stats = pstats.Stats(prof)
+                out[method][phase][c] = {
+                    "time": {o: t / rounds for o, t in attribute_stats(stats).items()},
+                    "calls": {o: n / rounds for o, n in attribute_stats(stats, calls=True).items()},
+                }
+    return out
+
+
+def report_attribution(
+    found: dict[str, dict[str, dict[str, dict[str, dict[str, float]]]]], rounds: int, source: str
+) -> str:
+    """The markdown tables of :func:`attribute`: own time and calls by owner, lightning_cl minus plain."""
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    methods = " ".join(found)
+    lines = [
+        "# Where the time goes: lightning_cl and plain Lightning under cProfile",
+        "",
+        f"Generated by `python benchmarks/overhead.py --attribute {methods} --rounds {rounds}` on {stamp}; "
+        f"data: {source} MNIST; one torch thread; the suite's whole stream (SplitMNIST, 5 experiences, "
+        "the test stream after each) through each contender's own `run`, the contenders alternating; "
+        "per stream, each function's own time (profiled seconds) and calls (thousands), by the "
+        "package that defines it (torch kernels: torch's C functions and tensor methods; other "
+        "built-ins go to their callers' packages). Profiling slows Python more than kernels: the "
+        "Python shares of the time are upper bounds; the calls do not depend on the machine's speed. "
+        "The last column is lightning_cl minus plain Lightning, unlogged (logged): a positive number "
+        "is work lightning_cl adds.",
+        "",
+    ]
+    for method, phases in found.items():
+        for phase, by in phases.items():
+            ours, plain, logged = (by[c] for c in CONTENDERS)
+            lines += [
+                f"## {method}, {phase}",
+                "",
+                "| owner | lightning_cl: s, k calls | plain Lightning | plain, logged "
+                "| lightning_cl - plain: s, k calls |",
+                "| --- | ---: | ---: | ---: | ---: |",
+            ]
+            for owner in [*OWNERS, "total"]:
+
+                def pick(d: dict[str, dict[str, float]], kind: str, o: str = owner) -> float:
+                    return sum(d[kind].values()) if o == "total" else d[kind][o]
+
+                t = [pick(d, "time") for d in (ours, plain, logged)]
+                n = [pick(d, "calls") / 1000 for d in (ours, plain, logged)]
+                lines.append(
+                    f"| {owner} | {t[0]:.3f}, {n[0]:.1f} | {t[1]:.3f}, {n[1]:.1f} | {t[2]:.3f}, {n[2]:.1f} | "
+                    f"{t[0] - t[1]:+.3f} ({t[0] - t[2]:+.3f}), {n[0] - n[1]:+.1f} ({n[0] - n[2]:+.1f}) |"
+                )
+            own = ours["time"]["lightning_cl"] + ours["time"]["torchmetrics"]
+            total = sum(ours["time"].values())
+            lines += [
+                "",
+                f"lightning_cl's and torchmetrics' own code: {own:.3f} s, "
+                f"{100 * own / max(1e-12, total):.1f}% of lightning_cl's profiled {phase}; Lightning's own "
+                f"code: {ours['time']['Lightning']:.3f} s and {ours['calls']['Lightning'] / 1000:.1f}k "
+                f"calls against plain Lightning's {plain['time']['Lightning']:.3f} s and "
+                f"{plain['calls']['Lightning'] / 1000:.1f}k ({logged['time']['Lightning']:.3f} s and "
+                f"{logged['calls']['Lightning'] / 1000:.1f}k logged).",
+                "",
+            ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure (or profile) and print the table; ``--out`` also writes it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -422,6 +589,15 @@ def main(argv: list[str] | None = None) -> int:
         help="time the suite's whole stream with this method instead of one fit and one test",
     )
     parser.add_argument(
+        "--attribute",
+        nargs="+",
+        choices=("naive", "replay", "ewc"),
+        default=None,
+        metavar="METHOD",
+        help="profile the whole stream of these methods (naive, replay, ewc) for every contender and "
+        "sum each phase's own time by package (lightning_cl, torchmetrics, Lightning, torch, ...)",
+    )
+    parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
         default="wall",
@@ -433,14 +609,27 @@ def main(argv: list[str] | None = None) -> int:
     _CLOCK[0] = args.clock
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
-    if sum([args.stream is not None, args.profile, args.eval_parts]) > 1:
-        parser.error("--profile, --stream and --eval-parts are separate runs; give one of them")
+    if sum([args.stream is not None, args.profile, args.eval_parts, args.attribute is not None]) > 1:
+        parser.error("--profile, --stream, --eval-parts and --attribute are separate runs; give one of them")
     single_thread()
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     L.seed_everything(1, verbose=False)
     root = args.data if args.data is not None else default_data_root()
+    if args.attribute is not None:
+        found = attribute(
+            list(dict.fromkeys(args.attribute)),
+            None if root is None else str(root),
+            args.fraction,
+            args.rounds,
+        )
+        source = "real" if has_mnist(root) else "synthetic"
+        text = report_attribution(found, args.rounds, source)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text)
+        return 0
     if args.stream is not None:
         times, accuracy, source = measure_stream(
             args.stream, None if root is None else str(root), args.fraction, args.rounds
