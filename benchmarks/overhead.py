@@ -32,6 +32,11 @@ Lightning's logging costs inside lightning_cl's evaluation). The difference that
 lightning_cl without logging on float images and unlogged plain Lightning is lightning_cl's own
 evaluation work (the default loss and accuracy, task labels, the metric objects).
 
+``--attribute METHOD ...``: each contender's whole stream of those methods under ``cProfile``
+(one profiler per contender and phase, the contenders alternating), each function's own time and
+calls summed by the package that defines it; lightning_cl against plain Lightning by package
+(``benchmarks/overhead_attribution.md``).
+
 ``--clock cpu`` times the CPU time of the process (``time.process_time``) instead of wall time:
 on a machine whose other cores are busy, most of the spread between rounds is time spent
 waiting for a core, which CPU time leaves out (the contenders run on one thread).
@@ -454,7 +459,7 @@ def attribute_stats(stats: pstats.Stats, calls: bool = False) -> dict[str, float
         shares: dict[str, float] = {}
         for (cfile, _, cname), caller_stats in callers.items():
             to = _owner(cfile, cname) or "Python"
-            shares[to] = shares.get(to, 0.0) + float(caller_stats[1] if calls else caller_stats[2])
+            shares[to] = shares.get(to, 0.0) + float(caller_stats[0] if calls else caller_stats[2])
         weight = sum(shares.values())
         if weight <= 0:
             totals["Python"] += amount
