@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -62,8 +62,17 @@ TrainedOn = Sequence[Collection[int]] | Literal["diagonal", "unknown"]
 PAIRINGS = ("diagonal", "unknown")
 
 
+def _as_float64(value: Any, what: str) -> Tensor:
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"{what} must hold numbers (a tensor or nested lists of floats), got {value!r}"
+        ) from err
+
+
 def _check(matrix: Tensor | Sequence[Sequence[float]]) -> Tensor:
-    r = torch.as_tensor(matrix, dtype=torch.float64)
+    r = _as_float64(matrix, "the metric matrix")
     if r.ndim != 2:
         raise ValueError(f"the metric matrix must be 2-d (rows x columns), got shape {tuple(r.shape)}")
     return r
@@ -370,7 +379,7 @@ def forward_transfer(
         0.1
     """
     r = _check(matrix)
-    b = torch.as_tensor(initial, dtype=torch.float64).reshape(-1)
+    b = _as_float64(initial, "initial (the untrained model's value per column)").reshape(-1)
     t, n_columns = r.shape
     if b.numel() != n_columns:
         raise ValueError(f"initial needs one value per column ({n_columns}), got {b.numel()}")

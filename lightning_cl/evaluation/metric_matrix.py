@@ -314,7 +314,7 @@ class MetricMatrices:
             value: the tensor (kept on the CPU as ``float64``).
 
         Raises:
-            ValueError: for a row below 0.
+            ValueError: for a row below 0, or ``where`` neither ``"stream"`` nor ``"exp<j>"``.
 
         Example:
             >>> m = MetricMatrices()
@@ -325,8 +325,14 @@ class MetricMatrices:
         r = _row(row)
         if r is None:
             raise ValueError("record_tensor needs a train experience index >= 0, got None / -1")
+        where = str(where)
+        if where != "stream" and not (where.startswith("exp") and where[3:].isdigit()):
+            raise ValueError(
+                f"record_tensor's where must be 'stream' or 'exp<j>' for test experience j (such as "
+                f"'exp0'), got {where!r}"
+            )
         t = torch.as_tensor(value).detach().to("cpu", torch.float64)
-        self.tensors.setdefault(str(name), {}).setdefault(r, {})[str(where)] = t
+        self.tensors.setdefault(str(name), {}).setdefault(r, {})[where] = t
 
     def mark_trained(self, row: int, columns: int | Iterable[int]) -> None:
         """:meth:`MetricMatrix.mark_trained` for every metric, present and future."""

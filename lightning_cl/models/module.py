@@ -183,9 +183,9 @@ class ContinualModule(L.LightningModule):
             "experience", "stream")``; training steps and epochs cost their compute there.
 
     Raises:
-        ValueError: for an unknown ``optimizer_policy``, ``on_nonfinite`` or scope, a ``model``
-            that is not a ``torch.nn.Module``, or ``metrics`` that are not torchmetrics metrics
-            (or use the names ``acc`` / ``loss``).
+        ValueError: for an unknown ``optimizer_policy``, ``on_nonfinite`` or scope, no scope for
+            the given ``metrics``, a ``model`` that is not a ``torch.nn.Module``, or ``metrics``
+            that are not torchmetrics metrics (or use the names ``acc`` / ``loss``).
 
     Example:
         >>> from lightning_cl.models import MLP
@@ -212,6 +212,11 @@ class ContinualModule(L.LightningModule):
             raise ValueError(f"metric_scopes must be among {METRIC_SCOPES}, got {bad}")
         self.metric_scopes = tuple(scopes)
         self.user_metrics = nn.ModuleDict(metric_dict(metrics))
+        if len(self.user_metrics) and not self.metric_scopes:
+            raise ValueError(
+                f"metric_scopes=() measures the metrics {list(self.user_metrics)} nowhere; give at least "
+                f"one of {METRIC_SCOPES} (default: ('experience', 'stream')), or leave the metrics out"
+            )
         if optimizer_policy not in OPTIMIZER_POLICIES:
             raise ValueError(
                 f"optimizer_policy must be one of {OPTIMIZER_POLICIES}, got {optimizer_policy!r}"

@@ -123,3 +123,13 @@ def test_bad_pairings_directions_and_result_texts_are_named() -> None:
             ContinualResults.from_json(text)
     with pytest.raises(ValueError, match="not JSON results"):
         ContinualResults.from_json('{"metrics": 5}')
+
+
+def test_non_numeric_matrix_or_initial_values_get_a_named_error() -> None:
+    with pytest.raises(ValueError, match=r"the metric matrix must hold numbers .*got \[\['a'\]\]"):
+        average([["a"]])
+    with pytest.raises(
+        ValueError, match=r"initial \(the untrained model's value per column\) must hold numbers"
+    ):
+        forward_transfer([[0.5, 0.2], [0.6, 0.7]], None)  # type: ignore[arg-type]
+    assert forward_transfer([[0.9, 0.2], [0.5, 0.9]], [0.1, 0.1]) == pytest.approx(0.1)

@@ -130,3 +130,13 @@ def test_bad_records_are_refused() -> None:
     with pytest.raises(ValueError, match="mark_trained needs a train experience index"):
         m.mark_trained(None, 0)  # type: ignore[arg-type]
     assert math.isnan(m.results().average)  # nothing was recorded
+
+
+@pytest.mark.parametrize("where", ["bogus", "exp", "expx", "Stream", "exp-1"])
+def test_record_tensor_refuses_a_place_that_is_no_column_or_the_stream(where: str) -> None:
+    m = MetricMatrices()
+    with pytest.raises(ValueError, match=r"where must be 'stream' or 'exp<j>'"):
+        m.record_tensor("confusion", 0, where, torch.eye(2))
+    assert "confusion" not in m.tensors  # nothing kept from the refused call
+    m.record_tensor("confusion", 0, "exp3", torch.eye(2))
+    assert set(m.tensors["confusion"][0]) == {"exp3"}

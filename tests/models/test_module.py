@@ -366,6 +366,14 @@ def test_unknown_metric_scope_is_refused() -> None:
         _module(metric_scopes=("experience", "task"))
 
 
+def test_metrics_with_no_scope_are_refused_and_no_metrics_need_none() -> None:
+    from torchmetrics.classification import MulticlassF1Score
+
+    with pytest.raises(ValueError, match=r"metric_scopes=\(\) measures the metrics \['f1'\] nowhere"):
+        _module(metrics={"f1": MulticlassF1Score(num_classes=10)}, metric_scopes=())
+    assert _module(metric_scopes=()).metric_scopes == ()  # accuracy and loss are always measured
+
+
 def test_metric_matrices_round_trip_through_checkpoints_and_old_ones_load(tmp_path: Any) -> None:
     from torchmetrics.classification import MulticlassF1Score
 
