@@ -161,9 +161,27 @@ def measure(work: Workload, rounds: int) -> dict[str, dict[str, list[float]]]:
         for c in CONTENDERS:  # warm-up, not counted
             run(c)
         for r in range(rounds):
-            for c in CONTENDERS[r % 3 :] + CONTENDERS[: r % 3]:
+            for c in rotation(r):
                 times[phase][c].append(run(c))
     return times
+
+
+def rotation(r: int) -> tuple[str, ...]:
+    """The contenders in round ``r``'s order: :data:`CONTENDERS` rotated by ``r``."""
+    k = r % len(CONTENDERS)
+    return CONTENDERS[k:] + CONTENDERS[:k]
+
+
+def run_stream(contender: str, method: str, data_root: str | None, fraction: float) -> Any:
+    """One whole stream of ``method`` through ``contender``'s own ``run``: its ``RunRecord``."""
+    import contender_lightning_cl
+    import contender_plain_lightning
+
+    order = parse_class_order(None)
+    if contender == "lightning_cl":
+        return contender_lightning_cl.run("loop", method, data_root, fraction, order)
+    log = contender.endswith("logged")
+    return contender_plain_lightning.run(method, data_root, fraction, order, log=log)
 
 
 def measure_stream(
@@ -174,17 +192,9 @@ def measure_stream(
     Also returns each contender's average accuracy (the same work: the contenders' streams are
     seeded alike) and the data source. The contenders' order rotates per round; one warm-up round.
     """
-    import contender_lightning_cl
-    import contender_plain_lightning
-
-    order = parse_class_order(None)
 
     def run(contender: str) -> tuple[float, float, float, str]:
-        if contender == "lightning_cl":
-            rec = contender_lightning_cl.run("loop", method, data_root, fraction, order)
-        else:
-            log = contender.endswith("logged")
-            rec = contender_plain_lightning.run(method, data_root, fraction, order, log=log)
+        rec = run_stream(contender, method, data_root, fraction)
         return rec.train_s, rec.eval_s, rec.average_accuracy, rec.data_source
 
     times: dict[str, dict[str, list[float]]] = {p: {c: [] for c in CONTENDERS} for p in ("train", "eval")}
@@ -193,7 +203,7 @@ def measure_stream(
     for c in CONTENDERS:  # warm-up, not counted
         run(c)
     for r in range(rounds):
-        for c in CONTENDERS[r % 3 :] + CONTENDERS[: r % 3]:
+        for c in rotation(r):
             train_s, eval_s, accuracy[c], source = run(c)
             times["train"][c].append(train_s)
             times["eval"][c].append(eval_s)
@@ -484,27 +494,17 @@ def attribute(
     unprofiled shares.
     """
     import common
-    import contender_lightning_cl
-    import contender_plain_lightning
 
-    order = parse_class_order(None)
     out: dict[str, dict[str, dict[str, dict[str, dict[str, float]]]]] = {}
     for method in methods:
-
-        def run(c: str, m: str = method) -> None:
-            if c == "lightning_cl":
-                contender_lightning_cl.run("loop", m, data_root, fraction, order)
-            else:
-                contender_plain_lightning.run(m, data_root, fraction, order, log=c.endswith("logged"))
-
         profilers = {c: {"train": cProfile.Profile(), "eval": cProfile.Profile()} for c in CONTENDERS}
         for c in CONTENDERS:  # warm-up, not profiled
-            run(c)
+            run_stream(c, method, data_root, fraction)
         for r in range(rounds):
-            for c in CONTENDERS[r % 3 :] + CONTENDERS[: r % 3]:
+            for c in rotation(r):
                 common.PHASE_WATCHERS.update(profilers[c])
                 try:
-                    run(c)
+                    run_stream(c, method, data_root, fraction)
                 finally:
                     common.PHASE_WATCHERS.clear()
         out[method] = {"train": {}, "eval": {}}
